@@ -1,0 +1,144 @@
+"""Array and FFT namespaces for CPU (NumPy + scipy.fft) and GPU (CuPy).
+
+This is the only module that imports CuPy. Science code is written once against
+``bk.xp`` (NumPy or CuPy) and ``bk.fft`` (``scipy.fft`` with worker threads on
+the CPU, ``cupyx.scipy.fft`` on the GPU, which caches cuFFT plans).
+
+Usage::
+
+    bk = get_backend("auto")      # "cpu", "gpu" or "auto"
+    x = bk.asarray(numpy_array, dtype=bk.xp.float32)
+    X = bk.fft.rfft2(x)
+    result = bk.asnumpy(x)
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import scipy.fft
+
+from cryopipe.errors import InputError
+
+
+@functools.lru_cache(maxsize=1)
+def _cupy() -> ModuleType | None:
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return None
+        return cupy
+    except Exception:  # no CuPy, no driver, or no device
+        return None
+
+
+def gpu_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    return _cupy() is not None
+
+
+class _ThreadedScipyFFT:
+    """scipy.fft with ``workers`` set to the CPU threads this process may use."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+
+    def __getattr__(self, name: str):
+        fn = getattr(scipy.fft, name)
+        if name in {"fftfreq", "rfftfreq", "fftshift", "ifftshift", "next_fast_len"}:
+            return fn
+        return functools.partial(fn, workers=self.workers)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A compute device: ``xp`` (array module), ``fft`` (FFT module), ``name``."""
+
+    name: str  # "cpu" or "gpu"
+    xp: Any
+    fft: Any
+    device_id: int = 0
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.name == "gpu"
+
+    def asarray(self, a, dtype=None):
+        """Move ``a`` to this device (no copy if already there)."""
+        return self.xp.asarray(a, dtype=dtype)
+
+    def asnumpy(self, a) -> np.ndarray:
+        """Bring ``a`` back to host memory as a NumPy array."""
+        if self.is_gpu:
+            return self.xp.asnumpy(a)
+        return np.asarray(a)
+
+    def free_bytes(self) -> int:
+        """Device memory that a batch may use (GPU: free + pool; CPU: available RAM)."""
+        if self.is_gpu:
+            free, _total = self.xp.cuda.runtime.memGetInfo()
+            return int(free + self.xp.get_default_memory_pool().free_bytes())
+        try:
+            with open("/proc/meminfo") as fh:
+                for line in fh:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 4 << 30
+
+    def batch_size(self, bytes_per_item: int, fraction: float = 0.5, cap: int = 1 << 20) -> int:
+        """How many items of ``bytes_per_item`` fit in ``fraction`` of free memory (>= 1)."""
+        return int(max(1, min(cap, (self.free_bytes() * fraction) // max(1, bytes_per_item))))
+
+    def synchronize(self) -> None:
+        if self.is_gpu:
+            self.xp.cuda.Stream.null.synchronize()
+
+    def describe(self) -> str:
+        """A human-readable device description for logs and provenance."""
+        if self.is_gpu:
+            props = self.xp.cuda.runtime.getDeviceProperties(self.device_id)
+            name = props["name"]
+            return f"gpu:{self.device_id} {name.decode() if isinstance(name, bytes) else name}"
+        return f"cpu ({self.fft.workers} threads)"
+
+
+def _cpu_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def get_backend(device: str = "auto", device_id: int | None = None) -> Backend:
+    """Return the backend for ``device`` in {"cpu", "gpu", "auto"}.
+
+    ``auto`` picks the GPU when CuPy sees one. ``device_id`` defaults to the
+    MPI-local rank modulo the visible GPU count, so each rank takes one GPU.
+    """
+    if device not in {"cpu", "gpu", "auto"}:
+        raise InputError(f"unknown device {device!r}; use cpu, gpu or auto", field="--device")
+    cp = _cupy()
+    if device == "cpu" or (device == "auto" and cp is None):
+        return Backend("cpu", np, _ThreadedScipyFFT(_cpu_threads()))
+    if cp is None:
+        raise InputError("--device gpu asked for, but CuPy sees no CUDA GPU", field="--device")
+    import cupyx.scipy.fft as cufft
+
+    if device_id is None:
+        local_rank = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", os.environ.get("MPI_LOCALRANKID", os.environ.get("SLURM_LOCALID", "0"))))
+        device_id = local_rank % cp.cuda.runtime.getDeviceCount()
+    cp.cuda.Device(device_id).use()
+    return Backend("gpu", cp, cufft, device_id)
+
+
+def available_backends() -> list[str]:
+    """Names of the devices this machine can run on (for test parametrisation)."""
+    return ["cpu", "gpu"] if gpu_available() else ["cpu"]
