@@ -3,13 +3,28 @@
 #      snakemake --profile profiles/local
 #      snakemake <target>               (simulate, pick, extract, ...)
 
-from snakemake.utils import validate
+import os
+import sys
+
+import jsonschema
+import yaml
 
 
-configfile: "config/config.yaml"
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-validate(config, "config/config.schema.yaml")
+def check_config(cfg, schema_path):
+    """Stop with one line naming the bad key and exit status 2, as every cryopipe input error does."""
+    with open(schema_path) as fh:
+        schema = yaml.safe_load(fh)
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(cfg))
+    if error is not None:
+        key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        sys.stderr.write(f"cryopipe config: error: [{key}]: {error.message}\n")
+        sys.exit(2)
+
+
+check_config(config, os.path.join(workflow.basedir, "config", "config.schema.yaml"))
 
 
 include: "workflow/rules/common.smk"

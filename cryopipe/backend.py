@@ -133,7 +133,8 @@ def get_backend(device: str = "auto", device_id: int | None = None) -> Backend:
     import cupyx.scipy.fft as cufft
 
     if device_id is None:
-        local_rank = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", os.environ.get("MPI_LOCALRANKID", os.environ.get("SLURM_LOCALID", "0"))))
+        keys = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID")
+        local_rank = int(next((os.environ[k] for k in keys if k in os.environ), "0"))
         device_id = local_rank % cp.cuda.runtime.getDeviceCount()
     cp.cuda.Device(device_id).use()
     return Backend("gpu", cp, cufft, device_id)

@@ -73,7 +73,7 @@ def add_common(p: argparse.ArgumentParser, device: bool = True) -> None:
     """The flags every heavy stage shares: --out and --device."""
     p.add_argument("--out", required=True, type=Path, help="output folder (created; outputs replaced on success)")
     if device:
-        p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"], help="where to compute (default auto)")
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"], help="where to compute")
 
 
 def _setup_logging(verbose: bool, rank: int, size: int) -> None:
@@ -98,7 +98,7 @@ def _publish(staging: Path, final: Path, recorder: Recorder) -> None:
     recorder.outputs = [str(Path(o).resolve()).replace(s, f, 1) for o in recorder.outputs]
 
 
-def run_stage(name: str, args: argparse.Namespace) -> None:
+def run_stage(name: str, args: argparse.Namespace, argv: list[str]) -> None:
     module = _load_stage(name)
     comm = get_comm()
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -111,6 +111,7 @@ def run_stage(name: str, args: argparse.Namespace) -> None:
         work.mkdir(parents=True, exist_ok=True)
     comm.Barrier()
     recorder = Recorder(final, name, {k: v for k, v in vars(args).items() if k not in {"stage", "verbose"}})
+    recorder.command = ["cryopipe", *argv]
     recorder.mpi_size = size
     args.out = work  # everything is written here ...
     args.out_final = final  # ... and paths written INTO files (STAR image names) refer to here
@@ -128,12 +129,13 @@ def run_stage(name: str, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         if args.stage == "lineage":
             print("\n".join(lineage(args.file)))
             return 0
-        run_stage(args.stage, args)
+        run_stage(args.stage, args, argv)
         return 0
     except InputError as exc:
         print(f"cryopipe {args.stage}: error: {exc}", file=sys.stderr)

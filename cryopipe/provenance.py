@@ -92,6 +92,7 @@ class Recorder:
         self.inputs: list[str] = []
         self.outputs: list[str] = []
         self.extra: dict = {}
+        self.command = [Path(sys.argv[0]).name, *sys.argv[1:]]
         self.device = "cpu"
         self.mpi_size = 1
         self._t0 = time.time()
@@ -111,7 +112,7 @@ class Recorder:
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         rec = {
             "stage": self.stage,
-            "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+            "command": self.command,
             "cwd": os.getcwd(),
             "parameters": self.params,
             "cryopipe": code_version(),

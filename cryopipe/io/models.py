@@ -50,7 +50,7 @@ def read_model(path: str | os.PathLike) -> AtomModel:
                     )
     if not rows:
         raise InputError("model contains no atoms", path, "ATOM")
-    x, y, z, el, b, ch, rn, rs, an = zip(*rows)
+    x, y, z, el, b, ch, rn, rs, an = zip(*rows, strict=True)
     return AtomModel(
         np.column_stack([x, y, z]).astype(np.float64),
         np.array(el),

@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     for f in dataclasses.fields(SimulateParams):
         flag = "--" + f.name.replace("_", "-")
-        p.add_argument(flag, type=type(f.default), default=f.default, help=f"{_FLAG_HELP[f.name]} (default {f.default})")
+        helptext = f"{_FLAG_HELP[f.name]} (default {f.default})"
+        p.add_argument(flag, type=type(f.default), default=f.default, help=helptext)
 
 
 def main(args: argparse.Namespace, recorder) -> None:

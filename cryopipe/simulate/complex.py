@@ -51,7 +51,7 @@ def build_models(seed: int = 2024) -> dict[str, AtomModel]:
     """
     rng = np.random.default_rng(seed)
     xyz, chain = [], []
-    for k, (name, centre, axes, n) in enumerate(DOMAINS):
+    for k, (_name, centre, axes, n) in enumerate(DOMAINS):
         xyz.append(_domain_atoms(rng, centre, axes, n))
         chain += [chr(ord("A") + k)] * n
     xyz = np.vstack(xyz)

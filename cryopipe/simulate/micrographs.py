@@ -66,7 +66,7 @@ class SimulateParams:
         require(self.snr > 0, f"SNR must be positive, got {self.snr}", field="snr")
         require(0 <= self.fraction_conformation_1 <= 1, "must be in [0, 1]", field="fraction_conformation_1")
         require(0 < self.defocus_min_A <= self.defocus_max_A, "need 0 < min <= max", field="defocus_min_A/max_A")
-        require(self.diameter_A / self.angpix < self.map_box, "particle diameter must fit the map box", field="diameter_A")
+        require(self.diameter_A / self.angpix < self.map_box, "particle must fit the map box", field="diameter_A")
         require(0 <= self.amplitude_contrast < 1, "must be in [0, 1)", field="amplitude_contrast")
 
 

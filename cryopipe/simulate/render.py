@@ -50,7 +50,7 @@ def project_atoms(
     return gy.T @ (np.asarray(weights, dtype=np.float64)[:, None] * gx)
 
 
-def render_volume(xyz: np.ndarray, weights: np.ndarray, sigma: float | np.ndarray, box: int, angpix: float) -> np.ndarray:
+def render_volume(xyz: np.ndarray, weights: np.ndarray, sigma, box: int, angpix: float) -> np.ndarray:
     """Map (box, box, box) float32, vol[z, y, x] = electrons in each voxel, origin at box//2."""
     s = np.broadcast_to(np.asarray(sigma, dtype=np.float64) / angpix, (len(xyz),))
     g = [_pixel_profiles(xyz[:, k] / angpix + box // 2, s, box) for k in range(3)]

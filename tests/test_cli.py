@@ -1,0 +1,78 @@
+"""The CLI contract: help, one-line errors with exit status 2, staged outputs, provenance and lineage."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from cryopipe.cli import main
+from cryopipe.io.mrc import read_mrc
+from cryopipe.provenance import lineage, sha256
+
+TINY = ["--micrographs", "1", "--size-px", "256", "--particles-per-micrograph", "3"]
+
+
+def test_help_lists_the_stages(capsys):
+    out = subprocess.run([sys.executable, "-m", "cryopipe.cli", "--help"], capture_output=True, text=True, check=True)
+    for stage in ["simulate", "lineage"]:
+        assert stage in out.stdout
+
+
+def test_record_lists_inputs_outputs_with_checksums(tmp_path):
+    assert main(["simulate", "--out", str(tmp_path / "sim"), *TINY]) == 0
+    rec = json.loads((tmp_path / "sim/provenance.json").read_text())
+    assert rec["stage"] == "simulate" and rec["mpi_size"] == 1
+    assert rec["parameters"]["size_px"] == 256
+    outputs = {o["path"]: o for o in rec["outputs"]}
+    mic = str((tmp_path / "sim/micrographs/mic_001.mrc").resolve())
+    assert outputs[mic]["sha256"] == sha256(mic)
+    assert rec["cryopipe"]["version"] and rec["wall_time_s"] >= 0 and rec["peak_memory_mib"] > 0
+    for key in ["command", "host", "device", "start", "end"]:
+        assert rec[key]
+    assert not list((tmp_path / "sim").glob(".staging-*"))
+    text = "\n".join(lineage(mic))
+    assert "<- simulate" in text and "--size-px 256" in text
+
+
+def test_bad_parameter_exits_2_with_one_line_and_keeps_old_outputs(tmp_path):
+    out = tmp_path / "sim"
+    assert main(["simulate", "--out", str(out), *TINY]) == 0
+    before = read_mrc(out / "micrographs/mic_001.mrc")[0]
+    record = (out / "provenance.json").read_text()
+    proc = subprocess.run(
+        [sys.executable, "-m", "cryopipe.cli", "simulate", "--out", str(out), *TINY, "--seed", "9", "--angpix", "-1"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "cryopipe simulate: error: [angpix]: pixel size must be positive, got -1.0"
+    )
+    assert "Traceback" not in proc.stderr
+    np.testing.assert_array_equal(read_mrc(out / "micrographs/mic_001.mrc")[0], before)
+    assert (out / "provenance.json").read_text() == record
+    assert not list(out.glob(".staging-*"))
+
+
+def test_lineage_of_a_missing_file_is_an_input_error(tmp_path, capsys):
+    assert main(["lineage", str(tmp_path / "nothing.mrc")]) == 2
+    assert "nothing.mrc: file not found" in capsys.readouterr().err
+
+
+def test_lineage_flags_a_changed_input(tmp_path):
+    """A raw input edited after it was used shows up as CHANGED in the lineage."""
+    from cryopipe.provenance import Recorder
+
+    raw = tmp_path / "raw.txt"
+    raw.write_text("v1")
+    out = tmp_path / "stage"
+    out.mkdir()
+    (out / "result.txt").write_text("derived")
+    rec = Recorder(out, "demo", {"x": 1})
+    rec.add_input(raw)
+    rec.add_output(out / "result.txt")
+    rec.write()
+    assert "CHANGED" not in "\n".join(lineage(out / "result.txt"))
+    raw.write_text("v2")
+    text = "\n".join(lineage(out / "result.txt"))
+    assert "raw.txt" in text and "CHANGED since it was used" in text
