@@ -214,4 +214,22 @@ def simulate_dataset(params: SimulateParams, out: Path, names_root: Path | None 
     particles.insert(1, "rlnOpticsGroup", 1)
     write_star(out / "truth" / "particles.star", {"optics": optics, "particles": particles})
     written += [out / "micrographs_ctf.star", out / "truth" / "micrographs.star", out / "truth" / "particles.star"]
+    written += _figures(params, out, particles, root)
     return written
+
+
+def _figures(params: SimulateParams, out: Path, particles: pd.DataFrame, root: Path) -> list[Path]:
+    """Report figures: the first micrograph with its true particles circled; the true maps."""
+    from cryopipe.io.mrc import read_mrc
+    from cryopipe.plots import micrograph_with_circles, orthogonal_projections, save_figure
+
+    first = particles[particles["rlnMicrographName"] == str(root / "micrographs" / "mic_001.mrc")]
+    image, _ = read_mrc(out / "micrographs" / "mic_001.mrc")
+    fig = micrograph_with_circles(
+        image, first[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(), 0.5 * params.diameter_A / params.angpix,
+        f"mic_001: {len(first)} true particles (SNR {params.snr})",
+    )
+    save_figure(fig, out / "report" / "micrograph.png")
+    maps = {name: read_mrc(out / "maps" / f"{name}.mrc")[0] for name in ("conformation_1", "conformation_2", "decoy")}
+    save_figure(orthogonal_projections(maps), out / "report" / "maps.png")
+    return [out / "report" / "micrograph.png", out / "report" / "maps.png"]

@@ -41,6 +41,9 @@ def test_tiny_workflow_runs_end_to_end_with_provenance(tmp_path):
     rec = json.loads((sim / "provenance.json").read_text())
     assert rec["stage"] == "simulate" and rec["parameters"]["size_px"] == 384
     assert {Path(o["path"]).name for o in rec["outputs"]} >= {"mic_001.mrc", "micrographs_ctf.star", "particles.star"}
+    report = _snakemake(tmp_path, "--configfile", str(tmp_path / "tiny.yaml"), "--report", str(tmp_path / "r.html"))
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "micrograph.png" in (tmp_path / "r.html").read_text(errors="replace")
     # nothing left to do: a second run is a no-op
     again = _snakemake(tmp_path, "--configfile", str(tmp_path / "tiny.yaml"), "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

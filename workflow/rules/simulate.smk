@@ -8,6 +8,11 @@ rule simulate:
         maps=expand(f"{RESULTS}/simulate/maps/{{m}}.mrc", m=["conformation_1", "conformation_2", "decoy"]),
         models=expand(f"{RESULTS}/simulate/models/{{m}}.pdb", m=["conformation_1", "conformation_2", "decoy"]),
         micrographs=micrograph_paths() if USE_SIM else [],
+        figures=report(
+            [f"{RESULTS}/simulate/report/micrograph.png", f"{RESULTS}/simulate/report/maps.png"],
+            caption="../report/simulate.rst",
+            category="1. Demo dataset",
+        ),
         record=f"{RESULTS}/simulate/provenance.json",
     params:
         flags=sim_flags(),
