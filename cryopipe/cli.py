@@ -30,6 +30,7 @@ STAGES = {
     "simulate": "cryopipe.simulate.cli",
     "pick": "cryopipe.pick.cli",
     "extract": "cryopipe.extract.cli",
+    "bioem": "cryopipe.bioem.cli",
 }
 
 
@@ -108,6 +109,8 @@ def run_stage(name: str, args: argparse.Namespace, argv: list[str]) -> None:
     token = comm.bcast(uuid.uuid4().hex[:8] if rank == 0 else None, root=0)
     work = final / f".staging-{token}" if staged else final
     if rank == 0:
+        for old in final.glob(".staging-*") if staged else ():
+            shutil.rmtree(old, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
     comm.Barrier()
     recorder = Recorder(final, name, {k: v for k, v in vars(args).items() if k not in {"stage", "verbose"}})

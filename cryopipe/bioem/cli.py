@@ -1,0 +1,161 @@
+"""``cryopipe bioem``: rank structural models by their BioEM posterior against individual particle images.
+
+Default mode::
+
+    cryopipe bioem --particles particles.star --models a.pdb b.pdb map.mrc --out bioem/ \\
+        [--orientation-grid 2 | --orientations poses.star] [--orientation-prior refined.star] \\
+        [--defocus-grid -500 500 5] [--amplitude-grid 0.07 0.13 3] [--bfactor-grid 0 100 3] [--displacement 3 1]
+
+BioEM 2.1 inputs and numbers::
+
+    cryopipe bioem --compat bioem2.1 --params param.txt --particles particles.txt|.mrc --models model.txt|.pdb \\
+        [--orientations angles.txt] --out bioem/
+
+Outputs in --out: logp.star (per particle and model: ln P and the maximising parameters), ranking.star (per
+model: summed ln P, difference to the best, ensemble weight +- s.d., particles preferring it), ranking.png,
+cumulative_logp.png, orientation_logp.npz with --keep-orientations, and with --compat the reference's
+Output_Probabilities[_model] (and ANG_PROB[_model] with WRITE_PROB_ANGLES).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cryopipe.backend import get_backend
+from cryopipe.bioem import compat, ranking, stage
+from cryopipe.cli import add_common
+from cryopipe.errors import InputError
+from cryopipe.io.star import write_star
+from cryopipe.parallel import get_comm
+
+log = logging.getLogger(__name__)
+
+HELP = "rank structural models (PDB/mmCIF, maps, BioEM text) by BioEM posteriors against particle images"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = stage.RankParams()
+    p.add_argument("--particles", required=True,
+                   help="particles: RELION STAR (default mode); BioEM text or MRC (--compat)")
+    p.add_argument("--models", required=True, nargs="+", help="model files: .pdb/.cif, .mrc map, or BioEM text model")
+    add_common(p)
+    p.add_argument("--compat", choices=["bioem2.1"], help="reproduce BioEM 2.1 from its input files and conventions")
+    p.add_argument("--params", help="BioEM parameter file (with --compat)")
+    p.add_argument("--orientations", help="orientation list: STAR with rlnAngleRot/Tilt/Psi (BioEM list with --compat)")
+    p.add_argument("--orientation-grid", type=int, default=d.orientation_order, metavar="ORDER",
+                   help="HEALPix order of the global orientation grid: 1 -> 576, 2 -> 4608 (default 1)")
+    p.add_argument("--orientation-prior", help="STAR with each particle's refined angles: Gaussian orientation prior")
+    p.add_argument("--orientation-prior-sigma", type=float, default=d.orientation_prior_sigma,
+                   help=f"width of the orientation prior, degrees (default {d.orientation_prior_sigma})")
+    p.add_argument("--defocus-grid", type=float, nargs=3, default=d.defocus_grid, metavar=("START", "END", "N"),
+                   help="defocus offsets from each particle's estimate, A, N values end inclusive (default 0 0 1)")
+    p.add_argument("--defocus-sigma", type=float, default=d.defocus_sigma, help="defocus prior width, A")
+    p.add_argument("--defocus-center", type=float, default=d.defocus_center,
+                   help="defocus prior centre, A, for particles without a CTF estimate (the grid is then absolute)")
+    p.add_argument("--amplitude-grid", type=float, nargs=3, metavar=("START", "END", "N"),
+                   help="amplitude contrast values (default: each particle's rlnAmplitudeContrast)")
+    p.add_argument("--amplitude-center", type=float, help="amplitude contrast prior centre (default: the particles')")
+    p.add_argument("--amplitude-sigma", type=float, default=d.amplitude_sigma, help="amplitude contrast prior width")
+    p.add_argument("--bfactor-grid", type=float, nargs=3, default=d.bfactor_grid, metavar=("START", "END", "N"),
+                   help="B-factor envelope values exp(-B s^2/4), A^2 (default 0 0 1)")
+    p.add_argument("--bfactor-sigma", type=float, default=d.bfactor_sigma, help="half-normal B-factor prior width, A^2")
+    p.add_argument("--displacement", type=int, nargs=2, default=(d.max_shift_px, d.shift_step_px), metavar=("M", "G"),
+                   help="displacements up to +-M pixels in steps of G (default 3 1)")
+    p.add_argument("--points", choices=["atom", "residue"], default=d.points,
+                   help="atomic models: one point per atom, or one sphere per residue (BioEM's table)")
+    p.add_argument("--shape", choices=["gaussian", "sphere"], default=d.shape, help="shape of each point")
+    p.add_argument("--atom-sigma", type=float, default=d.atom_sigma, help="Gaussian width of an atom, A")
+    p.add_argument("--center-models", action="store_true", help="move each model to its electron-weighted centre")
+    p.add_argument("--keep-orientations", action="store_true", help="write ln P per particle and orientation")
+    p.add_argument("--precision", choices=["auto", "single", "double"], default=d.precision,
+                   help="auto: double on the CPU, single-precision FFTs on the GPU")
+
+
+def _params(args) -> stage.RankParams:
+    def grid(g):
+        return None if g is None else (g[0], g[1], int(g[2]))
+
+    return stage.RankParams(
+        orientation_order=args.orientation_grid, orientations=args.orientations,
+        orientation_prior=args.orientation_prior, orientation_prior_sigma=args.orientation_prior_sigma,
+        defocus_grid=grid(args.defocus_grid), defocus_sigma=args.defocus_sigma, defocus_center=args.defocus_center,
+        amplitude_grid=grid(args.amplitude_grid), amplitude_center=args.amplitude_center,
+        amplitude_sigma=args.amplitude_sigma, bfactor_grid=grid(args.bfactor_grid), bfactor_sigma=args.bfactor_sigma,
+        max_shift_px=args.displacement[0], shift_step_px=args.displacement[1], points=args.points, shape=args.shape,
+        atom_sigma=args.atom_sigma, center_models=args.center_models, keep_orientations=args.keep_orientations,
+        precision=args.precision)
+
+
+def _compat_model(path):
+    low = str(path).lower()
+    if low.endswith((".pdb", ".cif", ".mmcif", ".ent")):
+        return compat.read_pdb_residues(path)
+    if low.endswith((".mrc", ".map")):
+        raise InputError("map models are not read in --compat mode; drop --compat to project maps", path)
+    return compat.read_text_model(path)
+
+
+def main(args: argparse.Namespace, recorder) -> None:
+    comm = get_comm()
+    rank0 = comm.Get_rank() == 0
+    bk = get_backend(args.device)
+    recorder.device = bk.describe()
+    out = Path(args.out)
+    names = [stage.model_name(m) for m in args.models]
+    if len(set(names)) != len(names):
+        raise InputError("model file names must differ (they name the models in the tables)", field="--models")
+    recorder.add_input(*args.models)
+    results, outputs = [], []
+    if args.compat:
+        if not args.params:
+            raise InputError("--compat bioem2.1 needs --params (the BioEM parameter file)", field="--params")
+        run = stage.load_compat(args.params, args.particles, args.orientations)
+        recorder.add_input(args.params, args.particles, *([args.orientations] if args.orientations else []))
+        for path, name in zip(args.models, names, strict=True):
+            res = stage.compute_compat(_compat_model(path), run, bk, comm, args.keep_orientations)
+            results.append(res)
+            if rank0:
+                outputs += stage.write_compat_outputs(out, "" if len(names) == 1 else f"_{name}", res, run)
+        image_names = [f"{k + 1}@{args.particles}" for k in range(len(run.images))]
+        orientations = run.orientations
+    else:
+        params = _params(args)
+        params.validate()
+        ds = stage.load_particles(args.particles)
+        recorder.add_input(args.particles, *[f for f in (args.orientations, args.orientation_prior) if f])
+        for path, name in zip(args.models, names, strict=True):
+            model = stage.read_structural_model(path, ds.angpix, params)
+            log.info("model %s: %d particles", name, len(ds.images))
+            results.append(stage.compute_log_p(model, ds, params, bk, comm))
+        image_names = list(ds.table["rlnImageName"])
+        orientations = results[0].rotations
+    if not rank0:
+        return
+    log_p = np.array([r.log_p for r in results])
+    rows = [r.best.assign(cpModelName=name, cpParticleIndex=np.arange(len(r.log_p)) + 1, rlnImageName=image_names)
+            for r, name in zip(results, names, strict=True)]
+    table = pd.concat(rows, ignore_index=True)
+    first = ["rlnImageName", "cpParticleIndex", "cpModelName"]
+    write_star(out / "logp.star", {"logp": table[first + [c for c in table.columns if c not in first]]})
+    rank_table = ranking.ranking_table(log_p, names, [str(m) for m in args.models])
+    write_star(out / "ranking.star", {"ranking": rank_table})
+    ranking.plot_ranking(rank_table, out / "ranking.png")
+    ranking.plot_cumulative(log_p, names, out / "cumulative_logp.png")
+    outputs += [out / "logp.star", out / "ranking.star", out / "ranking.png", out / "cumulative_logp.png"]
+    if args.keep_orientations:
+        np.savez_compressed(out / "orientation_logp.npz", log_p=np.array([r.orientation_log_p for r in results]),
+                            orientations=orientations, models=np.array(names))
+        outputs.append(out / "orientation_logp.npz")
+    recorder.add_output(*outputs)
+    best = rank_table.iloc[0]
+    recorder.note(models=len(names), particles=int(log_p.shape[1]), best_model=best["cpModelName"],
+                  ensemble_weights=dict(zip(rank_table["cpModelName"], rank_table["cpEnsembleWeight"].round(4),
+                                            strict=True)))
+    log.info("best model %s (sum ln P %.2f); weights %s", best["cpModelName"], best["cpSumLogP"],
+             ", ".join(f"{n} {w:.3f}" for n, w in zip(rank_table["cpModelName"], rank_table["cpEnsembleWeight"],
+                                                      strict=True)))

@@ -1,0 +1,416 @@
+"""The BioEM stage: ln P(image | model) for every particle and model, and the models' ranking.
+
+Notebook use::
+
+    bk = get_backend("auto")
+    ds = load_particles("particles.star")                       # images, pixel size, CTF estimates
+    res = compute_log_p(read_structural_model("model.pdb", ds.angpix, params), ds, params, bk)
+    res.log_p                                                   # (I,) ln P per particle
+
+Default mode (:class:`RankParams`): cryopipe's conventions (img[y, x], RELION Euler angles and CTF with
+astigmatism and Cs, proper Gaussian priors on the CTF grid with the defocus grid taken relative to each
+particle's own estimate, a uniform prior over orientations and displacements, optional per-particle
+orientation priors from a refinement). ``compat="bioem2.1"``: :func:`compute_compat` reproduces the
+reference program's numbers from its own input files (:mod:`cryopipe.bioem.compat`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cryopipe.bioem import compat
+from cryopipe.bioem.forward import MapModel, PointModel
+from cryopipe.bioem.integrate import Problem, Result, integrate, reduce_ranks
+from cryopipe.bioem.likelihood import best_norm_offset, log_constant
+from cryopipe.ctf import CTFParams, ctf_2d
+from cryopipe.errors import InputError, require
+from cryopipe.geometry import euler_to_matrix, matrix_to_euler, rotation_angle_between, so3_grid
+from cryopipe.io.models import read_model
+from cryopipe.io.mrc import read_mrc
+from cryopipe.io.star import parse_image_name, read_particles, read_table
+
+log = logging.getLogger(__name__)
+
+MAX_DEFOCUS_A = 80000.0  # 8 um, BioEM's limit
+
+
+@dataclass
+class RankParams:
+    """Parameters of the default mode. Lengths in Angstrom, angles in degrees, B in A^2 (RELION's envelope).
+
+    orientation_order : HEALPix order of the global orientation grid (RELION's so3_grid: 1 -> 576, 2 -> 4608).
+    orientations : a STAR file whose rlnAngleRot/Tilt/Psi rows are the orientation grid (instead of the order).
+    orientation_prior : a STAR file (e.g. a refinement's particles) with each particle's angles, matched by
+        rlnImageName; weights exp(-angle^2 / (2 sigma^2)) around them, zero beyond 3 sigma.
+    orientation_prior_sigma : sigma of that prior.
+    defocus_grid : (start, end, n) offsets added to each particle's rlnDefocusU/V (absolute defocus when the
+        particles carry none); Gaussian prior of width defocus_sigma around the estimate (around
+        defocus_center for absolute grids). Grids hold n values from start to end inclusive.
+    amplitude_grid : Q0 values (None: each particle's rlnAmplitudeContrast); prior around amplitude_center
+        (None: the particles' value) of width amplitude_sigma.
+    bfactor_grid : B values, prior exp(-B^2 / (2 bfactor_sigma^2)) on B >= 0.
+    max_shift_px, shift_step_px : displacements 0, +-step, ... up to +-max (pixels), uniform prior.
+    points : "atom" (one point per atom, electrons = atomic number) or "residue" (one sphere per CA,
+        BioEM's radius/electron table). shape : "gaussian" or "sphere" (residues: sphere).
+    atom_sigma : Gaussian width of an atom. center_models : move each model to its electron-weighted centre.
+    keep_orientations : also return ln P per (particle, orientation). precision : "auto" (float64 on CPU,
+        float32 FFTs on GPU), "single" or "double".
+    """
+
+    orientation_order: int = 1
+    orientations: str | None = None
+    orientation_prior: str | None = None
+    orientation_prior_sigma: float = 5.0
+    defocus_grid: tuple[float, float, int] = (0.0, 0.0, 1)
+    defocus_sigma: float = 500.0
+    defocus_center: float = 15000.0
+    amplitude_grid: tuple[float, float, int] | None = None
+    amplitude_center: float | None = None
+    amplitude_sigma: float = 0.05
+    bfactor_grid: tuple[float, float, int] = (0.0, 0.0, 1)
+    bfactor_sigma: float = 100.0
+    max_shift_px: int = 3
+    shift_step_px: int = 1
+    points: str = "atom"
+    shape: str = "gaussian"
+    atom_sigma: float = 1.8
+    center_models: bool = False
+    keep_orientations: bool = False
+    precision: str = "auto"
+
+    def validate(self) -> None:
+        for name in ("defocus_grid", "bfactor_grid") + (("amplitude_grid",) if self.amplitude_grid else ()):
+            start, end, n = getattr(self, name)
+            require(int(n) >= 1 and end >= start, f"grid must be 'start end n' with end >= start, n >= 1, got "
+                    f"{getattr(self, name)}", field="--" + name.replace("_", "-"))
+        require(self.bfactor_grid[0] >= 0, "B-factors must be >= 0", field="--bfactor-grid")
+        if self.amplitude_grid:
+            require(0 < self.amplitude_grid[0] and self.amplitude_grid[1] < 1, "amplitude contrast must lie in (0, 1)",
+                    field="--amplitude-grid")
+        require(self.max_shift_px >= 0 and self.shift_step_px >= 1, "need max shift >= 0 and step >= 1",
+                field="--displacement")
+        require(min(self.defocus_sigma, self.amplitude_sigma, self.bfactor_sigma, self.orientation_prior_sigma) > 0,
+                "prior widths must be positive", field="--*-sigma")
+        require(self.points in ("atom", "residue"), "points must be atom or residue", field="--points")
+        require(self.shape in ("gaussian", "sphere"), "shape must be gaussian or sphere", field="--shape")
+        require(self.atom_sigma > 0, "atom sigma must be positive", field="--atom-sigma")
+        require(self.precision in ("auto", "single", "double"), "precision: auto, single or double",
+                field="--precision")
+
+
+@dataclass
+class ParticleSet:
+    """Particles on the host: images (I, N, N) float64 img[y, x], pixel size (A), the STAR rows."""
+
+    images: np.ndarray
+    angpix: float
+    table: pd.DataFrame
+    path: str | None = None
+
+    @property
+    def box(self) -> int:
+        return self.images.shape[-1]
+
+
+@dataclass
+class ModelResult:
+    """ln P per particle with the maximising parameters (host arrays of length I)."""
+
+    log_p: np.ndarray
+    result: Result
+    rotations: np.ndarray
+    best: pd.DataFrame = field(default_factory=pd.DataFrame)
+    orientation_log_p: np.ndarray | None = None
+
+
+def load_particles(path) -> ParticleSet:
+    """Particles of a RELION STAR file (rlnImageName, rlnImagePixelSize), images as float64 img[y, x]."""
+    table = read_particles(path, required=("rlnImageName",))
+    if "rlnImagePixelSize" not in table.columns:
+        raise InputError("pixel size missing: need rlnImagePixelSize in data_optics", path, "rlnImagePixelSize")
+    angpix = float(table["rlnImagePixelSize"].iloc[0])
+    require(angpix > 0 and np.allclose(table["rlnImagePixelSize"], angpix), "pixel sizes must be positive and equal",
+            path, "rlnImagePixelSize")
+    index, stacks = parse_image_name(table["rlnImageName"], path)
+    images = None
+    for stack in dict.fromkeys(stacks):
+        rows = np.flatnonzero(np.asarray(stacks) == stack)
+        data, _ = read_mrc(stack, indices=index[rows], require_square=True)
+        if images is None:
+            images = np.empty((len(table), *data.shape[-2:]))
+        if data.shape[-2:] != images.shape[-2:]:
+            raise InputError("all particle images must have the same box", stack, "nx/ny")
+        images[rows] = data
+    require(images.shape[-1] % 2 == 0, "particle box must be even", path, "rlnImageSize")
+    return ParticleSet(images, angpix, table.reset_index(drop=True), str(path))
+
+
+def read_structural_model(path, angpix: float, params: RankParams):
+    """A model file -> :class:`MapModel` (MRC, pixel size must match), or :class:`PointModel`: PDB/mmCIF atoms
+    (``params.shape``, electrons = atomic number) or residues (spheres), BioEM text model (spheres)."""
+    path = str(path)
+    low = path.lower()
+    if low.endswith((".mrc", ".map")):
+        vol, map_angpix = read_mrc(path)
+        if vol.ndim != 3:
+            raise InputError("a map model must be a 3D map", path, "nz")
+        if map_angpix is None or abs(map_angpix - angpix) > 1e-3 * angpix:
+            raise InputError(f"model pixel size {map_angpix} A differs from the particles' {angpix} A", path,
+                             "voxel size")
+        return MapModel(vol, angpix)
+    if low.endswith((".pdb", ".cif", ".mmcif", ".ent")):
+        if params.points == "residue":
+            model = compat.read_pdb_residues(path)
+        else:
+            atoms = read_model(path)
+            model = PointModel(atoms.xyz, _electrons(atoms.element), params.atom_sigma, params.shape)
+    else:
+        model = compat.read_text_model(path)
+    return model.centred() if params.center_models else model
+
+
+def _electrons(elements) -> np.ndarray:
+    import gemmi
+
+    z = np.array([gemmi.Element(str(e)).atomic_number for e in elements], dtype=np.float64)
+    return np.where(z > 0, z, 6.0)
+
+
+def _linspace(grid) -> np.ndarray:
+    start, end, n = grid
+    return np.linspace(start, end, int(n)) if int(n) > 1 else np.array([float(start)])
+
+
+def _log_gauss_weight(values, center, sigma) -> np.ndarray:
+    """ln(prior density x grid step) of a Gaussian prior on a grid (0 for a single grid point)."""
+    if len(values) == 1:
+        return np.zeros(1)
+    step = (values[-1] - values[0]) / (len(values) - 1)
+    return -0.5 * ((values - center) / sigma) ** 2 - math.log(math.sqrt(2 * math.pi) * sigma) + math.log(step)
+
+
+def _dtypes(params: RankParams, bk):
+    single = params.precision == "single" or (params.precision == "auto" and bk.is_gpu)
+    return (bk.xp.float32, bk.xp.complex64) if single else (bk.xp.float64, bk.xp.complex128)
+
+
+def _orientation_grid(params: RankParams, ds: ParticleSet) -> np.ndarray:
+    if params.orientations:
+        t = read_table(params.orientations, "particles", ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"))
+        rot = euler_to_matrix(t["rlnAngleRot"], t["rlnAngleTilt"], t["rlnAnglePsi"])
+    else:
+        require(0 <= params.orientation_order <= 4, "orientation grid order must be 0..4", field="--orientation-grid")
+        e = so3_grid(params.orientation_order)
+        rot = euler_to_matrix(e[:, 0], e[:, 1], e[:, 2])
+    if len(rot) == 0:
+        raise InputError("the orientation list is empty", params.orientations, "rlnAngleRot")
+    return rot
+
+
+def _orientation_prior(params: RankParams, ds: ParticleSet, rotations: np.ndarray) -> np.ndarray | None:
+    """(I, O) normalised log prior of each orientation for each particle, or None (uniform)."""
+    if not params.orientation_prior:
+        return None
+    t = read_table(params.orientation_prior, "particles", ("rlnImageName", "rlnAngleRot", "rlnAngleTilt",
+                                                             "rlnAnglePsi"))
+    t = t.drop_duplicates("rlnImageName").set_index("rlnImageName")
+    missing = ~ds.table["rlnImageName"].isin(t.index)
+    if missing.any():
+        first = ds.table["rlnImageName"][missing].iloc[0]
+        raise InputError(f"{int(missing.sum())} particles have no entry (first: {first})", params.orientation_prior,
+                         "rlnImageName")
+    rows = t.loc[ds.table["rlnImageName"]]
+    own = euler_to_matrix(rows["rlnAngleRot"], rows["rlnAngleTilt"], rows["rlnAnglePsi"])
+    ang = rotation_angle_between(own[:, None], rotations[None])  # (I, O) degrees
+    lp = np.where(ang <= 3 * params.orientation_prior_sigma, -0.5 * (ang / params.orientation_prior_sigma) ** 2,
+                  -np.inf)
+    if not np.isfinite(lp).any(axis=1).all():
+        raise InputError("some particles have no grid orientation within 3 sigma of their prior pose; widen "
+                         "--orientation-prior-sigma or refine the grid", params.orientation_prior, "rlnAngleRot")
+    m = lp.max(axis=1, keepdims=True)
+    return lp - (m + np.log(np.exp(lp - m).sum(axis=1, keepdims=True)))
+
+
+def _ctf_setup(params: RankParams, ds: ParticleSet, bk, dtype):
+    """Per-particle CTF kernels (I, C, N, H), the shared log prior (1, C) and the grid's parameters (I, C) dict."""
+    t = ds.table
+    has_estimate = {"rlnDefocusU", "rlnDefocusV"} <= set(t.columns)
+    for col in ("rlnVoltage", "rlnSphericalAberration"):
+        require(col in t.columns, "CTF needs this column (in data_optics)", ds.path, col)
+    offsets = _linspace(params.defocus_grid)
+    amps = (_linspace(params.amplitude_grid) if params.amplitude_grid else None)
+    bfac = _linspace(params.bfactor_grid)
+    n_img = len(t)
+    base_u = t["rlnDefocusU"].to_numpy(float) if has_estimate else np.zeros(n_img)
+    base_v = t["rlnDefocusV"].to_numpy(float) if has_estimate else np.zeros(n_img)
+    angle = t["rlnDefocusAngle"].to_numpy(float) if "rlnDefocusAngle" in t.columns else np.zeros(n_img)
+    q0 = (t["rlnAmplitudeContrast"].to_numpy(float) if "rlnAmplitudeContrast" in t.columns
+          else np.full(n_img, 0.1))
+    a_vals = amps if amps is not None else np.array([np.nan])
+    d_, a_, b_ = (x.ravel() for x in np.meshgrid(offsets, a_vals, bfac, indexing="ij"))  # (C,)
+    du = base_u[:, None] + d_[None]
+    dv = base_v[:, None] + d_[None]
+    if (du <= 0).any() or (dv <= 0).any() or (du > MAX_DEFOCUS_A).any() or (dv > MAX_DEFOCUS_A).any():
+        raise InputError(f"defocus grid reaches {min(du.min(), dv.min()):.0f}..{max(du.max(), dv.max()):.0f} A, "
+                         f"outside the physical range (0, {MAX_DEFOCUS_A:.0f}] A", ds.path, "--defocus-grid")
+    amp = np.where(np.isnan(a_)[None], q0[:, None], a_[None])
+    if ((amp <= 0) | (amp >= 1)).any():
+        raise InputError("amplitude contrast must lie in (0, 1)", ds.path, "rlnAmplitudeContrast")
+    c = len(d_)
+    kv = t["rlnVoltage"].to_numpy(float)[:, None].repeat(c, 1)
+    cs = t["rlnSphericalAberration"].to_numpy(float)[:, None].repeat(c, 1)
+    ctf = CTFParams(du.ravel(), dv.ravel(), angle[:, None].repeat(c, 1).ravel(), kv.ravel(), cs.ravel(),
+                    amp.ravel(), np.broadcast_to(b_[None], (n_img, c)).ravel())
+    kernels = ctf_2d(ctf, ds.box, ds.angpix, bk, half=True, dtype=dtype).reshape(n_img, c, ds.box, -1)
+    d_center = 0.0 if has_estimate else params.defocus_center
+    a_center = params.amplitude_center if params.amplitude_center is not None else float(np.median(q0))
+    lp_amp = _log_gauss_weight(amps, a_center, params.amplitude_sigma) if amps is not None else np.zeros(1)
+    lp_b = _log_gauss_weight(bfac, 0.0, params.bfactor_sigma) + (math.log(2.0) if len(bfac) > 1 else 0.0)
+    lp = (_log_gauss_weight(offsets, d_center, params.defocus_sigma)[:, None, None] + lp_amp[None, :, None]
+          + lp_b[None, None, :])
+    grid = {"defocus_u": du, "defocus_v": dv, "amplitude": amp, "bfactor": np.broadcast_to(b_[None], (n_img, c))}
+    return kernels, lp.reshape(1, -1), grid
+
+
+def _shift_grid(params: RankParams, n: int) -> np.ndarray:
+    require(params.max_shift_px < n // 2, f"max shift must be < half the box ({n // 2} px)", field="--displacement")
+    return compat.displacements(n, params.max_shift_px, params.shift_step_px)
+
+
+def _wrap(idx, n):
+    return np.where(idx > n // 2, idx - n, idx)
+
+
+def compute_log_p(model, ds: ParticleSet, params: RankParams, bk, comm=None) -> ModelResult:
+    """ln P(particle | model) for every particle (default mode), on ``bk``, orientations split over ``comm``."""
+    params.validate()
+    xp = bk.xp
+    real, cplx = _dtypes(params, bk)
+    n = ds.box
+    rotations = _orientation_grid(params, ds)
+    shifts = _shift_grid(params, n)
+    kernels, ctf_lp, grid = _ctf_setup(params, ds, bk, real)
+    spectra = bk.fft.rfft2(xp.fft.ifftshift(bk.asarray(ds.images, dtype=real), axes=(-2, -1))).astype(cplx)
+    co, coo = ds.images.sum(axis=(1, 2)), (ds.images ** 2).sum(axis=(1, 2))
+
+    def project(o0, o1):
+        if isinstance(model, MapModel):
+            return model.spectra(rotations[o0:o1], bk).astype(cplx)
+        img = model.project(rotations[o0:o1], n, ds.angpix, bk, axes=(1, 0), dtype=real)
+        return bk.fft.rfft2(xp.fft.ifftshift(img, axes=(-2, -1))).astype(cplx)
+
+    prob = Problem(spectra, co, coo, kernels, ctf_lp, shifts, len(rotations), project,
+                   _orientation_prior(params, ds, rotations))
+    res = reduce_ranks(integrate(prob, bk, comm, params.keep_orientations), comm)
+    uniform = -math.log(len(shifts)) - (0.0 if prob.orientation_log_prior is not None else math.log(len(rotations)))
+    const = log_constant(n * n) + uniform
+    log_p = res.log_sum + const
+    rows = np.arange(len(log_p))
+    o, c = res.best_orientation, res.best_ctf
+    rot, tilt, psi = matrix_to_euler(rotations[o])
+    norm, offset = best_norm_offset(co, res.best_cc, res.best_ccc, res.best_cco, n * n)
+    sh = shifts[res.best_shift]
+    best = pd.DataFrame({
+        "cpLogP": log_p, "rlnAngleRot": rot, "rlnAngleTilt": tilt, "rlnAnglePsi": psi,
+        "rlnDefocusU": grid["defocus_u"][rows, c], "rlnDefocusV": grid["defocus_v"][rows, c],
+        "rlnAmplitudeContrast": grid["amplitude"][rows, c], "rlnCtfBfactor": grid["bfactor"][rows, c],
+        "rlnOriginXAngst": _wrap(sh[:, 1], n) * ds.angpix, "rlnOriginYAngst": _wrap(sh[:, 0], n) * ds.angpix,
+        "cpNorm": norm, "cpOffset": offset, "cpOrientationIndex": o,
+    })
+    orient = None if res.orientation_log_sum is None else res.orientation_log_sum + const
+    return ModelResult(log_p, res, rotations, best, orient)
+
+
+# ----------------------------------------------------------------------------------------------- compat
+
+
+@dataclass
+class CompatRun:
+    """Inputs of a BioEM 2.1 run: parameter file, particles (text or MRC) and optional orientation list."""
+
+    params: compat.BioEMParams
+    images: np.ndarray  # (I, N, N) I[x][y]
+    orientations: np.ndarray  # (O, 3|4) as printed
+    rotations: np.ndarray  # (O, 3, 3)
+    orientation_volume: float  # without PRIOR_MODEL
+    orientation_priors: np.ndarray | None
+
+
+def load_compat(param_file, particles, orientation_file=None) -> CompatRun:
+    """Read a BioEM 2.1 parameter file, its particles (.mrc/.mrcs: MRC, else text) and orientations."""
+    p = compat.read_parameter_file(param_file)
+    if str(particles).lower().endswith((".mrc", ".mrcs")):
+        images = compat.read_mrc_particles(particles, p.n_pixels, normalise=not p.no_map_norm)
+    else:
+        images = compat.read_text_particles(particles, p.n_pixels)
+    priors = None
+    if orientation_file:
+        values, priors = compat.read_orientation_file(orientation_file, p.use_quaternions, p.prior_angles)
+        volume = 1.0 / len(values)
+    else:
+        if p.prior_angles:
+            raise InputError("PRIOR_ANGLES needs an orientation list (--orientations)", p.source, "PRIOR_ANGLES")
+        values, volume = compat.orientation_grid(p)
+    rot = compat.quaternion_matrices(values) if p.use_quaternions else compat.euler_zxz_matrices(values)
+    return CompatRun(p, images, values, rot, volume, priors)
+
+
+def compute_compat(model: PointModel, run: CompatRun, bk, comm=None, keep_orientations=False) -> ModelResult:
+    """BioEM 2.1's ln P per image (double precision on the CPU), maximising parameters and per-orientation ln P."""
+    p = run.params
+    xp = bk.xp
+    n = p.n_pixels
+    if not p.no_centerofmass:
+        model = model.centred()
+    grid = compat.ctf_grid(p)
+    kernels = bk.asarray(compat.ctf_kernels(grid, n, p.pixel_size)[None])
+    spectra = bk.fft.rfft2(bk.asarray(run.images, dtype=xp.float64))
+    co, coo = run.images.sum(axis=(1, 2)), (run.images ** 2).sum(axis=(1, 2))
+    shifts = compat.displacements(n, *p.displace_center)
+
+    def project(o0, o1):
+        img = model.project(run.rotations[o0:o1], n, p.pixel_size, bk, axes=(0, 1), dtype=xp.float64, shift=p.shift)
+        return bk.fft.rfft2(img)
+
+    prob = Problem(spectra, co, coo, kernels, compat.ctf_log_prior(grid, p)[None], shifts, len(run.rotations), project)
+    res = reduce_ranks(integrate(prob, bk, comm, keep_orientations or p.write_prob_angles > 0, fused=False), comm)
+    const = log_constant(n * n, exact=False) + compat.log_volume(p, run.orientation_volume, grid)
+    log_p = res.log_sum + const
+    norm, offset = best_norm_offset(co, res.best_cc, res.best_ccc, res.best_cco, n * n)
+    sh = shifts[res.best_shift]
+    best = pd.DataFrame({
+        "cpLogP": log_p, "cpOrientationIndex": res.best_orientation, "cpCtfIndex": res.best_ctf,
+        "cpAmplitude": grid.amplitude[res.best_ctf], "cpDefocusMicrons": grid.defocus_um[res.best_ctf],
+        "cpBEnvelope": grid.envelope[res.best_ctf], "cpCenterX": -_wrap(sh[:, 0], n), "cpCenterY": -_wrap(sh[:, 1], n),
+        "cpNorm": norm, "cpOffset": offset, "cpConstant": res.best_l,
+    })
+    orient = None if res.orientation_log_sum is None else res.orientation_log_sum + const
+    return ModelResult(log_p, res, run.rotations, best, orient)
+
+
+def write_compat_outputs(out_dir, name: str, res: ModelResult, run: CompatRun) -> list[Path]:
+    """Output_Probabilities (and ANG_PROB with WRITE_PROB_ANGLES) in BioEM's layout; ``name`` suffixes them."""
+    out_dir = Path(out_dir)
+    b = res.best
+    best = {"orientation": b["cpOrientationIndex"], "ctf": b["cpCtfIndex"], "shift_x": b["cpCenterX"],
+            "shift_y": b["cpCenterY"], "norm": b["cpNorm"], "offset": b["cpOffset"], "constant": b["cpConstant"]}
+    files = [out_dir / f"Output_Probabilities{name}"]
+    compat.write_output_probabilities(files[0], run.params, res.log_p, best, run.orientations,
+                                      compat.ctf_grid(run.params))
+    if run.params.write_prob_angles > 0:
+        files.append(out_dir / f"ANG_PROB{name}")
+        compat.write_angle_probabilities(files[1], res.orientation_log_p, run.orientations,
+                                         run.params.write_prob_angles, run.orientation_priors)
+    return files
+
+
+def model_name(path) -> str:
+    """A model's name for tables: its file name without the extension."""
+    return os.path.splitext(os.path.basename(str(path)))[0]
