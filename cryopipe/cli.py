@@ -109,6 +109,7 @@ def run_stage(name: str, args: argparse.Namespace, argv: list[str]) -> None:
     token = comm.bcast(uuid.uuid4().hex[:8] if rank == 0 else None, root=0)
     work = final / f".staging-{token}" if staged else final
     if rank == 0:
+        # a killed earlier run's staging folder is garbage: Snakemake never runs two jobs on one --out
         for old in final.glob(".staging-*") if staged else ():
             shutil.rmtree(old, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)

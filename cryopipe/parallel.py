@@ -43,8 +43,13 @@ class SerialComm:
 
 
 def _launched_under_mpi() -> bool:
-    keys = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "HYDRA_CONTROL_FD", "MPI_LOCALNRANKS")
-    return any(k in os.environ for k in keys)
+    """True under a launcher that started more than one rank.
+
+    A one-rank launch runs serially (the same code path): SLURM's ``srun -n1``
+    jobsteps set PMI_SIZE=1 without the PMI descriptor, and MPI_Init would abort there.
+    """
+    keys = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
+    return any(int(os.environ.get(k, "1") or "1") > 1 for k in keys)
 
 
 @functools.lru_cache(maxsize=1)

@@ -34,3 +34,28 @@ def ctf_star():
 
 
 ALL_TARGETS = []
+
+
+MICROGRAPHS = micrograph_paths()
+BATCH_SIZE = config["pick"]["batch_size"]
+BATCHES = {
+    f"{k:04d}": MICROGRAPHS[i : i + BATCH_SIZE] for k, i in enumerate(range(0, len(MICROGRAPHS), BATCH_SIZE), start=1)
+}
+
+
+def pick_reference():
+    ref = config["pick"]["reference"]
+    if ref:
+        return ref
+    if USE_SIM:
+        return f"{RESULTS}/simulate/maps/conformation_1.mrc"
+    raise ValueError("config: pick.reference must be set when simulate.enabled is false")
+
+
+def flag(name, value):
+    """A CLI flag from a config value: booleans become --name / --no-name, zero means 'not given'."""
+    if isinstance(value, bool):
+        return f"--{name}" if value else ""
+    if value in (0, "", None):
+        return ""
+    return f"--{name} {value}"

@@ -1,0 +1,71 @@
+"""``cryopipe extract``: box, downscale and normalise picked particles; or merge per-batch particle STARs.
+
+Extract (one job per batch of micrographs)::
+
+    cryopipe extract --picks pick/picks.star --ctf micrographs_ctf.star --box 256 [--bin 2 | --out-box 128]
+                     [--invert] [--micrographs <batch files | glob | STAR>] --out extract/batch_001
+
+writes ``OUT/Particles/<micrograph>.mrcs`` and ``OUT/particles.star``. Gather (rule ``gather_particles``)::
+
+    cryopipe extract --gather extract/batch_*/particles.star --out extract
+
+writes ``OUT/particles.star``: all particles, one ``data_optics`` table, image names pointing at the batch stacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from cryopipe.backend import get_backend
+from cryopipe.cli import add_common
+from cryopipe.errors import require
+from cryopipe.extract.stage import CTF_REQUIRED, ExtractParams, extract_particles, gather_particles
+from cryopipe.io.star import read_table
+from cryopipe.pick.stage import list_micrographs
+
+HELP = "extract particles (box, Fourier-downscale, normalise, invert) into stacks + particles.star; --gather merges"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = __doc__
+    p.add_argument("--picks", help="picks STAR (rlnMicrographName, rlnCoordinateX/Y), e.g. from cryopipe pick")
+    p.add_argument("--ctf", help="micrographs CTF STAR (data_optics + data_micrographs with rlnDefocusU/V/Angle)")
+    p.add_argument("--micrographs", nargs="+",
+                   help="extract only these micrographs (files, quoted globs or a STAR; default: all in --picks)")
+    p.add_argument("--box", type=int, help="box size in micrograph pixels (even)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--out-box", type=int, help="Fourier-downscale the boxes to this size (even, px)")
+    size.add_argument("--bin", type=float, help="Fourier-downscale by this factor (output box = box / bin)")
+    p.add_argument("--invert", action="store_true", help="invert contrast (dark-protein micrographs -> white)")
+    p.add_argument("--bg-radius", type=float,
+                   help="background radius for normalisation, output pixels (default 0.375 x output box)")
+    p.add_argument("--no-normalise", action="store_true", help="skip RELION's background normalisation")
+    p.add_argument("--angpix", type=float, help="micrograph pixel size, A/px (default: CTF STAR, else header)")
+    p.add_argument("--gather", nargs="+", metavar="STAR",
+                   help="instead of extracting: merge these particle STARs into OUT/particles.star")
+    add_common(p)
+
+
+def main(args: argparse.Namespace, recorder) -> None:
+    final = getattr(args, "out_final", args.out)
+    if args.gather:
+        particles = gather_particles(args.gather, args.out / "particles.star")
+        recorder.add_input(*args.gather)
+        recorder.add_output(args.out / "particles.star")
+        recorder.note(particles=len(particles), batches=len(args.gather))
+        return
+    for flag in ("picks", "ctf", "box"):
+        require(getattr(args, flag) is not None, "required unless --gather is given", field=f"--{flag}")
+    bk = get_backend(args.device)
+    params = ExtractParams(box_px=args.box, out_box_px=args.out_box, bin_factor=args.bin, invert=args.invert,
+                           bg_radius_px=args.bg_radius, normalise=not args.no_normalise)
+    params.validate()
+    picks = read_table(args.picks, "particles", required=["rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"])
+    ctf = read_table(args.ctf, "micrographs", required=CTF_REQUIRED)
+    mics = list_micrographs(args.micrographs) if args.micrographs else None
+    result = extract_particles(picks, ctf, params, args.out, bk, mics, args.angpix, final, args.picks, args.ctf)
+    recorder.device = bk.describe()
+    recorder.add_input(args.picks, args.ctf, *(m.path for m in (mics or [])))
+    recorder.add_output(*result.outputs)
+    recorder.note(**result.notes)

@@ -1,0 +1,250 @@
+"""Particle extraction as RELION's ``relion_preprocess --extract``, and merging of per-batch particle STARs.
+
+Per particle: a ``box`` x ``box`` window centred on the rounded coordinate (coordinate at pixel box//2),
+optionally Fourier-cropped to ``out_box`` (downscaling), normalised so that the background (pixels farther
+than ``bg_radius`` from the centre) has mean 0 and s.d. 1, and optionally contrast-inverted. Particles whose
+box leaves the micrograph are skipped (counted and logged), as RELION does.
+
+Outputs: ``<out>/Particles/<micrograph stem>.mrcs`` (one stack per micrograph) and ``<out>/particles.star``
+(RELION 3.1: ``data_optics`` with rlnImagePixelSize, rlnImageSize, rlnImageDimensionality = 2 and the CTF
+STAR's voltage, Cs, amplitude contrast; ``data_particles`` with rlnImageName = ``NNNNNN@<stack>`` (1-based),
+rlnMicrographName, rlnCoordinateX/Y, the picks' other columns and the micrograph's CTF columns).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from cryopipe.errors import InputError, require
+from cryopipe.fourier import fourier_crop, normalise_background
+from cryopipe.io.mrc import read_mrc, write_mrc
+from cryopipe.io.star import OPTICS_COLUMNS, parse_image_name, read_star, write_star
+from cryopipe.pick.stage import Micrograph
+
+log = logging.getLogger(__name__)
+
+CTF_REQUIRED = ["rlnMicrographName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage",
+                "rlnSphericalAberration", "rlnAmplitudeContrast"]
+CTF_PREFIXES = ("rlnDefocus", "rlnCtf", "rlnPhaseShift")  # per-micrograph CTF columns copied to each particle
+OPTICS_COPY = ["rlnOpticsGroupName", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"]
+
+
+@dataclass
+class ExtractParams:
+    """box_px : window in micrograph pixels (even). out_box_px : Fourier-cropped box (even, <= box; None: box).
+    bin_factor : alternative to out_box_px, out_box = box / bin (rounded to even). invert : flip contrast
+    (dark-protein micrographs -> white particles, RELION's usual choice). bg_radius_px : background radius in
+    output pixels (None: 0.375 * out_box, RELION's default). normalise : RELION normalisation (default on)."""
+
+    box_px: int
+    out_box_px: int | None = None
+    bin_factor: float | None = None
+    invert: bool = False
+    bg_radius_px: float | None = None
+    normalise: bool = True
+
+    @property
+    def out_box(self) -> int:
+        if self.out_box_px:
+            return int(self.out_box_px)
+        if self.bin_factor:
+            return max(2, 2 * int(round(self.box_px / self.bin_factor / 2)))
+        return int(self.box_px)
+
+    @property
+    def bg_radius(self) -> float:
+        return self.bg_radius_px if self.bg_radius_px is not None else 0.375 * self.out_box
+
+    def validate(self) -> None:
+        require(self.box_px >= 2 and self.box_px % 2 == 0, f"box must be even and >= 2, got {self.box_px}",
+                field="--box")
+        require(not (self.out_box_px and self.bin_factor), "give --out-box or --bin, not both", field="--bin")
+        require(self.bin_factor is None or self.bin_factor >= 1, "must be >= 1", field="--bin")
+        ob = self.out_box
+        require(2 <= ob <= self.box_px and ob % 2 == 0, f"output box must be even and <= {self.box_px}, got {ob}",
+                field="--out-box")
+        require(0 < self.bg_radius < ob / 2 * np.sqrt(2), f"background radius {self.bg_radius} px leaves no "
+                f"background in a {ob} px box", field="--bg-radius")
+
+
+def extract_windows(image: np.ndarray, x, y, box: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (n, box, box) centred on the rounded (x, y) (at pixel box//2) and the (n,) mask of those inside."""
+    H, W = image.shape
+    x0 = np.rint(np.asarray(x, float)).astype(np.int64) - box // 2
+    y0 = np.rint(np.asarray(y, float)).astype(np.int64) - box // 2
+    inside = (x0 >= 0) & (y0 >= 0) & (x0 + box <= W) & (y0 + box <= H)
+    r = np.arange(box)
+    stack = image[y0[inside, None, None] + r[None, :, None], x0[inside, None, None] + r[None, None, :]]
+    return stack.astype(np.float32, copy=False), inside
+
+
+def process_particles(stack: np.ndarray, params: ExtractParams, bk) -> np.ndarray:
+    """Downscale, normalise and invert boxes (n, box, box) on the device; returns (n, out_box, out_box) float32."""
+    out = np.empty((len(stack), params.out_box, params.out_box), dtype=np.float32)
+    chunk = bk.batch_size(stack.shape[-1] ** 2 * 4 * 8, fraction=0.25, cap=1024)
+    for k in range(0, len(stack), chunk):
+        x = bk.asarray(stack[k : k + chunk], dtype=bk.xp.float32)
+        if params.out_box != stack.shape[-1]:
+            x = fourier_crop(x, params.out_box)
+        if params.normalise:
+            x = normalise_background(x, params.bg_radius)
+        if params.invert:
+            x = -x
+        out[k : k + chunk] = bk.asnumpy(x)
+    return out
+
+
+def _key(name: str) -> str:
+    return os.path.normpath(os.path.abspath(name))
+
+
+def _match(names, candidates) -> dict[str, int | None]:
+    """Index into ``candidates`` of each of ``names``: the same string, else the same absolute path, else the
+    same file name when only one candidate has it; None when none matches."""
+    candidates = [str(c) for c in candidates]
+    exact = {n: i for i, n in enumerate(candidates)}
+    absolute = {_key(n): i for i, n in enumerate(candidates)}
+    by_file: dict[str, list[int]] = {}
+    for i, n in enumerate(candidates):
+        by_file.setdefault(os.path.basename(n), []).append(i)
+    out = {}
+    for n in names:
+        same_file = by_file.get(os.path.basename(n), [])
+        out[n] = exact.get(n, absolute.get(_key(n), same_file[0] if len(same_file) == 1 else None))
+    return out
+
+
+@dataclass
+class ExtractResult:
+    """``particles`` (flat table as written), ``outputs`` written, ``notes`` (counts)."""
+
+    particles: pd.DataFrame
+    outputs: list[Path] = field(default_factory=list)
+    notes: dict = field(default_factory=dict)
+
+
+def extract_particles(
+    picks: pd.DataFrame,
+    ctf: pd.DataFrame,
+    params: ExtractParams,
+    out: Path,
+    bk,
+    mics: list[Micrograph] | None = None,
+    angpix: float | None = None,
+    names_root: Path | None = None,
+    picks_path=None,
+    ctf_path=None,
+) -> ExtractResult:
+    """Extract the picked particles of each micrograph and write stacks and ``particles.star`` into ``out``.
+
+    Parameters
+    ----------
+    picks : rlnMicrographName, rlnCoordinateX/Y (micrograph px) and any other per-pick columns to keep.
+    ctf : micrographs joined with their optics (rlnMicrographName, rlnDefocusU/V/Angle, rlnVoltage,
+        rlnSphericalAberration, rlnAmplitudeContrast, optional rlnOpticsGroup, rlnMicrographPixelSize...).
+    mics : the micrographs to extract (a batch; default: every micrograph in ``picks``, read from its name
+        relative to the working directory or to ``picks_path``'s folder).
+    angpix : micrograph pixel size (default: CTF STAR rlnMicrographPixelSize, else the MRC header).
+    names_root : folder that rlnImageName paths refer to (default ``out``; the final folder when ``out`` is a
+        staging folder).
+    """
+    params.validate()
+    out = Path(out)
+    root = Path(names_root) if names_root is not None else out
+    if mics is None:
+        base = Path(picks_path).parent if picks_path else Path(".")
+        mics = [Micrograph(n, n if os.path.exists(n) or os.path.isabs(n) else str(base / n))
+                for n in dict.fromkeys(picks["rlnMicrographName"].astype(str))]
+    ctf_rows = _match([m.name for m in mics], ctf["rlnMicrographName"])
+    missing = [n for n, i in ctf_rows.items() if i is None]
+    if missing:
+        raise InputError(f"micrograph {missing[0]} is not in the CTF STAR file", ctf_path, "rlnMicrographName")
+    groups = dict(list(picks.groupby(picks["rlnMicrographName"].astype(str), sort=False)))
+    pick_names = list(groups)
+    pick_of = _match([m.name for m in mics], pick_names)
+    ctf_cols = [c for c in ctf.columns if c.startswith(CTF_PREFIXES) and c != "rlnCtfImage"]
+    drop = {"rlnImageName", "rlnMicrographName", "rlnOpticsGroup", *OPTICS_COLUMNS, *ctf_cols}
+    tables, outputs, skipped = [], [], 0
+    optics_rows = {}
+    for mic in tqdm(mics, desc="extract", unit="mic", disable=None):
+        group = groups[pick_names[pick_of[mic.name]]] if pick_of[mic.name] is not None else picks.iloc[:0]
+        if len(group) == 0:
+            log.info("%s: no picks", mic.name)
+            continue
+        ctf_row = ctf.iloc[ctf_rows[mic.name]]
+        image, header_apix = read_mrc(mic.path)
+        apix = angpix or ctf_row.get("rlnMicrographPixelSize") or header_apix
+        require(apix is not None and apix > 0, "pixel size unknown: not in --angpix, the CTF STAR or the header",
+                mic.path, "angpix")
+        windows, inside = extract_windows(image, group["rlnCoordinateX"], group["rlnCoordinateY"], params.box_px)
+        skipped += int((~inside).sum())
+        if (~inside).any():
+            log.info("%s: %d of %d particles too close to the edge, skipped", mic.name, (~inside).sum(), len(group))
+        if not inside.any():
+            continue
+        stack_path = out / "Particles" / f"{mic.stem}.mrcs"
+        out_apix = float(apix) * params.box_px / params.out_box
+        write_mrc(stack_path, process_particles(windows, params, bk), out_apix, stack=True)
+        outputs.append(stack_path)
+        kept = group[inside].reset_index(drop=True)
+        name = str(root / "Particles" / f"{mic.stem}.mrcs")
+        opt = int(ctf_row.get("rlnOpticsGroup", 1))
+        table = kept.drop(columns=[c for c in kept.columns if c in drop])
+        table.insert(0, "rlnImageName", [f"{i + 1:06d}@{name}" for i in range(len(kept))])
+        table.insert(1, "rlnMicrographName", mic.name)
+        table = table.assign(**{c: ctf_row[c] for c in ctf_cols}, rlnOpticsGroup=opt)
+        tables.append(table)
+        previous = optics_rows.setdefault(opt, {
+            "rlnOpticsGroup": opt,
+            **{c: ctf_row[c] for c in OPTICS_COPY if c in ctf_row.index},
+            "rlnMicrographOriginalPixelSize": float(ctf_row.get("rlnMicrographOriginalPixelSize", apix)),
+            "rlnImagePixelSize": out_apix, "rlnImageSize": params.out_box, "rlnImageDimensionality": 2,
+        })
+        require(abs(previous["rlnImagePixelSize"] - out_apix) < 1e-4, "micrographs of one optics group have "
+                "different pixel sizes", mic.path, "angpix")
+    particles = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
+        {"rlnImageName": pd.Series(dtype=str), "rlnMicrographName": pd.Series(dtype=str),
+         "rlnCoordinateX": pd.Series(dtype=float), "rlnCoordinateY": pd.Series(dtype=float),
+         "rlnOpticsGroup": pd.Series(dtype=int)})
+    optics = pd.DataFrame([optics_rows[k] for k in sorted(optics_rows)]) if optics_rows else pd.DataFrame(
+        {"rlnOpticsGroup": [1], "rlnImageSize": [params.out_box], "rlnImageDimensionality": [2]})
+    if "rlnOpticsGroupName" not in optics:
+        optics.insert(1, "rlnOpticsGroupName", [f"opticsGroup{g}" for g in optics["rlnOpticsGroup"]])
+    write_star(out / "particles.star", {"optics": optics, "particles": particles})
+    outputs.append(out / "particles.star")
+    notes = {"micrographs": len(mics), "particles": len(particles), "skipped_at_edge": skipped,
+             "box": params.box_px, "out_box": params.out_box}
+    return ExtractResult(particles, outputs, notes)
+
+
+def gather_particles(stars: list, out_star: Path) -> pd.DataFrame:
+    """Merge per-batch particle STARs into ``out_star`` with one ``data_optics`` table; returns the particles.
+
+    Optics groups are matched by rlnOpticsGroup and must agree between inputs. Image names are kept, except
+    that a stack found only relative to its STAR file's folder is rewritten relative to the working directory.
+    """
+    require(len(stars) > 0, "nothing to gather", field="--gather")
+    optics, parts = {}, []
+    for star in stars:
+        blocks = read_star(star)
+        require("optics" in blocks and "particles" in blocks, "needs data_optics and data_particles", star)
+        for row in blocks["optics"].to_dict("records"):
+            g = int(row["rlnOpticsGroup"])
+            if g in optics and any(optics[g].get(k) != v for k, v in row.items() if k != "rlnOpticsGroupName"):
+                raise InputError(f"optics group {g} differs from the one in an earlier file", star, "data_optics")
+            optics.setdefault(g, row)
+        p = blocks["particles"]
+        if len(p):
+            idx, stacks = parse_image_name(p["rlnImageName"], star)
+            p = p.assign(rlnImageName=[f"{i + 1:06d}@{os.path.normpath(s)}" for i, s in zip(idx, stacks, strict=True)])
+        parts.append(p)
+    particles = pd.concat(parts, ignore_index=True)
+    write_star(out_star, {"optics": pd.DataFrame([optics[g] for g in sorted(optics)]), "particles": particles})
+    return particles

@@ -1,0 +1,405 @@
+"""The picking stage: micrographs in, coordinates out (per micrograph and merged), on CPU/GPU, 1 or N MPI ranks.
+
+Notebook use::
+
+    stack = load_templates("classes.mrcs")
+    picker = Picker(stack, angpix=1.0, params=PickParams(diameter_A=150), bk=get_backend("auto"))
+    picks = picker.pick(micrograph)        # DataFrame: rlnCoordinateX/Y, rlnAutopickFigureOfMerit, ...
+
+:func:`pick_micrographs` runs a whole batch: a producer thread reads the next micrographs while the device
+correlates (gEMpicker's producer-consumer). Under MPI, ranks split the micrographs (``mode="micrographs"``)
+or, for fewer micrographs than ranks, the template-rotations (``mode="templates"``): each rank then
+computes its share's NCC max/argmax maps and rank 0 combines them with ``MPI_Reduce(MAXLOC)`` (a tree
+reduction; ties go to the lower template index, as on one rank).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from cryopipe.errors import InputError, require
+from cryopipe.io.atomic import atomic_path
+from cryopipe.io.mrc import read_mrc, read_mrc_header, write_mrc
+from cryopipe.io.star import read_table, write_star
+from cryopipe.parallel import SerialComm, split_range
+from cryopipe.pick.ncc import Correlator, Grid, plan_grid, prepare_micrograph
+from cryopipe.pick.peaks import auto_threshold, find_peaks
+from cryopipe.pick.templates import TemplateStack, build_bank, psi_angles, rescale_templates
+
+log = logging.getLogger(__name__)
+
+PICK_COLUMNS = ["rlnCoordinateX", "rlnCoordinateY", "rlnAutopickFigureOfMerit", "rlnClassNumber", "rlnAnglePsi"]
+
+
+@dataclass
+class PickParams:
+    """Picking parameters. Lengths in Angstrom unless marked px; angles in degrees.
+
+    diameter_A : particle diameter (circular template mask; default minimum distance between picks).
+    angular_step : in-plane rotation step of the templates.
+    lowpass_A : low-pass the micrographs and templates and shrink the micrographs to match (None: full size).
+    highpass_A : optional high-pass of micrographs and templates (e.g. against ice gradients).
+    threshold : minimum NCC of a pick; None: automatic, ``median + auto_sigmas * robust s.d.`` per micrograph.
+    min_distance_A : non-maximum suppression distance (None: the diameter).
+    max_picks : at most this many picks per micrograph (the best), None: no cap.
+    box_px : no pick whose box of this size (micrograph px) leaves the micrograph (None: the template box).
+    invert : templates have the opposite contrast to the micrographs (white-protein templates, e.g.
+        projections or class averages, against dark-protein micrographs; RELION's default).
+    batch_size : template-rotations per batched FFT (None: from free device memory).
+    """
+
+    diameter_A: float
+    angular_step: float = 5.0
+    lowpass_A: float | None = 20.0
+    highpass_A: float | None = None
+    threshold: float | None = None
+    auto_sigmas: float = 4.0
+    min_distance_A: float | None = None
+    max_picks: int | None = None
+    box_px: int | None = None
+    invert: bool = True
+    batch_size: int | None = None
+
+    def validate(self) -> None:
+        require(self.diameter_A > 0, f"must be positive, got {self.diameter_A}", field="--diameter")
+        require(self.lowpass_A is None or self.lowpass_A > 0, "must be positive", field="--lowpass")
+        require(self.highpass_A is None or self.highpass_A > (self.lowpass_A or 0), "must be coarser than --lowpass",
+                field="--highpass")
+        require(self.threshold is None or -1 <= self.threshold <= 1, "NCC threshold must lie in [-1, 1]",
+                field="--threshold")
+        require(self.min_distance_A is None or self.min_distance_A > 0, "must be positive", field="--min-distance")
+        require(self.max_picks is None or self.max_picks >= 1, "must be >= 1", field="--max-picks")
+        require(self.box_px is None or self.box_px >= 2, "must be >= 2 px", field="--box")
+
+
+@dataclass
+class ScoreMap:
+    """NCC max over template-rotations (``ncc``, (Hc, Wc) float32) and its bank index (``index`` int32) for one
+    micrograph, on the host, with the working ``grid`` and the prepared micrograph ``work`` (device) or None."""
+
+    grid: Grid
+    ncc: np.ndarray
+    index: np.ndarray
+    work: object = None
+
+
+class Picker:
+    """Templates prepared for micrographs at ``angpix``; score and pick micrographs one at a time.
+
+    subset : the template-rotations this instance correlates (MPI per-template mode; default all).
+    """
+
+    def __init__(self, templates: TemplateStack, angpix: float, params: PickParams, bk, subset=slice(None)):
+        params.validate()
+        self.params, self.bk, self.angpix, self.subset = params, bk, float(angpix), subset
+        self.templates = rescale_templates(templates, self.angpix)
+        self.box_px = params.box_px or self.templates.images.shape[-1]
+        self.margin_px = 0.5 * max(self.box_px, params.diameter_A / self.angpix)  # micrograph px
+        self.grid: Grid | None = None
+
+    def _setup(self, shape: tuple[int, int]) -> None:
+        if self.grid is not None and self.grid.shape == shape:
+            return
+        p = self.params
+        H, W = shape
+        require(min(H, W) >= 2 * self.margin_px, f"micrograph {W}x{H} px is smaller than the {self.box_px} px box "
+                f"(and particle diameter {p.diameter_A} A)", field="--box")
+        self.grid = plan_grid(shape, self.angpix, p.lowpass_A)
+        self.bank = build_bank(self.templates, self.grid.scale, p.diameter_A, p.angular_step, p.lowpass_A,
+                               p.highpass_A, p.invert)
+        self.correlator = Correlator(self.bank, self.grid, self.bk, p.batch_size, self.subset)
+        log.info("working grid %s -> %s at %.3g A/px (%s FFTs), %d template-rotations of %d px",
+                 shape, self.grid.crop, self.grid.work_angpix, self.grid.corr, len(self.bank),
+                 self.bank.images.shape[-1])
+
+    def score(self, image: np.ndarray, keep_work: bool = False) -> ScoreMap | None:
+        """NCC map of one micrograph (H, W); None when it is flat (constant: nothing to pick)."""
+        self._setup(tuple(image.shape))
+        p = self.params
+        work = prepare_micrograph(image, self.grid, self.bk, p.lowpass_A, p.highpass_A)
+        if work is None:
+            return None
+        best, arg = self.correlator(work)
+        return ScoreMap(self.grid, self.bk.asnumpy(best), self.bk.asnumpy(arg), work if keep_work else None)
+
+    def valid(self, grid: Grid) -> np.ndarray:
+        """(Hc, Wc) bool: working positions whose box stays inside the micrograph."""
+        (H, W), (sy, sx) = grid.shape, grid.scale
+        ys, xs = np.arange(grid.corr[0]) * sy, np.arange(grid.corr[1]) * sx
+        m = self.margin_px
+        return ((ys >= m) & (ys <= H - 1 - m))[:, None] & ((xs >= m) & (xs <= W - 1 - m))[None, :]
+
+    def peaks(self, scores: ScoreMap) -> pd.DataFrame:
+        """Picks from a score map: DataFrame with :data:`PICK_COLUMNS`, best first, micrograph pixels."""
+        p, grid = self.params, scores.grid
+        valid = self.valid(grid)
+        threshold = p.threshold if p.threshold is not None else auto_threshold(scores.ncc, valid, p.auto_sigmas)
+        dist = (p.min_distance_A or p.diameter_A) / self.angpix  # micrograph px
+        sy, sx = grid.scale
+        y, x, value, iy, ix = find_peaks(scores.ncc, valid, threshold, (dist / sy, dist / sx), p.max_picks)
+        (H, W), m = grid.shape, self.margin_px
+        yo, xo = grid.to_micrograph(y, x)
+        k = scores.index[iy, ix]
+        psi = self.bank.psi[k]
+        return pd.DataFrame({
+            "rlnCoordinateX": np.clip(xo, m, W - 1 - m),
+            "rlnCoordinateY": np.clip(yo, m, H - 1 - m),
+            "rlnAutopickFigureOfMerit": value.astype(np.float64),
+            "rlnClassNumber": self.bank.template[k] + 1,
+            "rlnAnglePsi": np.where(psi > 180.0, psi - 360.0, psi),
+        })
+
+    def pick(self, image: np.ndarray) -> pd.DataFrame:
+        """Score and pick one micrograph (H, W) at ``angpix``; an empty table when it is flat."""
+        scores = self.score(image)
+        return empty_picks() if scores is None else self.peaks(scores)
+
+
+def empty_picks() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=np.int64 if c == "rlnClassNumber" else np.float64) for c in PICK_COLUMNS})
+
+
+# --------------------------------------------------------------------------------------------- micrograph lists
+
+
+@dataclass(frozen=True)
+class Micrograph:
+    """One micrograph: ``name`` as written to rlnMicrographName, ``path`` to read, ``angpix`` from its STAR."""
+
+    name: str
+    path: str
+    angpix: float | None = None
+
+    @property
+    def stem(self) -> str:
+        return Path(self.name).stem
+
+
+def list_micrographs(specs: list[str]) -> list[Micrograph]:
+    """Micrographs from paths, glob patterns and micrograph STAR files (rlnMicrographName, optics pixel size).
+
+    Names from a STAR file are kept as written there (so they match a CTF STAR); relative ones are read
+    relative to the STAR file's folder when they do not exist relative to the working directory.
+    """
+    out: list[Micrograph] = []
+    for spec in specs:
+        if spec.endswith(".star"):
+            table = read_table(spec, "micrographs", required=["rlnMicrographName"])
+            apix = table["rlnMicrographPixelSize"] if "rlnMicrographPixelSize" in table else [None] * len(table)
+            for name, a in zip(table["rlnMicrographName"].astype(str), apix, strict=True):
+                path = name
+                if not os.path.isabs(name) and not os.path.exists(name):
+                    path = str(Path(spec).parent / name)
+                out.append(Micrograph(name, path, None if a is None else float(a)))
+        elif glob.has_magic(spec):
+            matches = sorted(glob.glob(spec))
+            require(bool(matches), "no file matches this pattern", spec, "--micrographs")
+            out += [Micrograph(m, m) for m in matches]
+        else:
+            out.append(Micrograph(spec, spec))
+    require(bool(out), "no micrographs given", field="--micrographs")
+    stems = [m.stem for m in out]
+    dup = sorted({s for s in stems if stems.count(s) > 1})
+    if dup:
+        raise InputError(f"micrograph names must be unique, {dup[0]!r} occurs twice", field="--micrographs")
+    return out
+
+
+def micrograph_angpix(mics: list[Micrograph], angpix: float | None) -> float:
+    """The pixel size: ``angpix`` if given, else the STAR's, else the MRC header's; one value for the batch."""
+    if angpix is not None:
+        require(angpix > 0, f"must be positive, got {angpix}", field="--angpix")
+        return float(angpix)
+    values = set()
+    for m in mics:
+        a = m.angpix if m.angpix is not None else read_mrc_header(m.path).angpix
+        require(a is not None, "pixel size unknown: not in the header, the STAR file or --angpix", m.path, "angpix")
+        values.add(round(float(a), 4))
+    require(len(values) == 1, f"micrographs have different pixel sizes {sorted(values)}; pick them separately",
+            field="--angpix")
+    return values.pop()
+
+
+# --------------------------------------------------------------------------------------------- batch driver
+
+
+def prefetch(mics: list[Micrograph], depth: int = 2) -> Iterator[tuple[Micrograph, np.ndarray | None, Exception | None]]:  # noqa: E501
+    """Yield (micrograph, image or None, read error or None) in order; a producer thread reads ahead ``depth``."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce():
+        for m in mics:
+            try:
+                item = (m, read_mrc(m.path)[0], None)
+            except Exception as exc:  # handed to the consumer, which raises it
+                item = (m, None, exc)
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set():
+                return
+
+    thread = threading.Thread(target=produce, name="micrograph-reader", daemon=True)
+    thread.start()
+    try:
+        for _ in mics:
+            yield q.get()
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _reduce_maxloc(comm, scores: ScoreMap) -> ScoreMap | None:
+    """Element-wise (max NCC, its index) over ranks at rank 0 (MPI_Reduce with MAXLOC); None elsewhere."""
+    from mpi4py import MPI
+
+    buf = np.empty(scores.ncc.shape, dtype=[("v", np.float32), ("i", np.int32)])
+    buf["v"], buf["i"] = scores.ncc, scores.index
+    root = comm.Get_rank() == 0
+    out = np.empty_like(buf) if root else None
+    comm.Reduce([buf, MPI.FLOAT_INT], [out, MPI.FLOAT_INT] if root else None, op=MPI.MAXLOC, root=0)
+    if not root:
+        return None
+    return ScoreMap(scores.grid, np.ascontiguousarray(out["v"]), np.ascontiguousarray(out["i"]), scores.work)
+
+
+@dataclass
+class PickResult:
+    """What :func:`pick_micrographs` did (complete on rank 0): the merged ``picks``, ``outputs`` written,
+    ``notes`` (counts, timings, mode)."""
+
+    picks: pd.DataFrame
+    outputs: list[Path] = field(default_factory=list)
+    notes: dict = field(default_factory=dict)
+
+
+def pick_micrographs(
+    mics: list[Micrograph],
+    templates: TemplateStack,
+    params: PickParams,
+    out: Path,
+    bk,
+    comm=None,
+    angpix: float | None = None,
+    mode: str = "auto",
+    write_maps: bool = False,
+    preview: int = 3,
+) -> PickResult:
+    """Pick every micrograph; write ``out/coords/<stem>.star``, ``out/picks.star``, optional
+    ``out/maps/<stem>_ncc.mrc`` (NCC map on the working grid) and ``out/picks_preview.png``.
+
+    mode : "micrographs" (ranks split micrographs), "templates" (ranks split template-rotations, maps
+    reduced to rank 0) or "auto" (templates when there are fewer micrographs than ranks).
+    A flat micrograph is skipped with a warning (no picks); a bad one (unreadable, NaN, smaller than the box)
+    stops every rank with an InputError.
+    """
+    comm = comm or SerialComm()
+    rank, size = comm.Get_rank(), comm.Get_size()
+    out = Path(out)
+    require(mode in {"auto", "micrographs", "templates"}, f"unknown mode {mode!r}", field="--mpi-mode")
+    if mode == "auto":
+        mode = "templates" if len(mics) < size else "micrographs"
+    angpix = micrograph_angpix(mics, angpix)
+    n_rot = len(templates.images) * len(psi_angles(params.angular_step))
+    share = split_range(n_rot, rank, size) if mode == "templates" else slice(None)
+    picker = Picker(templates, angpix, params, bk, share)
+    mine = mics if mode == "templates" else mics[split_range(len(mics), rank, size)]
+    finalise = mode == "micrographs" or rank == 0
+    tables, written, previews, error = [], [], [], None
+    t_score = 0.0
+    t0 = time.perf_counter()
+    progress = tqdm(prefetch(mine), total=len(mine), desc="pick", unit="mic", disable=None if rank == 0 else True)
+    for mic, image, err in progress:
+        if err is not None:
+            if not isinstance(err, InputError):
+                raise err
+            error = err
+            break
+        try:
+            ts = time.perf_counter()
+            scores = picker.score(image, keep_work=finalise and len(previews) < preview)
+            if mode == "templates":
+                flat = comm.allreduce(scores is None)  # identical data: every rank agrees
+                scores = None if flat else _reduce_maxloc(comm, scores)
+            t_score += time.perf_counter() - ts
+            if not finalise:
+                continue
+            if scores is None:
+                log.warning("%s: flat micrograph (zero variance), skipped: no picks", mic.path)
+                picks = empty_picks()
+            else:
+                picks = picker.peaks(scores)
+            coords = out / "coords" / f"{mic.stem}.star"
+            write_star(coords, {"": picks})
+            written.append(coords)
+            if write_maps and scores is not None:
+                h, w = scores.grid.extent
+                maps = out / "maps" / f"{mic.stem}_ncc.mrc"
+                write_mrc(maps, scores.ncc[:h, :w], scores.grid.work_angpix)
+                written.append(maps)
+            if scores is not None and scores.work is not None:
+                previews.append((mic, bk.asnumpy(scores.work), scores.grid, picks))
+            tables.append(picks.assign(rlnMicrographName=mic.name))
+            log.info("%s: %d picks", mic.name, len(picks))
+        except InputError as exc:
+            error = InputError(exc.message, exc.path or mic.path, exc.field)
+            break
+    t_total = time.perf_counter() - t0
+    errors = [e for e in comm.allgather(error) if e is not None]
+    if errors:
+        raise errors[0]
+    gathered = comm.gather((tables, written, t_score / max(1, len(mine))), root=0)
+    if rank != 0:
+        return PickResult(empty_picks())
+    tables = [t for g in gathered for t in g[0]]
+    written = [w for g in gathered for w in g[1]]
+    picks = pd.concat(tables, ignore_index=True) if tables else empty_picks().assign(rlnMicrographName="")
+    picks = picks[["rlnMicrographName", *PICK_COLUMNS]]
+    write_star(out / "picks.star", {"particles": picks})
+    written.append(out / "picks.star")
+    if previews:
+        written.append(write_preview(out / "picks_preview.png", previews, params.diameter_A))
+    notes = {
+        "micrographs": len(mics), "picks": len(picks), "mpi_mode": mode, "mpi_size": size,
+        "template_rotations": n_rot, "working_angpix": picker.grid and round(picker.grid.work_angpix, 4),
+        "score_seconds_per_micrograph": round(max(g[2] for g in gathered), 4),
+        "wall_seconds": round(t_total, 3),
+    }
+    return PickResult(picks, written, notes)
+
+
+def write_preview(path: Path, previews: list, diameter_A: float) -> Path:
+    """PNG of a few working micrographs (list of (Micrograph, work image, Grid, picks)) with picks circled."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Circle
+
+    fig = Figure(figsize=(5 * len(previews), 5))
+    for ax, (mic, work, grid, picks) in zip(fig.subplots(1, len(previews), squeeze=False)[0], previews, strict=True):
+        h, w = grid.extent
+        lo, hi = np.percentile(work[:h, :w], [1, 99])
+        ax.imshow(work[:h, :w], cmap="gray", vmin=lo, vmax=hi)
+        y, x = picks["rlnCoordinateY"] / grid.scale[0], picks["rlnCoordinateX"] / grid.scale[1]
+        for xy in zip(x, y, strict=True):
+            ax.add_patch(Circle(xy, 0.5 * diameter_A / grid.work_angpix, fill=False, color="red", lw=0.8))
+        ax.set_title(f"{mic.stem}: {len(picks)} picks", fontsize=9)
+        ax.set_axis_off()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    return path
