@@ -1,0 +1,347 @@
+"""Node-local SSD cache for particle stacks, shared by the jobs that run on one node.
+
+Iterative stages (class2d, class3d, refine3d, bioem) read their stacks on every pass. A
+:class:`StackCache` copies them to node-local scratch in a background thread while the first pass
+reads from shared storage, so no GPU waits on a copy; :meth:`StackCache.path_for` answers, at each
+read, the path to use: the verified local copy once it is there, else the source::
+
+    with StackCache.from_args(args) as cache:
+        cache.prefetch(stacks)                      # most-read first: what fits is cached
+        for iteration in range(n):
+            for stack in stacks:
+                read(cache.path_for(stack))         # source until the copy is ready and verified
+        recorder.note(cache=cache.stats())
+
+Layout under ``<scratch>/cryopipe-cache-<uid>/`` (mode 0700; a folder owned by someone else disables
+the cache): ``objects/<sha256><suffix>`` are the copies, named by the sha256 of their content (the
+checksum provenance records use), so identical stacks share one copy; ``refs/<key>.json`` maps a
+source version (real path, size, mtime) to its object, so a later job finds it without reading the
+source; ``locks/`` hold flock(2) locks. A copy is written to ``objects/<key>.part`` (space reserved up
+front), hashed as it streams, and renamed into place only when complete and the source has not
+changed meanwhile: a job killed mid-copy leaves a ``.part`` that nothing trusts and the next copier
+replaces. The per-source lock makes concurrent jobs copy a file once; the others wait for it in the
+background and then verify it.
+
+Every object is verified (size and full sha256, about 1.7 GB/s from local disk with SHA extensions:
+cheap next to reading from shared storage, and a corrupted or truncated copy is caught whatever bytes
+changed) by each job before its first use; a bad one is deleted and copied again. Objects a live job
+uses are held with a shared lock; when space is short (``quota_bytes``, or the disk's free space less
+a reserve) the least recently used unheld objects are evicted, and a stack that still does not fit is
+read from shared storage (partial caching). Nothing here raises for lack of space: the cache only
+ever makes reads faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import queue
+import stat
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CHUNK = 8 << 20
+RESERVE_BYTES = 1 << 30  # free space left on the scratch disk (or 5 % of it, if smaller)
+
+
+class _ClosedError(Exception):
+    """The cache was closed while its worker was waiting or copying."""
+
+
+def default_scratch_dir() -> Path:
+    """$SLURM_TMPDIR, else $TMPDIR (Snakemake sets it from the ``tmpdir`` resource), else the system temp."""
+    return Path(os.environ.get("SLURM_TMPDIR") or os.environ.get("TMPDIR") or tempfile.gettempdir())
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``--scratch-dir`` and ``--scratch-quota-gb``: the flags of every stage that caches stacks."""
+    p.add_argument("--scratch-dir", type=Path, default=None,
+                   help="node-local disk for cached particle stacks (default: $SLURM_TMPDIR, $TMPDIR)")
+    p.add_argument("--scratch-quota-gb", type=float, default=None,
+                   help="most the cache may hold on the scratch disk, GB (default: its free space; 0: no cache)")
+
+
+@contextlib.contextmanager
+def _flock(path: Path, stop: threading.Event):
+    """Hold an exclusive flock on ``path`` (created if needed); poll so that closing the cache is never blocked."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if stop.wait(0.05):
+                    raise _ClosedError from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _copy_hashing(src, dst, stop: threading.Event) -> str:
+    """Copy file object ``src`` to ``dst`` and return the sha256 of what was copied."""
+    h = hashlib.sha256()
+    while block := src.read(CHUNK):
+        if stop.is_set():
+            raise _ClosedError
+        h.update(block)
+        dst.write(block)
+    return h.hexdigest()
+
+
+def _sha256_fd(fd: int, stop: threading.Event) -> str:
+    h = hashlib.sha256()
+    offset = 0
+    while block := os.pread(fd, CHUNK, offset):
+        if stop.is_set():
+            raise _ClosedError
+        h.update(block)
+        offset += len(block)
+    return h.hexdigest()
+
+
+class StackCache:
+    """Stage files on node-local scratch in the background; see the module docstring."""
+
+    def __init__(self, scratch_dir: str | os.PathLike | None = None, quota_bytes: int | None = None):
+        self.root = Path(scratch_dir or default_scratch_dir()) / f"cryopipe-cache-{os.getuid()}"
+        self.quota = quota_bytes
+        self._ready: dict[str, Path] = {}
+        self._queued: set[str] = set()
+        self._held: list[int] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._queue: queue.Queue = queue.Queue()
+        self._stats = dict(hits=0, copies=0, bytes_copied=0, corrupt=0, not_cached=0, evicted=0,
+                           staging_s=0.0, reads_cached=0, reads_source=0)
+        self.enabled = quota_bytes != 0 and self._prepare()
+        self._thread = threading.Thread(target=self._work, name="stack-cache", daemon=True)
+        if self.enabled:
+            self._thread.start()
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> StackCache:
+        gb = args.scratch_quota_gb
+        return cls(args.scratch_dir, None if gb is None else int(gb * 1e9))
+
+    def _prepare(self) -> bool:
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = self.root.lstat()
+            if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode):
+                log.warning("stack cache disabled: %s is not a folder of this user", self.root)
+                return False
+            os.chmod(self.root, 0o700)
+            for sub in ("objects", "refs", "locks"):
+                (self.root / sub).mkdir(mode=0o700, exist_ok=True)
+            return True
+        except OSError as exc:
+            log.warning("stack cache disabled: %s", exc)
+            return False
+
+    # -- what stages call -------------------------------------------------------------------------
+
+    def prefetch(self, paths) -> None:
+        """Queue files for staging, in priority order (most-read first: those are kept when space is short)."""
+        for p in paths:
+            key = os.path.abspath(p)
+            with self._lock:
+                if not self.enabled or self._stop.is_set() or key in self._queued:
+                    continue
+                self._queued.add(key)
+            self._queue.put(key)
+
+    def path_for(self, src: str | os.PathLike) -> Path:
+        """The path to read ``src`` from now: its verified local copy, else ``src`` (queued for staging)."""
+        key = os.path.abspath(src)
+        with self._lock:
+            cached = self._ready.get(key)
+            self._stats["reads_cached" if cached else "reads_source"] += 1
+        if cached:
+            return cached
+        self.prefetch([src])
+        return Path(src)
+
+    def wait(self) -> None:
+        """Block until everything queued is staged or given up (for stages that prefer to wait)."""
+        if self.enabled:
+            self._queue.join()
+
+    def stats(self) -> dict:
+        """Staging statistics for the provenance record (``recorder.note(cache=cache.stats())``)."""
+        with self._lock:
+            cached = sum(p.stat().st_size for p in self._ready.values())
+            return {"dir": str(self.root), "enabled": self.enabled, "quota_bytes": self.quota,
+                    "files_cached": len(self._ready), "bytes_cached": cached,
+                    **self._stats, "staging_s": round(self._stats["staging_s"], 3)}
+
+    def close(self) -> None:
+        """Stop staging (a copy in progress is abandoned) and release the objects this job held."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        for fd in self._held:
+            os.close(fd)
+        self._held.clear()
+
+    def __enter__(self) -> StackCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- background worker --------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while (src := self._queue.get()) is not None:
+            t0, obj = time.perf_counter(), None
+            try:
+                obj = None if self._stop.is_set() else self._stage(src)
+            except _ClosedError:
+                pass
+            except OSError as exc:
+                log.warning("stack cache: %s read from shared storage: %s", src, exc)
+            with self._lock:
+                self._stats["staging_s"] += time.perf_counter() - t0
+                if obj is not None:
+                    self._ready[src] = obj
+                else:
+                    self._stats["not_cached"] += 1
+            self._queue.task_done()
+
+    def _stage(self, src: str) -> Path | None:
+        st = os.stat(src)
+        ident = f"{os.path.realpath(src)}\0{st.st_size}\0{st.st_mtime_ns}"
+        key = hashlib.sha256(ident.encode()).hexdigest()[:32]
+        with _flock(self.root / "locks" / f"{key}.lock", self._stop):
+            return self._lookup(key, st.st_size) or self._copy(src, key, st)
+
+    def _hold(self, obj: Path) -> int | None:
+        """Open ``obj`` with a shared lock (so no job evicts it while in use); None when it is gone."""
+        try:
+            fd = os.open(obj, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            if os.stat(obj).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+        return None
+
+    def _lookup(self, key: str, size: int) -> Path | None:
+        """The verified object of source version ``key``; a corrupted one is deleted (None)."""
+        ref_path = self.root / "refs" / f"{key}.json"
+        try:
+            ref = json.loads(ref_path.read_text())
+        except (OSError, ValueError):
+            return None
+        obj = self.root / "objects" / ref["object"]
+        fd = self._hold(obj)
+        if fd is None:
+            return None
+        try:
+            good = os.fstat(fd).st_size == size == ref["size"] and _sha256_fd(fd, self._stop) == ref["sha256"]
+        except BaseException:
+            os.close(fd)
+            raise
+        if good:
+            self._held.append(fd)
+            os.utime(obj)  # least recently used goes first
+            with self._lock:
+                self._stats["hits"] += 1
+            return obj
+        os.close(fd)
+        log.warning("stack cache: %s is corrupted; copying again", obj)
+        with self._lock:
+            self._stats["corrupt"] += 1
+        obj.unlink(missing_ok=True)
+        ref_path.unlink(missing_ok=True)
+        return None
+
+    def _copy(self, src: str, key: str, st: os.stat_result) -> Path | None:
+        part = self.root / "objects" / f"{key}.part"
+        with _flock(self.root / "locks" / "space.lock", self._stop):
+            if not self._make_room(st.st_size, part):
+                log.info("stack cache: no room for %s (%d bytes); reading it from shared storage", src, st.st_size)
+                return None
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                if st.st_size:
+                    os.posix_fallocate(fd, 0, st.st_size)
+            except OSError as exc:
+                os.close(fd)
+                part.unlink(missing_ok=True)
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                return None
+        try:
+            with os.fdopen(fd, "wb") as fout, open(src, "rb") as fin:
+                digest = _copy_hashing(fin, fout, self._stop)
+                copied = fout.tell()
+            now = os.stat(src)
+            if (copied, now.st_size, now.st_mtime_ns) != (st.st_size, st.st_size, st.st_mtime_ns):
+                log.warning("stack cache: %s changed while being copied; not cached", src)
+                part.unlink()
+                return None
+            obj = self.root / "objects" / f"{digest}{Path(src).suffix}"
+            os.replace(part, obj)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        ref = {"object": obj.name, "sha256": digest, "size": copied, "source": os.path.realpath(src)}
+        tmp = self.root / "refs" / f"{key}.json.part"
+        tmp.write_text(json.dumps(ref))
+        os.replace(tmp, self.root / "refs" / f"{key}.json")
+        fd = self._hold(obj)
+        if fd is None:
+            return None
+        self._held.append(fd)
+        with self._lock:
+            self._stats["copies"] += 1
+            self._stats["bytes_copied"] += copied
+        return obj
+
+    def _make_room(self, size: int, part: Path) -> bool:
+        """Evict least recently used unheld objects (and abandoned .part files) until ``size`` more fits."""
+        entries = []
+        for p in (self.root / "objects").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if p != part:  # our own key's leftover is overwritten, not added to
+                    entries.append((p.stat().st_mtime_ns, p.stat().st_size, p))
+        used = sum(e[1] for e in entries)
+        vfs = os.statvfs(part.parent)
+        free = vfs.f_bavail * vfs.f_frsize - min(RESERVE_BYTES, vfs.f_blocks * vfs.f_frsize // 20)
+        quota = float("inf") if self.quota is None else self.quota
+        for _, nbytes, p in sorted(entries):
+            if used + size <= quota and size <= free:
+                break
+            # an object is locked by the jobs reading it; a .part by its key's lock while being copied
+            try:
+                fd = os.open(self.root / "locks" / f"{p.stem}.lock" if p.suffix == ".part" else p, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                p.unlink(missing_ok=True)
+            except BlockingIOError:
+                continue
+            finally:
+                os.close(fd)
+            used, free = used - nbytes, free + nbytes
+            with self._lock:
+                self._stats["evicted"] += 1
+        return used + size <= quota and size <= free
