@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         run_stage(args.stage, args, argv)
         return 0
     except InputError as exc:
-        print(f"cryopipe {args.stage}: error: {exc}", file=sys.stderr)
+        if get_comm().Get_rank() == 0:  # stages make input errors collective: say it once
+            print(f"cryopipe {args.stage}: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -84,7 +84,7 @@ def test_two_mpi_ranks_equal_one(small, tmp_path):
 def test_gpu_equals_cpu(small):
     star, models, _ = small
     ds = stage.load_particles(star)
-    for name, extra in (("conformation_1", {}), ("decoy", {"shape": "sphere", "points": "residue"})):
+    for name, extra in (("conformation_1", {}), ("decoy", {"shape": "sphere", "points": "atom"})):
         params = stage.RankParams(orientation_order=0, defocus_grid=(-300, 300, 2), max_shift_px=2,
                                   keep_orientations=True, **extra)
         model = stage.read_structural_model(models[name], ds.angpix, params)
