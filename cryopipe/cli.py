@@ -30,6 +30,9 @@ STAGES = {
     "simulate": "cryopipe.simulate.cli",
     "pick": "cryopipe.pick.cli",
     "extract": "cryopipe.extract.cli",
+    "class2d": "cryopipe.class2d.cli",
+    "select2d": "cryopipe.select2d.cli",
+    "class3d": "cryopipe.class3d.cli",
     "bioem": "cryopipe.bioem.cli",
 }
 

@@ -1,6 +1,7 @@
 # Shared helpers for the rules: input selection, batches, flags. No science here.
 
 import glob
+import shutil
 import os
 
 RESULTS = config["results"]
@@ -59,3 +60,11 @@ def flag(name, value):
     if value in (0, "", None):
         return ""
     return f"--{name} {value}"
+
+
+def mpi_launch(wildcards, resources):
+    """`{mpi} -n {tasks}` for MPI rules, or nothing when the profile sets no launcher (plain one-rank run)."""
+    return f"{resources.mpi} -n {resources.tasks}" if resources.mpi else ""
+
+
+MPI_DEFAULT = "mpiexec" if shutil.which("mpiexec") else ""

@@ -1,0 +1,83 @@
+"""``cryopipe class2d``: 2D classification by multi-reference alignment (Cryo-RALib), on CPU/GPU, 1 or N MPI ranks.
+
+    cryopipe class2d --particles extract/particles.star --classes 50 --out class2d [--box 64] [--iterations 20]
+                     [--shift-range 3] [--shift-step 1] [--angular-sampling DEG] [--mask-diameter 150]
+                     [--ctf phaseflip|wiener|none] [--references refs.mrcs] [--mirrors] [--device gpu]
+
+writes ``OUT/class_averages.mrcs`` (largest class first), ``OUT/particles.star`` (rlnClassNumber, rlnAnglePsi,
+rlnOriginXAngst/YAngst, cpScore), ``OUT/classes.star`` (data_model_classes: size, mean score, FRC resolution)
+and ``OUT/class_averages.png``, ``OUT/class2d_histograms.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from cryopipe.backend import get_backend
+from cryopipe.class2d.stage import CTF_MODES, Class2DParams, classify, load_particles, load_references, write_class2d
+from cryopipe.cli import add_common
+from cryopipe.errors import InputError
+from cryopipe.io.mrc import read_mrc_header
+from cryopipe.parallel import get_comm
+
+HELP = "2D classification by multi-reference alignment (polar rotational correlation), with class averages"
+
+_D = Class2DParams(classes=1)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--particles", required=True, help="particles STAR (e.g. from cryopipe extract)")
+    p.add_argument("--classes", type=int, help="number of classes K (default: the number of --references)")
+    p.add_argument("--box", type=int, help="Fourier-downscale the particles to this box, px (default: keep)")
+    p.add_argument("--iterations", type=int, default=_D.iterations, help=f"at most this many (default {_D.iterations})")
+    p.add_argument("--shift-range", type=float, default=_D.shift_range,
+                   help=f"trial shifts up to +- this many particle pixels in x and y (default {_D.shift_range:g})")
+    p.add_argument("--shift-step", type=float, default=_D.shift_step,
+                   help=f"step of the trial shifts, particle pixels (default {_D.shift_step:g})")
+    p.add_argument("--angular-sampling", type=float,
+                   help="in-plane angular step, degrees (default: about 1 px on the outer ring)")
+    p.add_argument("--mask-diameter", type=float,
+                   help="circular mask and alignment diameter, Angstrom (default 80%% of the box)")
+    p.add_argument("--ctf", choices=CTF_MODES, default=_D.ctf,
+                   help="CTF correction: phase flip (default), Wiener-weighted averages, or none")
+    p.add_argument("--wiener-snr", type=float, default=_D.wiener_snr,
+                   help=f"particle SNR assumed by --ctf wiener (regularises by 1/SNR; default {_D.wiener_snr:g})")
+    p.add_argument("--references", help="initial references, MRCS of K images (default: K random-subset averages)")
+    p.add_argument("--mirrors", action="store_true", help="also align mirrored particles")
+    p.add_argument("--convergence", type=float, default=_D.convergence,
+                   help=f"stop when fewer than this fraction of particles change class (default {_D.convergence:g})")
+    p.add_argument("--min-class-fraction", type=float, default=_D.min_class_fraction,
+                   help="in the first half of the iterations, reseed classes smaller than this fraction of the mean "
+                        f"class size by splitting the largest class (default {_D.min_class_fraction:g})")
+    p.add_argument("--seed", type=int, default=_D.seed, help=f"random seed of the initial subsets (default {_D.seed})")
+    p.add_argument("--batch-size", type=int, help="particles per device batch (default: from free memory)")
+    add_common(p)
+
+
+def main(args: argparse.Namespace, recorder) -> None:
+    bk = get_backend(args.device)
+    comm = get_comm()
+    classes = args.classes
+    if classes is None:
+        if args.references is None:
+            raise InputError("give --classes, or --references to take K from", field="--classes")
+        classes = read_mrc_header(args.references).shape[0]
+    params = Class2DParams(
+        classes=classes, box=args.box, iterations=args.iterations, shift_range=args.shift_range,
+        shift_step=args.shift_step, angular_sampling=args.angular_sampling, mask_diameter_A=args.mask_diameter,
+        ctf=args.ctf, mirrors=args.mirrors, convergence=args.convergence, min_class_fraction=args.min_class_fraction,
+        wiener_snr=args.wiener_snr, seed=args.seed, batch_size=args.batch_size,
+    )
+    table, stack = load_particles(args.particles, params, bk, comm)
+    refs = None
+    if args.references:
+        refs = load_references(args.references, params, int(round(stack.box / stack.scale)), stack.box)
+        recorder.add_input(args.references)
+    result = classify(stack, params, bk, comm, refs)
+    recorder.add_input(args.particles)
+    recorder.device = bk.describe()
+    if comm.Get_rank() == 0:
+        recorder.add_output(*write_class2d(result, table, args.out, args.out_final, params.mirrors))
+    recorder.note(particles=len(table), classes=classes, iterations=result.iterations,
+                  changed_per_iteration=[round(c, 5) for c in result.changed], class_sizes=result.sizes.tolist(),
+                  working_box=stack.box, working_angpix=stack.angpix)

@@ -1,0 +1,91 @@
+"""``cryopipe class2d``: outputs and their conventions, clear errors for bad input, MPI 2 ranks = 1 rank."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cryopipe.io.mrc import read_mrc, write_mrc
+from cryopipe.io.star import parse_image_name, read_particles, read_star, write_star
+
+SMALL = ["--classes", "3", "--mask-diameter", "130", "--device", "cpu"]
+
+
+def test_outputs_and_conventions(particles_small, run_cli, tmp_path):
+    out = tmp_path / "class2d"
+    args = ["class2d", "--particles", str(particles_small.star), "--out", str(out), "--box", "48", "--iterations",
+            "6", "--ctf", "wiener", "--mirrors", *SMALL]
+    assert run_cli(args) == 0
+    averages, angpix = read_mrc(out / "class_averages.mrcs")
+    assert averages.shape == (3, 48, 48) and angpix == pytest.approx(2.5 * 64 / 48, abs=1e-3)
+    particles = read_particles(out / "particles.star", ["rlnClassNumber", "rlnAnglePsi", "rlnOriginXAngst",
+                                                        "rlnOriginYAngst", "cpScore", "cpMirror", "rlnDefocusU"])
+    assert len(particles) == 120 and set(particles["rlnClassNumber"]) <= {1, 2, 3}
+    index, stacks = parse_image_name(particles["rlnImageName"], out / "particles.star")
+    assert Path(stacks[0]).exists() and index.tolist() == list(range(120))
+    classes = read_star(out / "classes.star")["model_classes"]
+    sizes = classes["cpClassSize"].tolist()
+    assert sizes == sorted(sizes, reverse=True) and sum(sizes) == 120
+    assert sizes == np.bincount(particles["rlnClassNumber"], minlength=4)[1:].tolist()
+    assert classes["rlnReferenceImage"][0] == f"000001@{out / 'class_averages.mrcs'}"
+    assert np.all(classes["rlnEstimatedResolution"] < 30.0)
+    truth = particles_small.truth
+    counts = np.zeros((3, 3), int)
+    np.add.at(counts, (particles["rlnClassNumber"] - 1, truth["view"]), 1)
+    assert counts.max(1).sum() / 120 >= 0.9
+    # RELION's origin re-centres the particle: origin = -(displacement of the particle) in Angstrom
+    dx = truth["dx"].to_numpy() * 2.5
+    assert np.corrcoef(particles["rlnOriginXAngst"], -dx)[0, 1] > 0.8
+    for name in ["class_averages.png", "class2d_histograms.png", "provenance.json"]:
+        assert (out / name).stat().st_size > 0
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["stage"] == "class2d" and record["mpi_size"] == 1 and record["notes"]["classes"] == 3
+
+
+def _two_box_sizes(src, tmp_path):
+    """A copy of ``src`` whose last particle comes from a 48 px stack."""
+    blocks = read_star(src.star)
+    particles = blocks["particles"]
+    index, stacks = parse_image_name(particles["rlnImageName"], src.star)
+    particles["rlnImageName"] = [f"{i + 1}@{s}" for i, s in zip(index, stacks, strict=True)]
+    write_mrc(tmp_path / "other.mrcs", np.zeros((1, 48, 48), np.float32), 2.5)
+    particles.loc[len(particles) - 1, "rlnImageName"] = f"1@{tmp_path / 'other.mrcs'}"
+    star = tmp_path / "mixed.star"
+    write_star(star, blocks)
+    return star
+
+
+@pytest.mark.parametrize("case, extra, message", [
+    ("box sizes", [], "particles of different box sizes (64 and 48 px)"),
+    ("too many classes", ["--classes", "500"], "[--classes]: 500 classes asked for, but only 120 particles"),
+    ("shift range", ["--shift-range", "40"], "[--shift-range]: shift range 40 px does not fit half the box (32 px)"),
+    ("mask", ["--mask-diameter", "400"], "[--mask-diameter]: mask diameter 400 A does not fit the box"),
+])
+def test_bad_input_is_one_clear_line(particles_small, run_cli, tmp_path, capsys, case, extra, message):
+    star = _two_box_sizes(particles_small, tmp_path) if case == "box sizes" else particles_small.star
+    out = tmp_path / "out"
+    assert run_cli(["class2d", "--particles", str(star), "--out", str(out), *SMALL, *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("cryopipe class2d: error: ") and message in err[-1]
+    assert not list(out.glob("*.star"))
+
+
+@pytest.mark.mpi
+def test_two_ranks_give_the_one_rank_result(particles_small, launcher, tmp_path):
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    if not mpiexec.exists():
+        pytest.skip("no mpiexec next to the interpreter (install the 'mpi' extra)")
+    args = ["class2d", "--particles", str(particles_small.star), "--box", "32", "--iterations", "4",
+            "--batch-size", "16", *SMALL]
+    subprocess.run([sys.executable, str(launcher), *args, "--out", str(tmp_path / "one")], check=True, timeout=300)
+    subprocess.run([str(mpiexec), "-n", "2", sys.executable, str(launcher), *args, "--out", str(tmp_path / "two")],
+                   check=True, timeout=300)
+    assert json.loads((tmp_path / "two/provenance.json").read_text())["mpi_size"] == 2
+    one, two = (read_particles(tmp_path / d / "particles.star") for d in ("one", "two"))
+    for column in ["rlnClassNumber", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "cpScore"]:
+        np.testing.assert_array_equal(two[column], one[column])
+    np.testing.assert_array_equal(read_mrc(tmp_path / "two/class_averages.mrcs")[0],
+                                  read_mrc(tmp_path / "one/class_averages.mrcs")[0])

@@ -1,0 +1,58 @@
+# 2D classification by multi-reference alignment, then class selection.
+
+
+rule class2d:
+    input:
+        particles=rules.gather_particles.output.particles,
+    output:
+        particles=f"{RESULTS}/class2d/particles.star",
+        classes=f"{RESULTS}/class2d/classes.star",
+        averages=f"{RESULTS}/class2d/class_averages.mrcs",
+        figures=report(
+            [f"{RESULTS}/class2d/class_averages.png", f"{RESULTS}/class2d/class2d_histograms.png"],
+            caption="../report/class2d.rst",
+            category="3. 2D classification",
+        ),
+    params:
+        out=f"{RESULTS}/class2d",
+        launch=mpi_launch,
+        classes=config["class2d"]["classes"],
+        iterations=config["class2d"]["iterations"],
+        box=flag("box", config["class2d"]["box"]),
+        shift=config["class2d"]["shift_range"],
+        ctf=config["class2d"]["ctf"],
+        mask=round(1.1 * config["particle_diameter"]),
+        device=DEVICE,
+    resources:
+        mpi=MPI_DEFAULT,
+        tasks=1,
+        gpu=1 if DEVICE == "gpu" else 0,
+    log:
+        f"{RESULTS}/logs/class2d.log",
+    shell:
+        "{params.launch} cryopipe class2d --particles {input.particles} --classes {params.classes}"
+        " --iterations {params.iterations} {params.box} --shift-range {params.shift} --ctf {params.ctf}"
+        " --mask-diameter {params.mask} --device {params.device} --out {params.out} 2> {log}"
+
+
+rule select2d:
+    input:
+        particles=rules.class2d.output.particles,
+        classes=rules.class2d.output.classes,
+    output:
+        particles=f"{RESULTS}/select2d/particles.star",
+        table=f"{RESULTS}/select2d/selection.tsv",
+        figure=report(f"{RESULTS}/select2d/select2d.png", caption="../report/select2d.rst", category="3. 2D classification"),
+    params:
+        out=f"{RESULTS}/select2d",
+        keep=flag("keep", " ".join(map(str, config["select2d"]["keep"]))),
+        min_size=config["select2d"]["min_size"],
+        max_resolution=config["select2d"]["max_resolution"],
+    log:
+        f"{RESULTS}/logs/select2d.log",
+    shell:
+        "cryopipe select2d --particles {input.particles} --classes-star {input.classes} {params.keep}"
+        " --min-size {params.min_size} --max-resolution {params.max_resolution} --out {params.out} 2> {log}"
+
+
+ALL_TARGETS.append(rules.select2d.output.particles)
