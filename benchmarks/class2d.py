@@ -20,36 +20,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
-import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
+from common import git_commit, timed
 
 from cryopipe.backend import get_backend
 from cryopipe.class2d import Aligner, Class2DParams, ParticleStack, PolarGrid, classify, transform_images
 
 RADIUS_PX = 36.0
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _timed(fn, bk, repeat: int = 1) -> float:
-    """Best wall time of ``fn()`` over ``repeat`` runs, device synchronised."""
-    best = np.inf
-    for _ in range(repeat):
-        bk.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        bk.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def make_workload(bk, n: int, k: int, box: int, snr: float, max_shift: float, seed: int = 0):
@@ -84,7 +63,7 @@ def matmul_rate(bk, size: int, repeat: int = 3) -> float:
     """The device's complex64 matrix-product rate, FLOP/s, on a square GEMM of ``size``."""
     xp = bk.xp
     a = (xp.ones((size, size), dtype=xp.complex64) * (1 + 1j)) / size
-    t = _timed(lambda: xp.matmul(a, a), bk, repeat)
+    t = timed(lambda: xp.matmul(a, a), bk, repeat, statistic=min)
     return 8.0 * size**3 / t
 
 
@@ -119,7 +98,7 @@ def main() -> None:
     classify(warm, params, bk, references=refs, progress=False)  # FFT plans, kernels, memory pool
 
     result = {}
-    t_iter = _timed(lambda: result.update(r=classify(stack, params, bk, references=refs, progress=False)), bk)
+    t_iter = timed(lambda: result.update(r=classify(stack, params, bk, references=refs, progress=False)), bk)
     assigned = result["r"].alignment.ref
     counts = np.zeros((k, k), dtype=np.int64)
     np.add.at(counts, (assigned, truth), 1)
@@ -130,7 +109,7 @@ def main() -> None:
     rate = matmul_rate(bk, 4096 if bk.is_gpu else 1024)
     floor = flops / rate
     g = aligner.grid
-    print(f"\n# cryopipe class2d benchmark, {datetime.date.today()}, commit {_commit()}, device {bk.describe()}")
+    print(f"\n# cryopipe class2d benchmark, {datetime.date.today()}, commit {git_commit()}, device {bk.describe()}")
     print(f"workload: {n} particles of {args.box} px, {k} references, {aligner.n_shifts} shifts "
           f"(+-{args.shift_range:g} px, step {args.shift_step:g})" + (" x 2 mirrors" if args.mirrors else "")
           + f", polar grid {g.n_rings} rings x {g.n_angles} angles, 1 iteration; generated on the device in "

@@ -17,30 +17,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import git_commit, timed
 from scipy import ndimage
 
 from cryopipe.backend import get_backend
 from cryopipe.io.mrc import read_mrc, write_mrc
 from cryopipe.pick import Micrograph, Picker, PickParams, TemplateStack, pick_micrographs
 from cryopipe.pick.ncc import prepare_micrograph
-
-
-def _timed(fn, bk, repeat: int) -> float:
-    """Median wall time of ``fn()`` over ``repeat`` runs, device synchronised."""
-    times = []
-    for _ in range(repeat):
-        bk.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        bk.synchronize()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def _evict(paths) -> None:
@@ -77,15 +65,7 @@ def _fft_floor(picker: Picker, bk, repeat: int) -> float:
         for k in range(0, corr.count, corr.batch):
             bk.fft.irfft2(spec[: min(corr.batch, corr.count - k)], s=(Hc, Wc))
 
-    return _timed(run, bk, repeat)
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return timed(run, bk, repeat)
 
 
 def main() -> None:
@@ -114,7 +94,7 @@ def main() -> None:
     stack = TemplateStack(templates, angpix)
     diameter = 0.8 * args.template_box * angpix
 
-    print(f"# cryopipe pick benchmark, {datetime.date.today()}, commit {_commit()}, device {bk.describe()}")
+    print(f"# cryopipe pick benchmark, {datetime.date.today()}, commit {git_commit()}, device {bk.describe()}")
     rows = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         tmp = Path(tmp)
@@ -146,7 +126,7 @@ def main() -> None:
                 "correlate only (the FFT NCC max/argmax)": lambda p=picker, w=work: p.correlator(w),
                 "peaks on the host (threshold, suppression)": lambda p=picker, sc=scores: p.peaks(sc),
             }
-            rows += [(f"{label}: {what}", _timed(fn, bk, args.repeat), t_fft, t_read) for what, fn in timings.items()]
+            rows += [(f"{label}: {what}", timed(fn, bk, args.repeat), t_fft, t_read) for what, fn in timings.items()]
 
         params = PickParams(diameter_A=diameter, lowpass_A=args.lowpass, angular_step=step)
         mics = [Micrograph(str(p), str(p)) for p in paths]
