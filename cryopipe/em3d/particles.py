@@ -1,0 +1,110 @@
+"""Particles for 3D expectation-maximisation: STAR table, image spectra, CTF parameters, optics groups.
+
+Images are kept on the host as unshifted half spectra ``rfft2(ifftshift(img))`` (origin N//2 at index 0),
+complex64 (n, N, N//2+1); E-step batches move the Fourier pixels they need to the device.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cryopipe.ctf import CTFParams
+from cryopipe.errors import InputError, require
+from cryopipe.io.mrc import read_mrc, read_mrc_header
+from cryopipe.io.star import parse_image_name, read_particles
+
+CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage", "rlnSphericalAberration",
+               "rlnAmplitudeContrast")
+
+
+@dataclass
+class ParticleSet:
+    """Particles as the E-step uses them.
+
+    table : the flat STAR table (optics merged), one row per particle.
+    spectra : (n, N, N//2+1) complex64 host half spectra of the images.
+    ctf : CTF parameters, float64 arrays (n,), or None when CTF correction is off.
+    group : (n,) int optics-group index 0..G-1 (sigma2 is estimated per group).
+    angpix : Angstrom per pixel; box : N.
+    """
+
+    table: pd.DataFrame
+    spectra: np.ndarray
+    ctf: CTFParams | None
+    group: np.ndarray
+    angpix: float
+    box: int
+    path: str
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.group.max()) + 1 if len(self.group) else 1
+
+    def origins_px(self) -> np.ndarray:
+        """(n, 2) rlnOriginX/YAngst in pixels (0 where absent)."""
+        cols = ("rlnOriginXAngst", "rlnOriginYAngst")
+        return np.column_stack([self.table[c].to_numpy(np.float64) if c in self.table else np.zeros(len(self))
+                                for c in cols]) / self.angpix
+
+    def ctf_subset(self, index) -> CTFParams | None:
+        if self.ctf is None:
+            return None
+        return CTFParams(**{k: np.asarray(v)[index] if np.ndim(v) else v for k, v in vars(self.ctf).items()})
+
+
+def load_particles(path: str | os.PathLike, use_ctf: bool = True) -> ParticleSet:
+    """Read a RELION particle STAR file and its image stacks.
+
+    Raises InputError for missing columns (rlnImageName; the CTF columns when ``use_ctf``), a missing pixel
+    size, non-square images, stacks whose box disagrees with rlnImageSize, or NaNs.
+    """
+    path = os.fspath(path)
+    table = read_particles(path, required=("rlnImageName",)).reset_index(drop=True)
+    require(len(table) > 0, "no particles", path, "data_particles")
+    if "rlnImagePixelSize" not in table.columns:
+        raise InputError("pixel size missing (rlnImagePixelSize in data_optics)", path, "rlnImagePixelSize")
+    angpix = table["rlnImagePixelSize"].to_numpy(np.float64)
+    require(np.all(angpix == angpix[0]) and angpix[0] > 0, "all particles need the same positive pixel size",
+            path, "rlnImagePixelSize")
+    ctf = None
+    if use_ctf:
+        for col in CTF_COLUMNS:
+            if col not in table.columns:
+                raise InputError(f"CTF column {col} missing (CTF correction is on)", path, col)
+        ctf = CTFParams.from_star(table, path)
+    indices, stacks = parse_image_name(table["rlnImageName"], path)
+    images = None
+    for stack in dict.fromkeys(stacks):
+        rows = np.flatnonzero(np.asarray(stacks) == stack)
+        data, _ = read_mrc(stack, indices=indices[rows], require_square=True)
+        if images is None:
+            box = data.shape[-1]
+            images = np.empty((len(table), box, box // 2 + 1), dtype=np.complex64)
+        require(data.shape[-1] == images.shape[1], f"image box {data.shape[-1]} differs from {images.shape[1]}",
+                stack, "box")
+        images[rows] = np.fft.rfft2(np.fft.ifftshift(data, axes=(-2, -1)))
+    box = images.shape[1]
+    if "rlnImageSize" in table.columns:
+        require(bool(np.all(table["rlnImageSize"].to_numpy() == box)), f"rlnImageSize differs from stack box {box}",
+                path, "rlnImageSize")
+    group_ids = table["rlnOpticsGroup"].to_numpy() if "rlnOpticsGroup" in table.columns else np.ones(len(table))
+    _, group = np.unique(group_ids, return_inverse=True)
+    return ParticleSet(table, images, ctf, group.astype(np.int64), float(angpix[0]), int(box), path)
+
+
+def check_reference(path: str | os.PathLike, particles: ParticleSet) -> None:
+    """Raise InputError unless the map at ``path`` is a cube of the particles' box and pixel size (1% tolerance)."""
+    header = read_mrc_header(path)
+    n = particles.box
+    require(header.shape == (n, n, n), f"reference box {header.shape} does not match the particles' box {n}",
+            path, "box")
+    require(header.angpix is not None and abs(header.angpix - particles.angpix) <= 0.01 * particles.angpix,
+            f"reference pixel size {header.angpix} A differs from the particles' {particles.angpix} A", path,
+            "angpix")

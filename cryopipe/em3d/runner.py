@@ -1,0 +1,94 @@
+"""Bookkeeping shared by the iterative stages: gathering per-particle E-step results, table columns, --continue."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from cryopipe.em3d.estep import EStepResult
+from cryopipe.em3d.model import Model, write_model, write_particles_exact
+from cryopipe.em3d.particles import ParticleSet
+from cryopipe.errors import InputError
+from cryopipe.io.star import parse_image_name, read_particles
+
+log = logging.getLogger(__name__)
+
+RESULT_FIELDS = ("best_class", "euler", "origin_px", "loglik", "max_prob", "n_significant")
+
+
+def gather_results(res: EStepResult, indices, n_total: int, comm) -> dict:
+    """Per-particle results of all ranks as full arrays (every rank gets them)."""
+    parts = comm.allgather((np.asarray(indices), {f: getattr(res, f) for f in RESULT_FIELDS}))
+    out = {}
+    for f in RESULT_FIELDS:
+        first = parts[0][1][f]
+        out[f] = np.zeros((n_total,) + first.shape[1:], dtype=first.dtype)
+        for idx, values in parts:
+            out[f][idx] = values[f]
+    return out
+
+
+def update_table(particles: ParticleSet, results: dict) -> None:
+    """Write best class (1-based), angles, origins (A) and statistics into the particle table, in place."""
+    t = particles.table
+    t["rlnClassNumber"] = results["best_class"] + 1
+    t["rlnAngleRot"], t["rlnAngleTilt"], t["rlnAnglePsi"] = results["euler"].T
+    t["rlnOriginXAngst"], t["rlnOriginYAngst"] = (results["origin_px"] * particles.angpix).T
+    t["rlnLogLikeliContribution"] = results["loglik"]
+    t["rlnMaxValueProbDistribution"] = results["max_prob"]
+    t["rlnNrOfSignificantSamples"] = results["n_significant"]
+
+
+def absolute_image_names(particles: ParticleSet) -> None:
+    """Make rlnImageName stack paths absolute, so data STARs written elsewhere still find the images."""
+    idx, stacks = parse_image_name(particles.table["rlnImageName"], particles.path)
+    particles.table["rlnImageName"] = [f"{i + 1}@{os.path.abspath(s)}" for i, s in zip(idx, stacks, strict=True)]
+
+
+def write_checkpoint(out, iteration: int, model: Model, particles: ParticleSet, halves: bool = False) -> list:
+    """Write run_itNNN_{data,model}.star and maps into ``out``; return the files."""
+    prefix = out / f"run_it{iteration:03d}"
+    files = write_model(prefix, model, halves)
+    write_particles_exact(f"{prefix}_data.star", particles.table)
+    return [f"{prefix}_data.star", *files]
+
+
+def restore_table(particles: ParticleSet, data_star, columns) -> None:
+    """Copy ``columns`` from a checkpoint's data STAR into the particle table (rows must correspond)."""
+    saved = read_particles(data_star)
+    if len(saved) != len(particles):
+        raise InputError(f"checkpoint holds {len(saved)} particles, --particles {len(particles)}", data_star,
+                         "data_particles")
+    for c in columns:
+        if c in saved.columns:
+            particles.table[c] = saved[c].to_numpy()
+
+
+def check_options(stored: dict, given: dict, fixed) -> dict:
+    """Merge the options of a checkpoint with the ones given on --continue.
+
+    ``given`` holds None for options the user did not give. An option in ``fixed`` given with a different value
+    raises InputError; the others override the stored value. Returns the merged options.
+    """
+    merged = dict(stored)
+    for key, value in given.items():
+        if value is None:
+            continue
+        old = stored.get(key)
+        same = old is not None and (str(old) == str(value) or _num_equal(old, value))
+        if key in fixed and old is not None and not same:
+            raise InputError(f"cannot change {key} on --continue (checkpoint has {old!r}, given {value!r})",
+                             field=f"--{key.replace('_', '-')}")
+        if not same and old is not None:
+            log.info("option %s changed on continue: %r -> %r", key, old, value)
+        merged[key] = value
+    return merged
+
+
+def _num_equal(a, b) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
