@@ -31,6 +31,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/pick.smk"
 include: "workflow/rules/class2d.smk"
+include: "workflow/rules/class3d.smk"
+include: "workflow/rules/bioem.smk"
 
 
 rule all:

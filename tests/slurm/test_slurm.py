@@ -28,13 +28,7 @@ pytestmark = [
     pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake not installed (install the 'test' extra)"),
 ]
 
-TINY = """
-simulate:
-  enabled: true
-  micrographs: 2
-  size_px: 384
-  particles_per_micrograph: 6
-"""
+TINY = (Path(__file__).resolve().parents[1] / "workflow" / "tiny.yaml").read_text()
 
 # A rule named after a profile entry takes its resources: class2d is MPI + GPU.
 PROBE = """

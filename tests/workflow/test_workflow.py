@@ -14,13 +14,7 @@ SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or 
 
 pytestmark = pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake not installed (install the 'test' extra)")
 
-TINY = """
-simulate:
-  enabled: true
-  micrographs: 2
-  size_px: 384
-  particles_per_micrograph: 6
-"""
+TINY = (Path(__file__).resolve().parents[1] / "workflow" / "tiny.yaml").read_text()
 
 
 def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
