@@ -8,39 +8,41 @@ def bioem_models():
         return BIO["models"]
     if USE_SIM:
         return [f"{RESULTS}/simulate/models/{m}.pdb" for m in ("conformation_1", "conformation_2", "decoy")]
-    raise ValueError("config: bioem.models must be set when simulate.enabled is false")
+    return []
 
 
-rule bioem:
-    input:
-        particles=POSED_PARTICLES,
-        models=bioem_models(),
-    output:
-        logp=f"{RESULTS}/bioem/logp.star",
-        ranking=f"{RESULTS}/bioem/ranking.star",
-        figures=report(
-            [f"{RESULTS}/bioem/ranking.png", f"{RESULTS}/bioem/cumulative_logp.png"],
-            caption="../report/bioem.rst",
-            category="6. Model ranking",
-        ),
-    params:
-        out=f"{RESULTS}/bioem",
-        launch=mpi_launch,
-        sigma=BIO["orientation_prior_sigma"],
-        shift=BIO["max_shift"],
-        defocus=" ".join(map(str, BIO["defocus_grid"])),
-        device=DEVICE,
-    resources:
-        mpi=MPI_DEFAULT,
-        tasks=1,
-        gpu=1 if DEVICE == "gpu" else 0,
-    log:
-        f"{RESULTS}/logs/bioem.log",
-    shell:
-        "{params.launch} cryopipe bioem --particles {input.particles} --models {input.models}"
-        " --orientations {input.particles} --orientation-prior {input.particles}"
-        " --orientation-prior-sigma {params.sigma} --displacement {params.shift} 1"
-        " --defocus-grid {params.defocus} --device {params.device} --out {params.out} 2> {log}"
+if POSED_PARTICLES is not None and bioem_models():
+
+    rule bioem:
+        input:
+            particles=POSED_PARTICLES,
+            models=bioem_models(),
+        output:
+            logp=f"{RESULTS}/bioem/logp.star",
+            ranking=f"{RESULTS}/bioem/ranking.star",
+            figures=report(
+                [f"{RESULTS}/bioem/ranking.png", f"{RESULTS}/bioem/cumulative_logp.png"],
+                caption="../report/bioem.rst",
+                category="6. Model ranking",
+            ),
+        params:
+            out=f"{RESULTS}/bioem",
+            launch=mpi_launch,
+            sigma=BIO["orientation_prior_sigma"],
+            shift=BIO["max_shift"],
+            defocus=" ".join(map(str, BIO["defocus_grid"])),
+            device=DEVICE,
+        resources:
+            mpi=MPI_DEFAULT,
+            tasks=1,
+            gpu=1 if DEVICE == "gpu" else 0,
+        log:
+            f"{RESULTS}/logs/bioem.log",
+        shell:
+            "{params.launch} cryopipe bioem --particles {input.particles} --models {input.models}"
+            " --orientations {input.particles} --orientation-prior {input.particles}"
+            " --orientation-prior-sigma {params.sigma} --displacement {params.shift} 1"
+            " --defocus-grid {params.defocus} --device {params.device} --out {params.out} 2> {log}"
 
 
-ALL_TARGETS.append(rules.bioem.output.ranking)
+    ALL_TARGETS.append(rules.bioem.output.ranking)

@@ -5,53 +5,58 @@ C3_LAST = f"{RESULTS}/class3d/run_it{C3['iterations']:03d}"
 
 
 def class3d_reference():
-    ref = C3["reference"]
-    if ref:
-        return ref
-    if USE_SIM:
-        return f"{RESULTS}/simulate/maps/conformation_1.mrc"
-    raise ValueError("config: class3d.reference must be set when simulate.enabled is false")
+    """The initial map: class3d.reference, else the demo's; None (no 3D stages) for real data without one."""
+    if C3["reference"]:
+        return C3["reference"]
+    return f"{RESULTS}/simulate/maps/conformation_1.mrc" if USE_SIM else None
 
 
-rule class3d:
-    input:
-        particles=rules.select2d.output.particles,
-        reference=class3d_reference(),
-    output:
-        data=f"{C3_LAST}_data.star",
-        model=f"{C3_LAST}_model.star",
-        maps=expand(f"{C3_LAST}_class{{k:03d}}.mrc", k=range(1, C3["classes"] + 1)),
-        figures=report(
-            [f"{RESULTS}/class3d/class3d_slices.png", f"{RESULTS}/class3d/class3d_progress.png"],
-            caption="../report/class3d.rst",
-            category="4. 3D classification",
-        ),
-    params:
-        out=f"{RESULTS}/class3d",
-        launch=mpi_launch,
-        classes=C3["classes"],
-        iterations=C3["iterations"],
-        order=C3["healpix_order"],
-        offset_range=C3["offset_range"],
-        offset_step=C3["offset_step"],
-        ini_high=C3["ini_high"],
-        tau2_fudge=C3["tau2_fudge"],
-        symmetry=C3["symmetry"],
-        diameter=config["particle_diameter"],
-        device=DEVICE,
-    resources:
-        mpi=MPI_DEFAULT,
-        tasks=1,
-        gpu=1 if DEVICE == "gpu" else 0,
-    log:
-        f"{RESULTS}/logs/class3d.log",
-    shell:
-        "{params.launch} cryopipe class3d --particles {input.particles} --reference {input.reference}"
-        " --classes {params.classes} --iterations {params.iterations} --healpix-order {params.order}"
-        " --offset-range {params.offset_range} --offset-step {params.offset_step} --ini-high {params.ini_high}"
-        " --tau2-fudge {params.tau2_fudge} --symmetry {params.symmetry} --particle-diameter {params.diameter}"
-        " --device {params.device} --out {params.out} 2> {log}"
+POSED_PARTICLES = None  # particles with orientations, for BioEM
 
 
-ALL_TARGETS.append(rules.class3d.output.model)
-POSED_PARTICLES = rules.class3d.output.data  # particles with orientations for BioEM
+if class3d_reference() is None:
+    sys.stderr.write("cryopipe: class3d.reference is empty: 3D classification and model ranking are left out\n")
+else:
+
+    rule class3d:
+        input:
+            particles=rules.select2d.output.particles,
+            reference=class3d_reference(),
+        output:
+            data=f"{C3_LAST}_data.star",
+            model=f"{C3_LAST}_model.star",
+            maps=expand(f"{C3_LAST}_class{{k:03d}}.mrc", k=range(1, C3["classes"] + 1)),
+            figures=report(
+                [f"{RESULTS}/class3d/class3d_slices.png", f"{RESULTS}/class3d/class3d_progress.png"],
+                caption="../report/class3d.rst",
+                category="4. 3D classification",
+            ),
+        params:
+            out=f"{RESULTS}/class3d",
+            launch=mpi_launch,
+            classes=C3["classes"],
+            iterations=C3["iterations"],
+            order=C3["healpix_order"],
+            offset_range=C3["offset_range"],
+            offset_step=C3["offset_step"],
+            ini_high=C3["ini_high"],
+            tau2_fudge=C3["tau2_fudge"],
+            symmetry=C3["symmetry"],
+            diameter=config["particle_diameter"],
+            device=DEVICE,
+        resources:
+            mpi=MPI_DEFAULT,
+            tasks=1,
+            gpu=1 if DEVICE == "gpu" else 0,
+        log:
+            f"{RESULTS}/logs/class3d.log",
+        shell:
+            "{params.launch} cryopipe class3d --particles {input.particles} --reference {input.reference}"
+            " --classes {params.classes} --iterations {params.iterations} --healpix-order {params.order}"
+            " --offset-range {params.offset_range} --offset-step {params.offset_step} --ini-high {params.ini_high}"
+            " --tau2-fudge {params.tau2_fudge} --symmetry {params.symmetry} --particle-diameter {params.diameter}"
+            " --device {params.device} --out {params.out} 2> {log}"
+
+
+    ALL_TARGETS.append(rules.class3d.output.model)
+    POSED_PARTICLES = rules.class3d.output.data
