@@ -32,6 +32,7 @@ if POSED_PARTICLES is not None and bioem_models():
             shift=BIO["max_shift"],
             defocus=" ".join(map(str, BIO["defocus_grid"])),
             device=DEVICE,
+        threads: STAGE_THREADS  # BLAS and FFT threads
         resources:
             mpi=MPI_DEFAULT,
             tasks=1,

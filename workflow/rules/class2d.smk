@@ -23,6 +23,7 @@ rule class2d:
         ctf=config["class2d"]["ctf"],
         mask=round(1.1 * config["particle_diameter"]),
         device=DEVICE,
+    threads: STAGE_THREADS  # BLAS and FFT threads
     resources:
         mpi=MPI_DEFAULT,
         tasks=1,

@@ -44,6 +44,7 @@ else:
             symmetry=C3["symmetry"],
             diameter=config["particle_diameter"],
             device=DEVICE,
+        threads: STAGE_THREADS  # BLAS and FFT threads
         resources:
             mpi=MPI_DEFAULT,
             tasks=1,

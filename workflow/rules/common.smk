@@ -68,3 +68,15 @@ def mpi_launch(wildcards, resources):
 
 
 MPI_DEFAULT = "mpiexec" if shutil.which("mpiexec") else ""
+
+
+def _stage_threads():
+    """Threads for one-job-at-a-time stages (class2d, class3d, bioem): every local core. Under a cluster
+    executor there is no total (Snakemake raises): 1, and the profile's cpus_per_gpu sizes the job."""
+    try:
+        return workflow.cores if isinstance(workflow.cores, int) and 0 < workflow.cores < 1024 else 1
+    except Exception:
+        return 1
+
+
+STAGE_THREADS = _stage_threads()
