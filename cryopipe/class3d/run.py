@@ -73,8 +73,9 @@ class Class3DParams:
 
 
 def resolution_increment(box: int) -> int:
-    """Shells added to the resolution for the next E-step limit (RELION's incr_size, 10)."""
-    return max(10, box // 32)
+    """Shells added to the resolution for the next E-step limit: RELION's incr_size (10) at its typical 360 px
+    box, scaled with the box (at least 3), so that small boxes do not jump to Nyquist after one iteration."""
+    return max(3, round(box / 36))
 
 
 def run_class3d(particles_path, reference_path, out: Path, params: Class3DParams, bk, comm,
@@ -121,7 +122,8 @@ def run_class3d(particles_path, reference_path, out: Path, params: Class3DParams
                      "particle_diameter": diameter}
     grid = OrientationGrid(params.healpix_order, params.symmetry)
     search = SearchSpace(grid, translation_grid(params.offset_range, params.offset_step), params.offset_step,
-                         max_significant=params.max_significant, symmetry_ops=symmetry_operators(params.symmetry))
+                         max_significant=params.max_significant, symmetry_ops=symmetry_operators(params.symmetry),
+                         particle_diameter_A=diameter)
     files: list = []
     for it in range(start + 1, params.iterations + 1):
         t0 = time.perf_counter()
