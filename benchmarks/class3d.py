@@ -16,6 +16,7 @@ Anchor: RELION 5.0, one A10G: 4.5 ms per particle-iteration; target on one H100:
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import numpy as np
@@ -77,12 +78,49 @@ def matmul_rate(bk, n: int = 4096, repeats: int = 5) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - t0)
 
 
+def profile_sections(bk) -> dict:
+    """Wrap the E-step's stages so that each call synchronises the device and adds its wall time (inclusive of
+    nested stages) to the returned dict {stage: seconds}."""
+    totals: dict = {}
+    for name in ("batch_data", "coarse_scores", "_batch", "_local_candidates", "_fine", "_project_fine",
+                 "_accumulate", "_flush", "_insert"):
+        original = getattr(EStep, name)
+
+        def timed(*a, _f=original, _n=name, **kw):
+            bk.synchronize()
+            t0 = time.perf_counter()
+            out = _f(*a, **kw)
+            bk.synchronize()
+            totals[_n] = totals.get(_n, 0.0) + time.perf_counter() - t0
+            return out
+
+        setattr(EStep, name, functools.wraps(original)(timed))
+    return totals
+
+
+def iteration(estep: EStep, indices, box: int, bk):
+    """One E-step over ``indices`` and the M-step reconstructions; returns (result, E-step s, M-step s)."""
+    bk.synchronize()
+    t0 = time.perf_counter()
+    res = estep.run(indices, np.zeros((len(estep.p), 2)))
+    bk.synchronize()
+    t1 = time.perf_counter()
+    for half1, half2 in res.backprojectors:
+        snr = mstep.ssnr_from_fsc(mstep.half_fsc(half1, half2, bk, estep.r_max))
+        half1.add(half2)
+        mstep.reconstruct(half1, snr, 4.0, box, bk)
+    bk.synchronize()
+    return res, t1 - t0, time.perf_counter() - t1
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     p.add_argument("--quick", action="store_true", help="small CPU case: 96 px at 5 A/px, 200 particles, K=2")
     p.add_argument("--particles", type=int, default=5000)
     p.add_argument("--classes", type=int, default=6)
+    p.add_argument("--profile", action="store_true", help="also print where the E-step time goes (synchronises "
+                   "the device around each stage, so the total is a little slower)")
     args = p.parse_args()
     bk = get_backend("cpu" if args.quick else args.device)
     if args.quick:
@@ -97,23 +135,21 @@ def main() -> None:
     r_max = int(round(box * angpix / limit_A))
     maps = np.stack([vol * (1 + 0.01 * i) for i in range(k)]).astype(np.float32)
     sigma2 = np.full((1, box // 2 + 1), float(np.mean(np.abs(particles.spectra[:50]) ** 2)) / 2)
-    search = SearchSpace(OrientationGrid(2), translation_grid(5, 2), 2.0)
+    search = SearchSpace(OrientationGrid(2), translation_grid(5, 2), 2.0, particle_diameter_A=2 * radius + 20)
     rate = matmul_rate(bk)
+    log_prior = np.log(np.full(k, 1 / k))
+    # warm-up on a few particles, untimed: CuPy compiles its kernels at first use (tens of seconds on a fresh
+    # machine), a one-off cost that is not per particle
+    iteration(EStep(particles, maps, log_prior, sigma2, 2.0, r_max, search, bk), np.arange(min(n, 300)), box, bk)
+    sections = profile_sections(bk) if args.profile else None
     bk.synchronize()
     t0 = time.perf_counter()
-    estep = EStep(particles, maps, np.log(np.full(k, 1 / k)), sigma2, 2.0, r_max, search, bk)
-    res = estep.run(np.arange(n), np.zeros((n, 2)))
-    bk.synchronize()
-    t_e = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for half1, half2 in res.backprojectors:
-        snr = mstep.ssnr_from_fsc(mstep.half_fsc(half1, half2, bk, estep.r_max))
-        half1.add(half2)
-        mstep.reconstruct(half1, snr, 4.0, box, bk)
-    bk.synchronize()
-    t_m = time.perf_counter() - t0
+    estep = EStep(particles, maps, log_prior, sigma2, 2.0, r_max, search, bk)
+    res, t_e, t_m = iteration(estep, np.arange(n), box, bk)
+    t_e += time.perf_counter() - t0 - t_e - t_m  # E-step time includes its set-up (projections of the classes)
     n_pix, n_t, q = estep.pix.n_pix, len(search.translations), k * search.grid.size
-    coarse_flops = n * (2 * n_t * 2 * n_pix * q + 2 * n_pix * q)
+    nc = estep.n_coarse
+    coarse_flops = n * (2 * n_t * 2 * nc * q + 2 * nc * q)
     fine_flops = float(res.n_significant.sum()) * 32 * (2 * 2 * n_pix + 2 * n_pix)  # cross + CTF^2 per fine sample
     floor_ms = (coarse_flops + fine_flops) / rate / n * 1e3
     total_ms = (t_e + t_m) / n * 1e3
@@ -121,10 +157,15 @@ def main() -> None:
           "ratio | matmul TFLOP/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     print(f"| K={k}, order 2, offsets 5/2, {box} px @ {angpix} A/px, E-step {limit_A:.0f} A (r_max {r_max} px, "
-          f"{n_pix} pixels), median significant {np.median(res.n_significant):.0f} | {bk.describe()} | {n} | "
+          f"{n_pix} pixels; coarse pass r {estep.r_coarse} px, {nc} pixels), median significant "
+          f"{np.median(res.n_significant):.0f} | {bk.describe()} | {n} | "
           f"{t_e / n * 1e3:.3f} | {t_m / n * 1e3:.3f} | {total_ms:.3f} | {floor_ms:.4f} | {total_ms / floor_ms:.1f} | "
           f"{rate / 1e12:.2f} |")
     print(f"(particle simulation {t_sim:.1f} s, not timed; RELION 5.0 on one A10G: 4.5 ms; target on H100: 0.45 ms)")
+    if sections is not None:
+        print("\n| E-step stage (inclusive of nested stages) | s | ms/ptcl |\n|---|---|---|")
+        for name, sec in sorted(sections.items(), key=lambda kv: -kv[1]):
+            print(f"| {name} | {sec:.2f} | {sec / n * 1e3:.3f} |")
 
 
 if __name__ == "__main__":

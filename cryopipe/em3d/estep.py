@@ -95,19 +95,18 @@ def working_box(box: int, r_max: int) -> int:
 
 
 def coarse_limit(sampling_deg: float, diameter_A: float | None, box: int, angpix: float, r_max: int) -> int:
-    """Resolution limit (Fourier px) of the coarse pass (after RELION's coarse_size).
+    """Resolution limit (Fourier px) of the coarse pass (RELION's coarse_size).
 
     A coarse sample is up to half a step from the true orientation; at frequencies where that moves the
-    particle's rim by a sizeable part of a period, coarse scores measure sampling error rather than fit, and a
-    confident coarse posterior can miss the right region altogether. One step moves the rim by
-    ``arc = sampling_deg / 360 * pi * diameter_A``; RELION limits the coarse pass to a resolution of arc / 1.2,
-    this to 2 x that (arc / 0.6). Measured with the true map as reference (40 px, 4 A/px, SNR 0.3, HEALPix
-    order 2): arc / 1.2 left 8% of particles more than 30 deg off, arc / 0.6 4% (13 significant coarse samples
-    per particle), arc / 0.4 1.7% but 500 (the cap) significant samples each.
+    particle's rim by a sizeable part of a period, coarse scores measure sampling error rather than fit. One step
+    moves the rim by ``arc = sampling_deg / 360 * pi * diameter_A``; as RELION, the coarse pass stops at a
+    resolution of arc / 1.2. Measured with the true map as reference (40 px, 4 A/px, SNR 0.3, HEALPix order 2):
+    scoring the coarse pass at the full limit left 17% of particles more than 30 deg off, this limit 8%, and
+    with :attr:`SearchSpace.min_significant` 20 as well, 4% (a twice lower coarse limit gave no further gain).
     """
     if diameter_A is None:
         return int(r_max)
-    coarse_resolution_A = sampling_deg / 360.0 * np.pi * diameter_A / 0.6
+    coarse_resolution_A = sampling_deg / 360.0 * np.pi * diameter_A / 1.2
     return int(min(r_max, max(2, np.ceil(box * angpix / coarse_resolution_A))))
 
 
@@ -148,10 +147,12 @@ class FourierPixels:
         return int(np.count_nonzero(self.kx**2 + self.ky**2 <= r * r))
 
     def phases(self, shifts_px, xp):
-        """(S, n_pix) complex64 factors exp(-2 pi i k.s / N) that shift images by +s (px of box N)."""
-        s = np.asarray(shifts_px, dtype=np.float64).reshape(-1, 2)
-        ang = -2 * np.pi * (s[:, :1] * self.kx[None] + s[:, 1:] * self.ky[None]) / self.box
-        return xp.asarray(np.exp(1j * ang).astype(np.complex64))
+        """(S, n_pix) complex64 factors exp(-2 pi i k.s / N) that shift images by +s (px of box N), computed in
+        double precision on the device of ``xp``."""
+        s = xp.asarray(np.asarray(shifts_px, dtype=np.float64).reshape(-1, 2))
+        kx, ky = xp.asarray(self.kx, dtype=xp.float64), xp.asarray(self.ky, dtype=xp.float64)
+        ang = (-2 * np.pi / self.box) * (s[:, :1] * kx[None] + s[:, 1:] * ky[None])
+        return (xp.cos(ang) + 1j * xp.sin(ang)).astype(xp.complex64)
 
 
 def project_pixels(projector: Projector, rotations, kxy, bk):
@@ -181,9 +182,9 @@ def _angles_to(prior_rot, rot, xp):
     return xp.degrees(xp.arccos(xp.clip((tr - 1) / 2, -1.0, 1.0)))
 
 
-def _top_significant(w, fraction: float, cap: int, xp, floor: int = 1):
+def _top_significant(w, fraction: float, cap: int, xp, floor: int = 1, total=None):
     """Each row's largest entries of ``w`` (B, S) that hold ``fraction`` of the row sum (at least ``floor`` (or all
-    positive entries, if fewer), at most ``cap``).
+    positive entries, if fewer), at most ``cap``). ``total`` (B,): the row sums, if ``w`` is a subset of the row.
 
     Returns (B, J) column indices sorted by decreasing weight and (B, J) validity, J = the largest count.
     """
@@ -193,11 +194,89 @@ def _top_significant(w, fraction: float, cap: int, xp, floor: int = 1):
     tw = xp.take_along_axis(w, top, axis=1)
     order = xp.argsort(-tw, axis=1)
     top, tw = xp.take_along_axis(top, order, axis=1), xp.take_along_axis(tw, order, axis=1)
-    total = w.sum(axis=1, keepdims=True)
+    total = w.sum(axis=1, keepdims=True) if total is None else total[:, None]
     count = xp.clip((xp.cumsum(tw, axis=1) < fraction * total).sum(axis=1) + 1, min(floor, cap), cap)
     j = max(1, int(count.max()))
     valid = (xp.arange(j)[None] < count[:, None]) & (tw[:, :j] > 0)
     return top[:, :j], valid
+
+
+def _top_significant_by_orientation(w, fraction: float, cap: int, xp, floor: int = 1):
+    """:func:`_top_significant` of weights (B, T, Q) (translations x orientations) flattened to (B, T * Q), without
+    sorting all T * Q entries: the ``cap`` largest entries of a row lie in the ``cap`` orientations with the
+    largest maximum over translations, so only those (B, T, cap) entries are ranked.
+
+    Returns flat column indices t * Q + q (B, J) sorted by decreasing weight and (B, J) validity.
+    """
+    b, n_t, n_q = w.shape
+    cap = int(min(cap, n_t * n_q))
+    if cap >= n_q:
+        return _top_significant(w.reshape(b, -1), fraction, cap, xp, floor)
+    cols = xp.argpartition(-w.max(axis=1), cap - 1, axis=1)[:, :cap]  # (B, cap) orientations
+    sub = xp.take_along_axis(w, cols[:, None, :], axis=2).reshape(b, -1)  # (B, T * cap)
+    total = w.sum(axis=(1, 2))
+    top, valid = _top_significant(sub, fraction, cap, xp, floor, total=total)
+    t, j = xp.divmod(top, cap)
+    return t * n_q + xp.take_along_axis(cols, j, axis=1), valid
+
+
+class SliceTable:
+    """Weighted slices summed per fine orientation, only for the orientations that received weight.
+
+    Back-projecting once per orientation and iteration instead of once per particle batch; rows are allotted as
+    orientations first receive weight (storage grows by doubling up to ``max_rows``). ``ids`` (n_rows,) fine ids,
+    ``data`` (n_rows, n_pix) complex128, ``weight`` (n_rows, n_pix) float64 (device).
+    """
+
+    def __init__(self, n_ids: int, n_pix: int, max_rows: int, bk):
+        self.bk, self.n_pix, self.max_rows = bk, n_pix, int(max_rows)
+        self.row_of = np.full(n_ids, -1, dtype=np.int64)
+        self.clear()
+
+    def clear(self) -> None:
+        xp = self.bk.xp
+        self.row_of[:] = -1
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.data = xp.zeros((0, self.n_pix), dtype=xp.complex128)
+        self.weight = xp.zeros((0, self.n_pix), dtype=xp.float64)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.ids)
+
+    def add(self, ids, data, weight) -> bool:
+        """Add rows for distinct ``ids`` (M,); False (nothing added) if the table would exceed ``max_rows``."""
+        xp = self.bk.xp
+        ids = np.asarray(ids, dtype=np.int64)
+        new = ids[self.row_of[ids] < 0]
+        n_new = self.n_rows + len(new)
+        if n_new > self.max_rows:
+            return False
+        if n_new > self.data.shape[0]:
+            size = min(self.max_rows, max(n_new, 2 * self.data.shape[0], 256))
+            self.data = xp.concatenate([self.data, xp.zeros((size - self.data.shape[0], self.n_pix), self.data.dtype)])
+            self.weight = xp.concatenate([self.weight,
+                                          xp.zeros((size - self.weight.shape[0], self.n_pix), self.weight.dtype)])
+        self.row_of[new] = np.arange(self.n_rows, n_new)
+        self.ids = np.concatenate([self.ids, new])
+        rows = xp.asarray(self.row_of[ids])
+        self.data[rows] += data
+        self.weight[rows] += weight
+        return True
+
+
+def _count_groups(counts, ratio: float = 2.0, minimum: int = 8) -> list:
+    """Split rows into groups of similar ``counts`` (B,) (each group's largest count <= ratio x its smallest, or
+    <= minimum), so that padding every row of a group to its largest count wastes little. Returns index arrays."""
+    order = np.argsort(counts, kind="stable")
+    sorted_counts = np.asarray(counts)[order]
+    groups, start = [], 0
+    while start < len(order):
+        limit = max(ratio * sorted_counts[start], minimum)
+        stop = start + int(np.searchsorted(sorted_counts[start:], limit, side="right"))
+        groups.append(order[start : max(stop, start + 1)])
+        start = max(stop, start + 1)
+    return groups
 
 
 def _bincount_rows(idx, rows, n_rows, xp):
@@ -228,7 +307,7 @@ class EStep:
         self.angpix_work = particles.angpix * self.box / self.n_work
         self.pix = FourierPixels(self.box, self.n_work, self.r_max)
         self.kxy = xp.asarray(np.column_stack([self.pix.kx, self.pix.ky]), dtype=xp.float32)
-        self.projectors = [Projector(crop_map(np.asarray(m, dtype=np.float64), self.n_work), bk) for m in maps]
+        self.projectors = [Projector(crop_map(bk.asarray(m, dtype=xp.float64), self.n_work), bk) for m in maps]
         self.log_prior_class = np.asarray(log_prior_class, dtype=np.float64)
         w = 0.5 / np.asarray(sigma2, dtype=np.float64)[:, self.pix.shell]
         w[:, self.pix.shell == 0] = 0.0
@@ -246,10 +325,11 @@ class EStep:
         self.n_orient = n_o
         self.class_of_coarse = np.repeat(np.arange(self.n_classes), n_o)
         n_fine = self.n_classes * n_o * ORIENTATION_CHILDREN
-        fits = 8 * n_fine * self.pix.n_pix * 5 < 0.3 * bk.free_bytes()  # cache + 2 halves x (data, weight) float64
+        free = bk.free_bytes()
+        fits = 8 * n_fine * self.pix.n_pix < 0.15 * free  # projections of every fine orientation, complex64
         self.fine_cache = xp.zeros((n_fine, self.pix.n_pix), dtype=xp.complex64) if fits else None
         self.fine_done = np.zeros(n_fine, dtype=bool)
-        self.table_fits = fits
+        self.table_max_rows = max(1, int(0.1 * free / (24 * self.pix.n_pix)))  # per half; complex128 + float64
         self.coarse = None
         if search.local_sigma_deg is None:  # global: project every class x coarse orientation once
             rot = search.grid.rotations(np.arange(n_o))
@@ -295,7 +375,7 @@ class EStep:
     def batch_data(self, idx):
         """Device arrays for particles idx: X (B, n_pix) shifted by the old origin, C (B, n_pix), w (B, n_pix)."""
         xp, pix = self.bk.xp, self.pix
-        spec = self.p.spectra[idx].reshape(len(idx), -1)[:, pix.flat]
+        spec = self.p.spectra.reshape(len(self.p), -1)[np.asarray(idx)[:, None], pix.flat[None]]  # no full copy
         x = xp.asarray(spec) * pix.phases(self.origins[idx], xp)
         if self.p.ctf is None:
             c = xp.ones((len(idx), pix.n_pix), dtype=xp.float32)
@@ -317,11 +397,7 @@ class EStep:
         nsh = self.box // 2 + 1
         k = self.n_classes
         self.bps = [[BackProjector(self.n_work, bk, double=True) for _ in range(2)] for _ in range(k)]
-        n_fine = len(self.fine_done)
-        self.table = None
-        if self.table_fits:
-            self.table = [(bk.xp.zeros((n_fine, self.pix.n_pix), dtype=bk.xp.complex128),
-                           bk.xp.zeros((n_fine, self.pix.n_pix), dtype=bk.xp.float64)) for _ in range(2)]
+        self.table = [SliceTable(len(self.fine_done), self.pix.n_pix, self.table_max_rows, bk) for _ in range(2)]
         self.sigma2_sum = np.zeros((self.p.n_groups, nsh))
         self.sigma2_count = np.zeros((self.p.n_groups, nsh))
         self.class_weight = np.zeros(k)
@@ -355,13 +431,15 @@ class EStep:
         return xp.asarray(-(tot**2).sum(-1) / (2 * self.sigma_offset**2), dtype=xp.float32)
 
     def _class_term(self, idx, classes):
-        """(B, M) log class prior (-inf for classes masked out) of candidate classes (M,) or (B, M)."""
+        """(B, M) log class prior (-inf for classes masked out) of candidate classes (M,) or (B, M) (device)."""
         xp = self.bk.xp
-        classes = np.broadcast_to(classes, (len(idx),) + classes.shape[-1:])
-        lp = self.log_prior_class[classes]
+        cls = xp.asarray(classes)
+        lp = xp.asarray(self.log_prior_class, dtype=xp.float32)[cls]
+        shape = (len(idx),) + cls.shape[-1:]
         if self.class_mask is not None:
-            lp = np.where(self.class_mask[idx][np.arange(len(idx))[:, None], classes], lp, -np.inf)
-        return xp.asarray(lp, dtype=xp.float32)
+            mask = xp.asarray(self.class_mask[idx])  # (B, K)
+            lp = xp.where(xp.take_along_axis(mask, xp.broadcast_to(cls, shape), axis=1), lp, -xp.inf)
+        return xp.broadcast_to(lp, shape)
 
     def coarse_scores(self, x, c, w):
         """x2 - diff2 (B, T, Q) of particles (spectra x, CTF c, weights w (B, n_pix)) for every coarse translation
@@ -398,15 +476,21 @@ class EStep:
             lp = xp.where(cvalid[:, None, :], lp, -xp.inf)
             columns = xp.asarray(ctab)[cand]  # (B, M) coarse ids of the candidate columns
         lp += self._log_prior_offsets(idx, self.trans)[:, :, None]
-        flat = lp.reshape(b, -1)
-        wc = xp.exp(flat - flat.max(axis=1, keepdims=True))
-        top, valid = _top_significant(wc, self.search.significant, self.search.max_significant, xp,
-                                      floor=self.search.min_significant)
+        wc = xp.exp(lp - lp.max(axis=(1, 2), keepdims=True))
+        top, valid = _top_significant_by_orientation(wc, self.search.significant, self.search.max_significant, xp,
+                                                     floor=self.search.min_significant)
         t_sig, col = xp.divmod(top, lp.shape[2])
         q_sig = col if columns is None else xp.take_along_axis(columns, col, axis=1)
-        res = self._fine(idx, x, c, w, x2, cw2, t_sig, q_sig, valid)
-        res["n_significant"] = self.bk.asnumpy(valid.sum(axis=1))
-        return res
+        counts = self.bk.asnumpy(valid.sum(axis=1))
+        out = {}
+        for g in _count_groups(counts):  # fine pass on particles with similar counts: little padding
+            gd, jg = xp.asarray(g), max(1, int(counts[g].max()))
+            res = self._fine(idx[g], x[gd], c[gd], w[gd], x2[gd], cw2[gd], t_sig[gd, :jg], q_sig[gd, :jg],
+                             valid[gd, :jg])
+            for key, val in res.items():
+                out.setdefault(key, np.zeros((b,) + np.shape(val)[1:], dtype=np.asarray(val).dtype))[g] = val
+        out["n_significant"] = counts
+        return out
 
     def _local_candidates(self, idx):
         """Per-particle coarse candidates (B, M) (columns into table ctab), validity, table of coarse ids, rots."""
@@ -482,24 +566,31 @@ class EStep:
         return res
 
     def _accumulate(self, idx, x, c, w, wk, tf, proj, fine_tab, gidx, tot, fine_class, step):
-        """Weighted sums of the fine pass (weights wk (B, J, 4, 8)) into back-projectors, sigma2, class, offsets."""
+        """Weighted sums of the fine pass (weights wk (B, J, 4, 8)) into back-projectors, sigma2, class, offsets.
+
+        Sums are kept only for the fine orientations that received weight (rows of ``proj`` (n_q, n_pix))."""
         xp, bk = self.bk.xp, self.bk
         n_pix, n_q = self.pix.n_pix, proj.shape[0]
         ws = wk.sum(axis=2)  # (B, J, 8)
-        data = xp.zeros((n_q, 2 * n_pix), dtype=xp.float64)
-        weight = xp.zeros((n_q, n_pix), dtype=xp.float64)
+        row_w = bk.asnumpy(xp.bincount(gidx.ravel(), weights=ws.ravel().astype(xp.float64), minlength=n_q))
+        kept = np.flatnonzero(row_w > 0)  # fine-table rows with weight
+        compact = np.full(n_q, -1, dtype=np.int64)
+        compact[kept] = np.arange(len(kept))
+        compact = xp.asarray(compact)
+        data = xp.zeros((len(kept), 2 * n_pix), dtype=xp.float64)
+        weight = xp.zeros((len(kept), n_pix), dtype=xp.float64)
         for b0 in range(0, len(idx), step):
             sl = slice(b0, b0 + step)
             used = ws[sl] > 0
-            rows = gidx[sl][used]
+            rows = compact[gidx[sl][used]]
             cx = _stack_real((c * x)[sl, None, None, :] * self.phase_f[xp.asarray(tf[sl])], xp)
             g = xp.matmul(xp.swapaxes(wk[sl], -1, -2), cx)  # (b, J, 8, 2 n_pix)
-            data += _bincount_rows(rows, g[used].astype(xp.float64), n_q, xp)
+            data += _bincount_rows(rows, g[used].astype(xp.float64), len(kept), xp)
             h = ws[sl][..., None] * (c * c)[sl, None, None, :]
-            weight += _bincount_rows(rows, h[used].astype(xp.float64), n_q, xp)
+            weight += _bincount_rows(rows, h[used].astype(xp.float64), len(kept), xp)
         data = data[:, :n_pix] + 1j * data[:, n_pix:]
         # sigma2: sum_i,s w |X e_t - C P|^2 per pixel = |X|^2 sum w - 2 Re(D conj P) + W |P|^2
-        p64 = proj.astype(xp.complex128)
+        p64 = proj[xp.asarray(kept)].astype(xp.complex128)
         wsum = ws.sum(axis=(1, 2)).astype(xp.float64)
         resid = ((x.real.astype(xp.float64) ** 2 + x.imag.astype(xp.float64) ** 2) * wsum[:, None]).sum(axis=0)
         resid += (-2 * (data * p64.conj()).real + weight * (p64.real**2 + p64.imag**2)).sum(axis=0)
@@ -507,35 +598,31 @@ class EStep:
         nsh = self.box // 2 + 1
         self.sigma2_sum[g_id] += np.bincount(self.pix.shell, bk.asnumpy(resid), minlength=nsh)
         self.sigma2_count[g_id] += float(bk.asnumpy(wsum.sum())) * np.bincount(self.pix.shell, minlength=nsh)
-        row_w = bk.asnumpy(xp.bincount(gidx.ravel(), weights=ws.ravel().astype(xp.float64), minlength=n_q))
         self.class_weight += np.bincount(fine_class, weights=row_w, minlength=self.n_classes)
         self.offset2 += float(bk.asnumpy((wk.sum(axis=3) * xp.asarray((tot**2).sum(-1))).sum()))
         inv_s2 = 2 * w[0]  # 1 / sigma2 of this group (n_pix,)
-        used = row_w > 0
-        self._store(fine_tab[used], data[xp.asarray(used)] * inv_s2, weight[xp.asarray(used)] * inv_s2,
-                     int(self.half[idx[0]]))
+        self._store(fine_tab[kept], data * inv_s2, weight * inv_s2, int(self.half[idx[0]]))
 
     def _store(self, fine_ids, data, weight, half: int) -> None:
-        """Add weighted slices (data (M, n_pix) complex, weight (M, n_pix)) of fine ids to the iteration's table,
-        or back-project them now when the table does not fit in memory."""
-        if self.table is None:
-            self._insert(fine_ids, data, weight, half)
-            return
-        rows = self.bk.xp.asarray(fine_ids)
-        self.table[half][0][rows] += data
-        self.table[half][1][rows] += weight
+        """Add weighted slices (data (M, n_pix) complex, weight (M, n_pix)) of distinct fine ids to the half's
+        table; a full table is back-projected and emptied first."""
+        table = self.table[half]
+        if not table.add(fine_ids, data, weight):
+            self._flush_half(half)
+            if not table.add(fine_ids, data, weight):  # more rows than the table holds: back-project now
+                self._insert(fine_ids, data, weight, half)
+
+    def _flush_half(self, half: int) -> None:
+        table = self.table[half]
+        for i0 in range(0, table.n_rows, 4096):
+            rows = slice(i0, min(i0 + 4096, table.n_rows))
+            self._insert(table.ids[rows], table.data[rows], table.weight[rows], half)
+        table.clear()
 
     def _flush(self) -> None:
-        """Back-project every fine orientation of the table that received weight (once per iteration)."""
-        if self.table is None:
-            return
-        xp = self.bk.xp
-        for half, (data, weight) in enumerate(self.table):
-            ids = np.flatnonzero(self.bk.asnumpy(weight.sum(axis=1)) > 0)
-            for i0 in range(0, len(ids), 4096):
-                sel = ids[i0 : i0 + 4096]
-                self._insert(sel, data[xp.asarray(sel)], weight[xp.asarray(sel)], half)
-        self.table = None
+        """Back-project every fine orientation that received weight (once per iteration, unless tables filled)."""
+        for half in range(2):
+            self._flush_half(half)
 
     def _insert(self, fine_ids, data, weight, half: int) -> None:
         """Back-project slices of fine ids ((k * n_orient + o) * 8 + child) times every symmetry operator."""

@@ -97,8 +97,8 @@ def reconstruct(bp, ssnr, tau2_fudge: float, box: int, bk) -> tuple[np.ndarray, 
     s = np.asarray(ssnr, dtype=np.float64)[: n // 2 + 1]
     tau2 = np.zeros(box // 2 + 1)
     tau2[: n // 2 + 1] = tau2_fudge * s / np.maximum(mean_w, 1e-300) * (mean_w > 0)
-    vol = bk.asnumpy(bp.reconstruct(tau2=tau2[: n // 2 + 1])).astype(np.float64)
-    return pad_map(vol, box).astype(np.float32), tau2
+    vol = bk.xp.asarray(bp.reconstruct(tau2=tau2[: n // 2 + 1]), dtype=bk.xp.float64)
+    return bk.asnumpy(pad_map(vol, box)).astype(np.float32), tau2
 
 
 def resolution_shell(ssnr: np.ndarray) -> int:
