@@ -51,6 +51,7 @@ def synthetic_particles(vol, n: int, angpix: float, snr: float, bk, seed: int = 
     spectra = np.empty((n, box, box // 2 + 1), dtype=np.complex64)
     rots = random_rotations(n, rng)
     noise_sd = None
+    noise_rng = bk.xp.random.RandomState(seed)  # noise drawn on the device: host RNG dominated the set-up time
     for b0 in range(0, n, 64):
         sl = slice(b0, min(n, b0 + 64))
         sub = CTFParams(**{k: np.asarray(v)[sl] if np.ndim(v) else v for k, v in vars(ctf).items()})
@@ -58,8 +59,7 @@ def synthetic_particles(vol, n: int, angpix: float, snr: float, bk, seed: int = 
         if noise_sd is None:
             img = bk.fft.irfft2(f, s=(box, box))
             noise_sd = float(bk.asnumpy(img.std())) / np.sqrt(snr)
-        noise = bk.fft.rfft2(bk.xp.asarray(rng.normal(0, noise_sd, (sl.stop - sl.start, box, box)),
-                                           dtype=bk.xp.float32))
+        noise = bk.fft.rfft2(noise_rng.normal(0, noise_sd, (sl.stop - sl.start, box, box)).astype(bk.xp.float32))
         spectra[sl] = bk.asnumpy(f + noise)
     table = pd.DataFrame({"rlnDefocusU": du, "rlnImagePixelSize": angpix, "rlnOpticsGroup": 1})
     return ParticleSet(table, spectra, ctf, np.zeros(n, np.int64), angpix, box, "synthetic")
