@@ -1,13 +1,21 @@
 """Benchmark of ``cryopipe bioem``'s integration: microseconds per (image x orientation x CTF) grid point.
 
 Workload (the issue's): 224 x 224 px images, 81 x 81 displacements (DISPLACE_CENTER 40 1), 4,608 orientations x
-32 CTF points, a few thousand synthetic images; scale it with the flags. Each grid point costs one product of
-spectra, one inverse FFT of 224 x 224 and the closed form at 6,561 displacements, reduced by log-sum-exp.
-The floor is the batched inverse real FFT alone at the same size, dtype and device, per transform.
+32 CTF points, a few thousand synthetic images; scale it with the flags. Both correlation transforms of
+:mod:`cryopipe.bioem.pruned` are timed on the same problem and must give the same ln P:
 
-    python benchmarks/bioem.py --device gpu                # the full workload (one GPU)
-    python benchmarks/bioem.py --quick                     # a few grid points on the CPU
-    python benchmarks/bioem.py --device gpu --images 512 --orientations 256
+* ``fft``: per grid point the product of spectra, one inverse FFT of 224 x 224, the gather of the 81 x 81
+  displacements and the closed form, reduced by log-sum-exp. Its floor is the batched inverse real FFT alone.
+* ``pruned``: the inverse DFT evaluated at the 81 x 81 displacements only, as two real GEMMs over a batch of grid
+  points. Its floor is those GEMMs alone. ``--band R`` zeroes the CTF beyond R Fourier pixels (a working
+  resolution limit, e.g. R = 56 = Nyquist/2); the pruned transform then drops the zero rows and columns.
+
+Printed per transform: us per grid point, FLOPs per grid point (cost model) and the rate they imply, the floor,
+the ratio to the floor; then the largest ln P difference between the two transforms.
+
+    python benchmarks/bioem.py --device gpu --images 64 --orientations 512 --ctf 32   # GPU, 1.05e6 grid points
+    python benchmarks/bioem.py --device gpu --images 64 --orientations 512 --ctf 32 --band 56
+    python benchmarks/bioem.py --small                                               # CPU, a few hundred points
 
 Anchors: BioEM 2.1 takes 109 us per grid point on 2 CPU threads (224 px, 81 x 81 shifts); the paper 9.6 us on a
 GTX Titan; a plain CuPy multiply + inverse FFT + max 1.07 us on one H100; target on one H100 <= 0.25 us.
@@ -20,77 +28,156 @@ import time
 
 import numpy as np
 
-from cryopipe.backend import get_backend
+from cryopipe.backend import get_backend, gpu_available
 from cryopipe.bioem.compat import displacements
 from cryopipe.bioem.integrate import Problem, integrate
+from cryopipe.bioem.pruned import PrunedTransform, cost_model
 
 
-def _floor_us(bk, box: int, dtype, batch: int, repeat: int) -> float:
+def _timed(fn, bk, repeat: int) -> float:
+    fn()  # plans, kernels, BLAS warm-up
+    bk.synchronize()
+    t = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    bk.synchronize()
+    return (time.perf_counter() - t) / repeat
+
+
+def _fft_floor_us(bk, box: int, dtype, batch: int, repeat: int) -> float:
     """Time of one batched inverse real FFT (batch, box, box//2+1) -> (batch, box, box), per transform (us)."""
     rng = np.random.default_rng(1)
     shape = (batch, box, box // 2 + 1)
     z = bk.asarray(rng.standard_normal(shape) + 1j * rng.standard_normal(shape), dtype=dtype)
-    bk.fft.irfft2(z, s=(box, box))  # plan
-    bk.synchronize()
-    t = time.perf_counter()
-    for _ in range(repeat):
-        bk.fft.irfft2(z, s=(box, box))
-    bk.synchronize()
-    return (time.perf_counter() - t) / repeat / batch * 1e6
+    return _timed(lambda: bk.fft.irfft2(z, s=(box, box)), bk, repeat) / batch * 1e6
 
 
-def run(device: str, box: int, max_shift: int, n_orient: int, n_ctf: int, n_images: int, single: bool) -> dict:
-    bk = get_backend(device)
+def _gemm_floor_us(bk, tr: PrunedTransform, real, batch: int, repeat: int) -> float:
+    """Time of the pruned transform's GEMMs alone (rows then columns) for ``batch`` grid points, per point (us)."""
+    xp = bk.xp
+    nu, nv = len(tr.u), len(tr.v)
+    z = bk.asarray(np.random.default_rng(2).standard_normal((nu, batch * 2 * nv)), dtype=real)
+
+    def gemms():
+        y1 = tr.m1 @ z
+        y1[:tr.n_a].reshape(tr.n_a * batch, 2 * nv) @ tr.m2a
+        if tr.n_b:
+            y1[tr.n_a:].reshape(tr.n_b * batch, 2 * nv) @ tr.m2b
+
+    del xp
+    return _timed(gemms, bk, repeat) / batch * 1e6
+
+
+def make_problem(bk, box: int, max_shift: int, n_orient: int, n_ctf: int, n_images: int, single: bool,
+                 band: float | None) -> Problem:
+    """A synthetic problem: random images, a bank of 64 random projection spectra, random CTF kernels
+    (zero beyond ``band`` Fourier pixels when given)."""
     xp = bk.xp
     real, cplx = (xp.float32, xp.complex64) if single else (xp.float64, xp.complex128)
     rng = np.random.default_rng(0)
     h = box // 2 + 1
     images = rng.standard_normal((n_images, box, box))
     spectra = bk.fft.rfft2(bk.asarray(images, dtype=real)).astype(cplx)
-    ctf = bk.asarray(rng.uniform(-1, 1, (1, n_ctf, box, h)), dtype=real)
+    ctf = rng.uniform(-1, 1, (1, n_ctf, box, h))
+    if band is not None:
+        ky, kx = np.fft.fftfreq(box, 1.0 / box)[:, None], np.arange(h)[None]
+        ctf = ctf * (ky ** 2 + kx ** 2 <= band ** 2)
+    ctf = bk.asarray(ctf, dtype=real)
     proj_bank = bk.asarray(rng.standard_normal((64, box, h)) + 1j * rng.standard_normal((64, box, h)), dtype=cplx)
 
     def project(o0, o1):  # synthetic projections: the per-grid-point cost is measured, not the forward model
         return proj_bank[np.arange(o0, o1) % 64]
 
-    prob = Problem(spectra, images.sum(axis=(1, 2)), (images ** 2).sum(axis=(1, 2)), ctf, np.zeros((1, n_ctf)),
+    return Problem(spectra, images.sum(axis=(1, 2)), (images ** 2).sum(axis=(1, 2)), ctf, np.zeros((1, n_ctf)),
                    displacements(box, max_shift, 1), n_orient, project)
-    bk.synchronize()
-    t = time.perf_counter()
-    integrate(prob, bk)
-    bk.synchronize()
-    wall = time.perf_counter() - t
+
+
+def run(device: str, box: int, max_shift: int, n_orient: int, n_ctf: int, n_images: int, single: bool,
+        transforms=("fft", "pruned"), band: float | None = None, repeat: int = 3) -> dict:
+    """Time ``integrate`` with each transform; returns dict(device, points, paths={name: {...}}, max_dlogp)."""
+    bk = get_backend(device)
+    prob = make_problem(bk, box, max_shift, n_orient, n_ctf, n_images, single, band)
     points = n_images * n_orient * n_ctf
-    floor = _floor_us(bk, box, cplx, batch=min(256, max(8, points)), repeat=3)
-    return {"device": bk.describe(), "points": points, "wall_s": wall, "us_per_point": wall / points * 1e6,
-            "floor_us": floor}
+    real = np.float32 if single else np.float64
+    cplx = bk.xp.complex64 if single else bk.xp.complex128
+    batch = min(256, max(8, points))
+    paths, sums = {}, {}
+    for name in transforms:
+        stats: dict = {}
+        integrate(make_problem(bk, box, max_shift, 2, min(n_ctf, 2), min(n_images, 2), single, band), bk,
+                  transform=name)  # warm-up: plans, kernel compilation
+        bk.synchronize()
+        t = time.perf_counter()
+        res = integrate(prob, bk, transform=name, stats=stats)
+        bk.synchronize()
+        wall = time.perf_counter() - t
+        sums[name] = res.log_sum
+        if name == "fft":
+            flop = cost_model(box, prob.shifts)["fft_flop"]
+            floor = _fft_floor_us(bk, box, cplx, batch, repeat)
+        else:
+            tr = PrunedTransform(box, prob.shifts, bk, real,
+                                 None if band is None else _band_mask(box, band))
+            flop = tr.cost["pruned_flop"]
+            floor = _gemm_floor_us(bk, tr, real, batch, repeat)
+        us = wall / points * 1e6
+        paths[name] = dict(wall_s=wall, us_per_point=us, flop=flop, gflops=flop / us * 1e-3, floor_us=floor,
+                           used=stats.get("transform", name), kept=(stats.get("kept_rows"), stats.get("kept_columns")))
+    dl = None
+    if len(sums) == 2:
+        a, b = sums.values()
+        dl = float(np.max(np.abs(a - b)))
+    return {"device": bk.describe(), "points": points, "paths": paths, "max_dlogp": dl}
+
+
+def _band_mask(box: int, band: float) -> np.ndarray:
+    ky, kx = np.fft.fftfreq(box, 1.0 / box)[:, None], np.arange(box // 2 + 1)[None]
+    return ky ** 2 + kx ** 2 <= band ** 2
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="gpu", choices=["cpu", "gpu"])
-    ap.add_argument("--quick", action="store_true", help="a few grid points on the CPU")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"],
+                    help="auto: the GPU when CuPy sees one, else the CPU with the --small case")
+    ap.add_argument("--small", "--quick", action="store_true",
+                    help="a few hundred grid points at 224 px on the CPU (under a minute)")
     ap.add_argument("--box", type=int, default=224)
     ap.add_argument("--max-shift", type=int, default=40, help="displacements +-M px, step 1 (40: 81 x 81)")
     ap.add_argument("--orientations", type=int, default=4608)
     ap.add_argument("--ctf", type=int, default=32)
     ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--transform", choices=["both", "fft", "pruned"], default="both")
+    ap.add_argument("--band", type=float, help="zero the CTF beyond this radius (Fourier px): band-limited spectra")
     ap.add_argument("--precision", choices=["auto", "single", "double"], default="auto",
                     help="auto: single on the GPU, double on the CPU (as the stage)")
     a = ap.parse_args()
-    if a.quick:
-        a.device, a.orientations, a.ctf, a.images = "cpu", 4, 4, 8
+    if a.device == "auto":
+        a.device = "gpu" if gpu_available() else "cpu"
+        if a.device == "cpu" and not a.small:
+            print("no GPU visible: running the --small case on the CPU")
+            a.small = True
+    if a.small:
+        a.device, a.orientations, a.ctf, a.images = "cpu", 16, 4, 4
     single = a.precision == "single" or (a.precision == "auto" and a.device == "gpu")
-    r = run(a.device, a.box, a.max_shift, a.orientations, a.ctf, a.images, single)
+    transforms = ("fft", "pruned") if a.transform == "both" else (a.transform,)
+    r = run(a.device, a.box, a.max_shift, a.orientations, a.ctf, a.images, single, transforms, a.band)
     n_shift = 2 * a.max_shift + 1
     rows = [("workload", f"{a.box} px, {n_shift}x{n_shift} shifts, {a.orientations} orient x {a.ctf} CTF x "
-                         f"{a.images} images = {r['points']:.3g} grid points"),
-            ("device", f"{r['device']} ({'float32' if single else 'float64'} FFTs)"),
-            ("time", f"{r['wall_s']:.3f} s"),
-            ("us per grid point", f"{r['us_per_point']:.3f}"),
-            ("floor: batched irfft2 per transform", f"{r['floor_us']:.3f} us"),
-            ("ratio to floor", f"{r['us_per_point'] / r['floor_us']:.2f}"),
-            ("anchors", "BioEM 2.1 109 us (2 CPU threads); paper 9.6 us (GTX Titan); target <= 0.25 us (H100)")]
+                         f"{a.images} images = {r['points']:.3g} grid points"
+                         + (f", CTF band-limited to {a.band:g} Fourier px" if a.band else "")),
+            ("device", f"{r['device']} ({'float32' if single else 'float64'})")]
+    for name, p in r["paths"].items():
+        floor_name = "batched irfft2 alone" if name == "fft" else "its two GEMMs alone"
+        kept = "" if p["kept"][0] is None else f", spectrum rows x cols kept {p['kept'][0]} x {p['kept'][1]}"
+        rows += [(f"[{name}] us per grid point", f"{p['us_per_point']:.3f}  ({p['wall_s']:.3f} s{kept})"),
+                 (f"[{name}] FLOP per grid point", f"{p['flop'] / 1e6:.2f} M  ({p['gflops']:.0f} GFLOP/s achieved)"),
+                 (f"[{name}] floor: {floor_name}", f"{p['floor_us']:.3f} us per grid point"),
+                 (f"[{name}] ratio to floor", f"{p['us_per_point'] / p['floor_us']:.2f}")]
+    if len(r["paths"]) == 2:
+        f, p = r["paths"]["fft"], r["paths"]["pruned"]
+        rows += [("speed-up pruned vs fft", f"{f['us_per_point'] / p['us_per_point']:.2f}x"),
+                 ("max |ln P difference|", f"{r['max_dlogp']:.3g} (before the constant; float32 rounding)")]
+    rows.append(("anchors", "BioEM 2.1 109 us (2 CPU threads); paper 9.6 us (GTX Titan); target <= 0.25 us (H100)"))
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
 

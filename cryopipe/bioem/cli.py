@@ -72,6 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--atom-sigma", type=float, default=d.atom_sigma, help="Gaussian width of an atom, A")
     p.add_argument("--center-models", action="store_true", help="move each model to its electron-weighted centre")
     p.add_argument("--keep-orientations", action="store_true", help="write ln P per particle and orientation")
+    p.add_argument("--cpu-fraction", metavar="F|auto", help="share of the images a CPU backend scores beside the "
+                   "GPU, in [0, 1], or auto (by measured rates); default auto on a GPU, 0 on the CPU")
     p.add_argument("--precision", choices=["auto", "single", "double"], default=d.precision,
                    help="auto: double on the CPU, single-precision FFTs on the GPU")
 
@@ -88,7 +90,7 @@ def _params(args) -> stage.RankParams:
         amplitude_sigma=args.amplitude_sigma, bfactor_grid=grid(args.bfactor_grid), bfactor_sigma=args.bfactor_sigma,
         max_shift_px=args.displacement[0], shift_step_px=args.displacement[1], points=args.points, shape=args.shape,
         atom_sigma=args.atom_sigma, center_models=args.center_models, keep_orientations=args.keep_orientations,
-        precision=args.precision)
+        precision=args.precision, cpu_fraction=args.cpu_fraction)
 
 
 def _compat_model(path):
@@ -132,6 +134,7 @@ def main(args: argparse.Namespace, recorder) -> None:
             model = stage.read_structural_model(path, ds.angpix, params)
             log.info("model %s: %d particles", name, len(ds.images))
             results.append(stage.compute_log_p(model, ds, params, bk, comm))
+            recorder.note(**{f"cpu_gpu_split_{name}": results[-1].split})  # fraction, rates (grid points/s)
         image_names = list(ds.table["rlnImageName"])
         orientations = results[0].rotations
     if not rank0:

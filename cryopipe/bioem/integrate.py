@@ -14,6 +14,11 @@ in the order orientation, CTF, displacement) is kept.
 MPI: ranks split the orientations (every rank holds all images) and :func:`reduce_ranks` combines their
 partial sums with a max-shifted sum, as BioEM does. GPU: the inverse FFTs run in float32 on cuFFT and the
 displacement gather, closed form and reductions in one fused kernel (:mod:`cryopipe.bioem.kernels`).
+
+Cco(d) is only needed at the displacements: ``transform="pruned"`` (the default choice when cheaper, see
+:mod:`cryopipe.bioem.pruned`) evaluates the inverse DFT at those rows and columns only, as two real GEMMs per
+batch of grid points, instead of a full inverse FFT; the numbers are the same to rounding. Sharing the images
+of a rank between the GPU and a CPU backend: :mod:`cryopipe.bioem.split`.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cryopipe.bioem import pruned
 from cryopipe.bioem.likelihood import log_kernel
+from cryopipe.bioem.pruned import FFTTransform, PrunedTransform
 from cryopipe.fourier import hermitian_weights
 from cryopipe.parallel import split_range
 
@@ -42,6 +49,8 @@ class Problem:
     shifts : (D, 2) int host, correlation indices (row, column) of the displacements, in loop order.
     n_orientations : O. project : (o_start, o_stop) -> (B, N, N//2+1) projection spectra on the device.
     orientation_log_prior : (I, O) float64 host or None; -inf skips an (image, orientation) pair.
+    project_on : optional factory backend -> ``project`` on that backend (to score part of the images on a
+    CPU backend beside the GPU, :mod:`cryopipe.bioem.split`); without it projections are copied over.
     """
 
     spectra: object
@@ -53,6 +62,7 @@ class Problem:
     n_orientations: int
     project: Callable[[int, int], object]
     orientation_log_prior: np.ndarray | None = None
+    project_on: Callable[[object], Callable[[int, int], object]] | None = None
 
     @property
     def n_images(self) -> int:
@@ -121,8 +131,12 @@ def _ctf_sums(P, K, bk):
     return cc, ccc
 
 
-def _block(prob: Problem, P, images, bk, fused, keep_orientations: bool, o_start: int):
-    """Grid points of orientations P (B, N, H) x the given images; returns per-image block results (host)."""
+def _block(prob: Problem, P, images, bk, fused, keep_orientations: bool, o_start: int, transform=None):
+    """Grid points of orientations P (B, N, H) x the given images; returns per-image block results (host).
+
+    transform : :class:`~cryopipe.bioem.pruned.FFTTransform` (default) or ``PrunedTransform``: computes the
+    correlations (B, ni, C, S) whose entries ``transform.flat`` (D,) are the displacements in loop order.
+    """
     xp = bk.xp
     n = P.shape[-2]
     b, ni = len(P), len(images)
@@ -132,16 +146,17 @@ def _block(prob: Problem, P, images, bk, fused, keep_orientations: bool, o_start
     c = K.shape[1]
     cc, ccc = (xp.broadcast_to(a, (b, ni, c)) for a in _ctf_sums(P, K if prob.ctf.shape[0] > 1 else K[:1], bk))
     G = K * xp.conj(prob.spectra[idx])[:, None]  # (ni, C, N, H)
-    corr = bk.fft.irfft2(P[:, None, None] * G[None], s=(n, n))  # (B, ni, C, N, N)
+    if transform is None:
+        transform = FFTTransform(n, prob.shifts, bk)
+    corr = transform.correlate(P, G)  # (B, ni, C, S): S = N*N (FFT) or rows x columns of the shifts (pruned)
     prior = bk.asarray(prob.ctf_log_prior[images if len(prob.ctf_log_prior) > 1 else np.zeros(ni, int)])
     prior = xp.broadcast_to(prior[None], (b, ni, c))
     if prob.orientation_log_prior is not None:
         prior = prior + bk.asarray(prob.orientation_log_prior[images, o_start:o_start + b].T)[:, :, None]
     co, coo = (bk.asarray(a[images])[None, :, None] for a in (prob.co, prob.coo))
     if fused is not None:
-        return fused(corr, co, coo, cc, ccc, prior, prob.shifts, n, keep_orientations)
-    flat = bk.asarray(prob.shifts[:, 0] * n + prob.shifts[:, 1])
-    cco = corr.reshape(b, ni, c, n * n)[..., flat].astype(xp.float64)  # (B, ni, C, D)
+        return fused(corr, co, coo, cc, ccc, prior, transform.flat, n * n, keep_orientations)
+    cco = corr[..., bk.asarray(transform.flat)].astype(xp.float64)  # (B, ni, C, D)
     l = log_kernel(co[..., None], coo[..., None], cc[..., None], ccc[..., None], cco, n * n) + prior[..., None]
     lt = xp.moveaxis(l, 1, 0).reshape(ni, -1)  # (ni, B*C*D): orientation, CTF, shift order
     arg = xp.argmax(lt, axis=1)
@@ -158,11 +173,14 @@ def _block(prob: Problem, P, images, bk, fused, keep_orientations: bool, o_start
 
 
 def integrate(prob: Problem, bk, comm=None, keep_orientations: bool = False, fused: bool | None = None,
-              memory_fraction: float = 0.3) -> Result:
+              memory_fraction: float = 0.3, transform: str = "auto", stats: dict | None = None) -> Result:
     """Integrate this rank's share of the orientations for all images (see module docstring).
 
-    fused : use the GPU kernel for the displacement reduction (default: on the GPU). Returns this rank's
-    :class:`Result` (combine ranks with :func:`reduce_ranks`).
+    fused : use the GPU kernel for the displacement reduction (default: on the GPU). transform : "fft" (one
+    inverse FFT per grid point), "pruned" (the inverse DFT at the displacements only, as GEMMs, exploiting
+    exact zeros of the spectra outside a band) or "auto" (by the cost model of :mod:`cryopipe.bioem.pruned`);
+    both give the same numbers to rounding. stats : a dict that receives the transform used and its counts.
+    Returns this rank's :class:`Result` (combine ranks with :func:`reduce_ranks`).
     """
     from cryopipe.bioem.kernels import fused_reduction
 
@@ -176,22 +194,53 @@ def integrate(prob: Problem, bk, comm=None, keep_orientations: bool = False, fus
     pairs = bk.batch_size(item, fraction=memory_fraction)
     # with orientation priors each orientation is done alone, for the images whose prior allows it
     o_step = 1 if prob.orientation_log_prior is not None else max(1, min(mine.stop - mine.start, 64, pairs))
+    shared_mask = None  # where the CTF kernels and the image spectra can be non-zero (band limit)
+    if transform != "fft":
+        shared_mask = pruned.support_mask(prob.ctf, bk, (0, 1)) & pruned.support_mask(prob.spectra, bk, 0)
+    transforms: dict = {}
     for o0 in range(mine.start, mine.stop, o_step):
         o1 = min(mine.stop, o0 + o_step)
         P = prob.project(o0, o1)
+        tr = _transform_for(transform, P, shared_mask, prob, bk, transforms)
         active = np.arange(prob.n_images)
         if prob.orientation_log_prior is not None:
             active = active[np.isfinite(prob.orientation_log_prior[:, o0:o1]).any(axis=1)]
         i_step = max(1, pairs // (o1 - o0))
         for i0 in range(0, len(active), i_step):
             images = active[i0:i0 + i_step]
-            out = _block(prob, P, images, bk, fused_fn, keep_orientations, o0)
+            out = _block(prob, P, images, bk, fused_fn, keep_orientations, o0, tr)
             res.update(images, out["log_sum"], out["best_l"], out["orientation"] + o0, out["ctf"], out["shift"],
                        out["cc"], out["ccc"], out["cco"])
             if keep_orientations:
                 res.orientation_log_sum[images, o0:o1] = out["per_orientation"]
         log.debug("orientations %d-%d of %d done", o0, o1, prob.n_orientations)
+    if stats is not None and transforms:
+        last = next(reversed(transforms.values()))
+        stats.update(transform=last.name, **({"kept_rows": len(last.u), "kept_columns": len(last.v),
+                                              "flop_per_point": last.cost["pruned_flop"]}
+                                             if last.name == "pruned" else {}))
     return res
+
+
+def _transform_for(kind: str, P, shared_mask, prob: Problem, bk, cache: dict):
+    """The correlation transform for projections P: FFT, or pruned to the rows/columns where the product
+    P K conj(I) can be non-zero (cached per support pattern)."""
+    n = P.shape[-2]
+    real = np.float32 if P.dtype.itemsize == 8 else np.float64
+    if kind == "fft":
+        key = "fft"
+    else:
+        mask = shared_mask & pruned.support_mask(P, bk, 0)
+        if pruned.choose(kind, n, prob.shifts, bk, mask) == "fft":
+            key, mask = "fft", None
+        else:
+            rows, cols = mask.any(axis=1), mask.any(axis=0)
+            key = (rows.tobytes(), cols.tobytes())
+            mask = rows[:, None] & cols[None]
+    if key not in cache:
+        cache[key] = FFTTransform(n, prob.shifts, bk) if key == "fft" else PrunedTransform(n, prob.shifts, bk, real,
+                                                                                           mask)
+    return cache[key]
 
 
 def reduce_ranks(res: Result, comm) -> Result:

@@ -3,7 +3,9 @@
 :func:`fused_reduction` replaces, after the batched inverse FFT, the gather of the displacement values,
 the closed form (in float64) and the max / argmax / sum-exp reductions by one kernel that reads each
 correlation image once and writes four numbers per grid point. It returns the same per-image block
-results as the array code in :func:`cryopipe.bioem.integrate._block`.
+results as the array code in :func:`cryopipe.bioem.integrate._block`. It takes the correlations of either
+transform of :mod:`cryopipe.bioem.pruned` (full N x N images, or the pruned rows x columns of the displacements)
+with the flat indices of the displacements into them.
 """
 
 from __future__ import annotations
@@ -94,18 +96,20 @@ def fused_reduction(bk):
     """A function with the signature of the reduction step in ``_block`` for ``bk`` (a GPU backend)."""
     xp = bk.xp
 
-    def run(corr, co, coo, cc, ccc, prior, shifts, n, keep_orientations):
-        b, ni, c = corr.shape[:3]
+    def run(corr, co, coo, cc, ccc, prior, flat, n_pix, keep_orientations):
+        """corr (B, ni, C, S) correlations, flat (D,) host indices into S of the displacements (loop order),
+        n_pix the pixels per image; co, coo, cc, ccc, prior broadcast to (B, ni, C)."""
+        b, ni, c, size = corr.shape
         name = "float" if corr.dtype == xp.float32 else "double"
         corr = xp.ascontiguousarray(corr)
-        flat = xp.asarray(shifts[:, 0] * n + shifts[:, 1], dtype=xp.int64)
+        flat = xp.asarray(flat, dtype=xp.int64)
         f64 = [xp.ascontiguousarray(xp.broadcast_to(a, (b, ni, c)), dtype=xp.float64) for a in (cc, ccc, prior)]
         co1, coo1 = (xp.ascontiguousarray(a.reshape(-1), dtype=xp.float64) for a in (co, coo))
         mx, sm, cco = (xp.empty((b, ni, c), dtype=xp.float64) for _ in range(3))
         arg = xp.empty((b, ni, c), dtype=xp.int32)
         _kernel(xp, name)((b * ni * c,), (_THREADS,),
-                          (corr, flat, xp.int32(len(flat)), xp.int64(n * n), co1, coo1, f64[0], f64[1], f64[2],
-                           xp.int32(ni), xp.int32(c), xp.float64(n * n), mx, sm, arg, cco))
+                          (corr, flat, xp.int32(len(flat)), xp.int64(size), co1, coo1, f64[0], f64[1], f64[2],
+                           xp.int32(ni), xp.int32(c), xp.float64(n_pix), mx, sm, arg, cco))
         tot = xp.where(mx > -xp.inf, mx + xp.log(xp.where(sm > 0, sm, 1.0)), -xp.inf)
         lt = xp.moveaxis(tot, 1, 0).reshape(ni, -1)
         mt = xp.moveaxis(mx, 1, 0).reshape(ni, -1)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cryopipe.bioem import compat
+from cryopipe.bioem import compat, split
 from cryopipe.bioem.forward import MapModel, PointModel
 from cryopipe.bioem.integrate import Problem, Result, integrate, reduce_ranks
 from cryopipe.bioem.likelihood import best_norm_offset, log_constant
@@ -62,6 +62,8 @@ class RankParams:
     atom_sigma : Gaussian width of an atom. center_models : move each model to its electron-weighted centre.
     keep_orientations : also return ln P per (particle, orientation). precision : "auto" (float64 on CPU,
         float32 FFTs on GPU), "single" or "double".
+    cpu_fraction : share of the images scored by a CPU backend beside the GPU, in [0, 1], or "auto" (by
+        measured rates); None: auto on a GPU, 0 on the CPU (:mod:`cryopipe.bioem.split`).
     """
 
     orientation_order: int = 1
@@ -84,8 +86,10 @@ class RankParams:
     center_models: bool = False
     keep_orientations: bool = False
     precision: str = "auto"
+    cpu_fraction: float | str | None = None
 
     def validate(self) -> None:
+        split.parse_fraction(self.cpu_fraction)
         for name in ("defocus_grid", "bfactor_grid") + (("amplitude_grid",) if self.amplitude_grid else ()):
             start, end, n = getattr(self, name)
             require(int(n) >= 1 and end >= start, f"grid must be 'start end n' with end >= start, n >= 1, got "
@@ -128,6 +132,7 @@ class ModelResult:
     rotations: np.ndarray
     best: pd.DataFrame = field(default_factory=pd.DataFrame)
     orientation_log_p: np.ndarray | None = None
+    split: dict = field(default_factory=dict)  # how the images were shared between GPU and CPU (provenance)
 
 
 def load_particles(path) -> ParticleSet:
@@ -300,15 +305,21 @@ def compute_log_p(model, ds: ParticleSet, params: RankParams, bk, comm=None) -> 
     spectra = bk.fft.rfft2(xp.fft.ifftshift(bk.asarray(ds.images, dtype=real), axes=(-2, -1))).astype(cplx)
     co, coo = ds.images.sum(axis=(1, 2)), (ds.images ** 2).sum(axis=(1, 2))
 
-    def project(o0, o1):
-        if isinstance(model, MapModel):
-            return model.spectra(rotations[o0:o1], bk).astype(cplx)
-        img = model.project(rotations[o0:o1], n, ds.angpix, bk, axes=(1, 0), dtype=real)
-        return bk.fft.rfft2(xp.fft.ifftshift(img, axes=(-2, -1))).astype(cplx)
+    def project_on(b):  # projections on backend b (the CPU part of a shared run projects on the CPU)
+        own = MapModel(model.volume, model.angpix) if isinstance(model, MapModel) and b is not bk else model
 
-    prob = Problem(spectra, co, coo, kernels, ctf_lp, shifts, len(rotations), project,
-                   _orientation_prior(params, ds, rotations))
-    res = reduce_ranks(integrate(prob, bk, comm, params.keep_orientations), comm)
+        def project(o0, o1):
+            if isinstance(own, MapModel):
+                return own.spectra(rotations[o0:o1], b).astype(cplx)
+            img = own.project(rotations[o0:o1], n, ds.angpix, b, axes=(1, 0), dtype=real)
+            return b.fft.rfft2(b.xp.fft.ifftshift(img, axes=(-2, -1))).astype(cplx)
+        return project
+
+    prob = Problem(spectra, co, coo, kernels, ctf_lp, shifts, len(rotations), project_on(bk),
+                   _orientation_prior(params, ds, rotations), project_on)
+    res, shared = split.integrate_shared(prob, bk, comm, params.keep_orientations,
+                                         split.resolve_fraction(params.cpu_fraction, bk))
+    res = reduce_ranks(res, comm)
     uniform = -math.log(len(shifts)) - (0.0 if prob.orientation_log_prior is not None else math.log(len(rotations)))
     const = log_constant(n * n) + uniform
     log_p = res.log_sum + const
@@ -325,7 +336,7 @@ def compute_log_p(model, ds: ParticleSet, params: RankParams, bk, comm=None) -> 
         "cpNorm": norm, "cpOffset": offset, "cpOrientationIndex": o,
     })
     orient = None if res.orientation_log_sum is None else res.orientation_log_sum + const
-    return ModelResult(log_p, res, rotations, best, orient)
+    return ModelResult(log_p, res, rotations, best, orient, shared)
 
 
 # ----------------------------------------------------------------------------------------------- compat
