@@ -117,11 +117,52 @@ def _cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# Launcher variables that hold the node-local rank, in order of preference: Open MPI, MPICH/Hydra and Intel MPI,
+# MVAPICH2, Cray PALS, SLURM's srun.
+LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK", "PALS_LOCAL_RANKID",
+                   "SLURM_LOCALID")
+# Launchers that set only the global rank (MPICH's mpiexec.gforker, plain PMI-1 launchers) run on one host,
+# where the global rank is the local rank.
+GLOBAL_RANK_VARS = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK")
+
+
+def _int_var(environ, key: str) -> int | None:
+    try:
+        return int(environ[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def local_rank(environ=None) -> int:
+    """This process's rank among the MPI ranks of its host (0 outside a launcher).
+
+    Read from the launcher's variables (:data:`LOCAL_RANK_VARS`, then :data:`GLOBAL_RANK_VARS`). SLURM's
+    variables are skipped when they disagree with the launcher's global rank: an ``mpiexec`` inside a batch
+    job inherits the batch step's SLURM_LOCALID=0 in every rank.
+    """
+    env = os.environ if environ is None else environ
+    global_rank = next((v for v in (_int_var(env, k) for k in GLOBAL_RANK_VARS) if v is not None), None)
+    slurm_stale = global_rank is not None and _int_var(env, "SLURM_PROCID") not in (None, global_rank)
+    for key in LOCAL_RANK_VARS:
+        if key.startswith("SLURM_") and slurm_stale:
+            continue
+        value = _int_var(env, key)
+        if value is not None:
+            return value
+    return global_rank or 0
+
+
+def default_device_id(n_devices: int, environ=None) -> int:
+    """The GPU a rank takes by default: its host-local rank modulo the ``n_devices`` visible GPUs."""
+    return local_rank(environ) % max(1, n_devices)
+
+
 def get_backend(device: str = "auto", device_id: int | None = None) -> Backend:
     """Return the backend for ``device`` in {"cpu", "gpu", "auto"}.
 
     ``auto`` picks the GPU when CuPy sees one. ``device_id`` defaults to the
-    MPI-local rank modulo the visible GPU count, so each rank takes one GPU.
+    MPI-local rank modulo the visible GPU count (:func:`default_device_id`),
+    so each rank of a host takes its own GPU.
     """
     if device not in {"cpu", "gpu", "auto"}:
         raise InputError(f"unknown device {device!r}; use cpu, gpu or auto", field="--device")
@@ -133,9 +174,7 @@ def get_backend(device: str = "auto", device_id: int | None = None) -> Backend:
     import cupyx.scipy.fft as cufft
 
     if device_id is None:
-        keys = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID")
-        local_rank = int(next((os.environ[k] for k in keys if k in os.environ), "0"))
-        device_id = local_rank % cp.cuda.runtime.getDeviceCount()
+        device_id = default_device_id(cp.cuda.runtime.getDeviceCount())
     cp.cuda.Device(device_id).use()
     return Backend("gpu", cp, cufft, device_id)
 
