@@ -32,6 +32,7 @@ include: "workflow/rules/simulate.smk"
 include: "workflow/rules/pick.smk"
 include: "workflow/rules/class2d.smk"
 include: "workflow/rules/class3d.smk"
+include: "workflow/rules/refine3d.smk"
 include: "workflow/rules/bioem.smk"
 
 

@@ -33,6 +33,7 @@ STAGES = {
     "class2d": "cryopipe.class2d.cli",
     "select2d": "cryopipe.select2d.cli",
     "class3d": "cryopipe.class3d.cli",
+    "refine3d": "cryopipe.refine3d.cli",
     "postprocess": "cryopipe.postprocess.cli",
     "bioem": "cryopipe.bioem.cli",
 }

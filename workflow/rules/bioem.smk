@@ -1,6 +1,8 @@
 # BioEM: rank candidate structural models against the particles, at their refined orientations.
 
 BIO = config["bioem"]
+# particles at their refined orientations: refine3d's when it runs, else class3d's
+BIOEM_PARTICLES = REFINED_PARTICLES or POSED_PARTICLES
 
 
 def bioem_models():
@@ -11,11 +13,11 @@ def bioem_models():
     return []
 
 
-if POSED_PARTICLES is not None and bioem_models():
+if BIOEM_PARTICLES is not None and bioem_models():
 
     rule bioem:
         input:
-            particles=POSED_PARTICLES,
+            particles=BIOEM_PARTICLES,
             models=bioem_models(),
         output:
             logp=f"{RESULTS}/bioem/logp.star",

@@ -1,0 +1,359 @@
+"""3D auto-refinement with gold-standard FSC (RELION's 3D auto-refine), on the E-step and M-step of em3d.
+
+* Gold standard: every particle belongs to random half 1 or 2 (``rlnRandomSubset``, kept when the input has it).
+  Each half is aligned against its own half-map (one :class:`~cryopipe.em3d.estep.EStep` per half, its
+  particles' sums in that half's back-projector), and each half-map is reconstructed from its own particles
+  only. The two half-maps start from the same reference (low-passed to ``ini_high``) and are averaged in Fourier
+  space below ``low_resol_join_halves`` after every reconstruction, so both keep the same overall shape and hand.
+  Noise spectra (sigma2) and the translation prior are common to both halves (their sums are added, as RELION).
+* Every iteration: the FSC of the two (nearly unregularised) half reconstructions gives the per-half spectral SNR
+  FSC / (1 - FSC) and with it tau2 (:func:`~cryopipe.em3d.mstep.reconstruct`); the gold-standard resolution is
+  where the FSC drops below 0.143; the next E-step limit is that shell + the resolution increment.
+* Auto-sampling and convergence: :class:`~cryopipe.em3d.gold.AutoSampling` (one HEALPix order finer, offsets finer,
+  local searches with a Gaussian prior of s.d. = the coarse angular step around each particle's previous
+  orientation from ``auto_local_healpix_order`` on; converged after two iterations without resolution gain and
+  with small changes at the finest useful sampling).
+* Final iteration (after convergence, or as iteration ``max_iterations``): E-step up to Nyquist, then the two
+  half-maps (``half1.mrc``, ``half2.mrc``, each regularised with its half-set SNR) and the map of both halves
+  (``map.mrc``, regularised with the combined SNR 2 FSC / (1 - FSC)).
+
+Every iteration writes ``run_itNNN_{data,model}.star`` and ``run_itNNN_half{1,2}_class001.mrc`` (masked half-maps
+used by the next E-step; the sampling state rides in model_general as ``cp_state_*``) for ``--continue``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+
+from cryopipe.em3d import mstep
+from cryopipe.em3d.estep import EStep, SearchSpace
+from cryopipe.em3d.gold import AutoSampling, join_low_resolution, random_subsets, symmetric_angle
+from cryopipe.em3d.model import Model, initial_sigma2, parse_continue, read_model, reference_scale, write_star_exact
+from cryopipe.em3d.particles import check_reference, load_particles
+from cryopipe.em3d.report import plot_slices
+from cryopipe.em3d.runner import (
+    absolute_image_names,
+    check_options,
+    gather_results,
+    restore_table,
+    update_table,
+    write_checkpoint,
+)
+from cryopipe.em3d.sampling import OrientationGrid, translation_grid
+from cryopipe.errors import require
+from cryopipe.fourier import lowpass, resolution_at
+from cryopipe.geometry import euler_to_matrix, symmetry_operators
+from cryopipe.io.atomic import atomic_path
+from cryopipe.io.mrc import read_mrc, write_mrc
+from cryopipe.io.star import read_star
+from cryopipe.parallel import split_range
+
+log = logging.getLogger(__name__)
+
+FIXED = ("particles", "symmetry", "particle_diameter", "ini_high", "seed", "low_resol_join_halves",
+         "healpix_order", "offset_range", "offset_step", "auto_local_healpix_order", "tau2_fudge")
+TABLE_COLUMNS = ("rlnClassNumber", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
+                 "rlnOriginYAngst", "rlnLogLikeliContribution", "rlnMaxValueProbDistribution",
+                 "rlnNrOfSignificantSamples", "rlnRandomSubset")
+FSC_THRESHOLD = 0.143
+
+
+@dataclass
+class Refine3DParams:
+    """Options of ``cryopipe refine3d`` (lengths in Angstrom, offsets in pixels of the particle box)."""
+
+    ini_high: float = 40.0
+    healpix_order: int = 2
+    auto_local_healpix_order: int = 4
+    offset_range: float = 5.0
+    offset_step: float = 2.0
+    symmetry: str = "C1"
+    particle_diameter: float | None = None
+    low_resol_join_halves: float = 40.0
+    max_iterations: int = 25
+    tau2_fudge: float = 1.0
+    seed: int = 0
+    max_significant: int = 500
+
+    def validate(self) -> None:
+        require(self.ini_high > 0, "must be positive", field="--ini-high")
+        require(int(self.healpix_order) == self.healpix_order and 0 <= self.healpix_order <= 7,
+                f"must be 0..7, got {self.healpix_order}", field="--healpix-order")
+        require(self.auto_local_healpix_order >= 0, "must be >= 0", field="--auto-local-healpix-order")
+        require(self.offset_step > 0, "must be positive", field="--offset-step")
+        require(self.offset_range >= 0, "must be >= 0", field="--offset-range")
+        require(self.particle_diameter is None or self.particle_diameter > 0, "must be positive",
+                field="--particle-diameter")
+        require(self.low_resol_join_halves >= 0, "must be >= 0", field="--low-resol-join-halves")
+        require(self.max_iterations >= 1, "must be >= 1", field="--max-iterations")
+        require(self.tau2_fudge > 0, "must be positive", field="--tau2-fudge")
+        require(self.max_significant >= 1, "must be >= 1", field="--max-significant")
+        symmetry_operators(self.symmetry)
+
+
+def resolution_increment(box: int) -> int:
+    """Shells added to the gold-standard resolution for the next E-step limit (RELION's incr_size 10 at 360 px,
+    scaled with the box, at least 3), as class3d."""
+    return max(3, round(box / 36))
+
+
+def _cast(key: str, value):
+    kind = str(Refine3DParams.__dataclass_fields__[key].type)
+    if value is None:
+        return None
+    if "int" in kind:
+        return int(float(value))
+    if "float" in kind:
+        return float(value)
+    return str(value)
+
+
+def run_refine3d(particles_path, reference_path, out: Path, params: Refine3DParams, bk, comm,
+                 continue_from=None) -> dict:
+    """Run (or continue) a gold-standard auto-refinement; rank 0 writes into ``out``.
+
+    ``params`` fields left None take their defaults (or, on continue, the checkpoint's values).
+    Returns {"model": Model (maps = the two masked half-maps), "particles": ParticleSet, "files": written files
+    (rank 0), "params", "sampling": AutoSampling, "resolution_A": gold-standard resolution, "fsc": (N//2+1,),
+    "map": (N, N, N) final map or None when the run stopped before its final iteration}.
+    """
+    out = Path(out)
+    rank, size = comm.Get_rank(), comm.Get_size()
+    given = dict(asdict(params))
+    if continue_from is not None:
+        prefix, start = parse_continue(continue_from)
+        general = read_star(f"{prefix}_model.star")["model_general"].iloc[0].to_dict()
+        stored = {k[3:]: v for k, v in general.items() if k.startswith("cp_")}
+        if particles_path is not None:
+            given["particles"] = os.path.abspath(particles_path)
+        require(reference_path is None, "the maps come from the checkpoint; do not give --reference with --continue",
+                field="--reference")
+        opts = check_options(stored, given, FIXED)
+        params = Refine3DParams(**{k: _cast(k, opts.get(k)) for k in asdict(params)})
+        particles = load_particles(opts["particles"])
+        model = read_model(prefix, halves=True)
+        restore_table(particles, f"{prefix}_data.star", TABLE_COLUMNS)
+        state = AutoSampling.from_options(stored)
+        subset = particles.table["rlnRandomSubset"].to_numpy(np.int64)
+    else:
+        defaults = Refine3DParams()
+        params = Refine3DParams(**{k: (getattr(defaults, k) if v is None else v) for k, v in given.items()})
+        require(particles_path is not None, "--particles is required", field="--particles")
+        require(reference_path is not None, "--reference is required", field="--reference")
+        params.validate()
+        particles = load_particles(particles_path)
+        start = 0
+        state = None
+    params.validate()
+    absolute_image_names(particles)
+    n, box, angpix = len(particles), particles.box, particles.angpix
+    diameter = float(params.particle_diameter or 0.9 * box * angpix)
+    mask = mstep.solvent_mask(box, angpix, diameter)
+    ops = symmetry_operators(params.symmetry)
+    if continue_from is None:
+        check_reference(reference_path, particles)
+        subset = random_subsets(particles.table, params.seed, particles.path)
+        particles.table["rlnRandomSubset"] = subset
+        mine = np.arange(n)[split_range(n, rank, size)]
+        model = _initial_model(particles, reference_path, params, mask, mine, bk, comm)
+        state = AutoSampling(order=int(params.healpix_order), offset_range=float(params.offset_range),
+                             offset_step=float(params.offset_step),
+                             local=int(params.healpix_order >= params.auto_local_healpix_order))
+        if state.local and not {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"} <= set(particles.table.columns):
+            state.local = 0  # no previous orientations: the first searches are global
+    mine = np.arange(n)[split_range(n, rank, size)]
+    options = {"particles": os.path.abspath(particles.path),
+               **{k: v for k, v in asdict(params).items() if k != "particle_diameter"}, "particle_diameter": diameter}
+    files: list = []
+    final_map = None
+    fsc_curve = model.extra.get("rlnGoldStandardFsc", np.zeros(box // 2 + 1))
+    resolution = float(np.min(model.resolution_A))
+    finished = bool(int(float(model.options.get("finished", 0)))) if continue_from is not None else False
+    for it in range(start + 1, params.max_iterations + 1):
+        if finished:
+            break
+        t0 = time.perf_counter()
+        final = bool(state.converged) or it == params.max_iterations
+        r_max = box // 2 if final else model.r_max
+        search = SearchSpace(OrientationGrid(state.order, params.symmetry),
+                             translation_grid(state.offset_range, state.offset_step), state.offset_step,
+                             local_sigma_deg=state.sampling_deg if state.local else None,
+                             max_significant=params.max_significant, symmetry_ops=ops, particle_diameter_A=diameter)
+        prev_rot = _table_rotations(particles.table)
+        prev_origin = particles.origins_px()
+        results, sums, bps, estep_r = _estep(particles, model, subset, mine, search, r_max, prev_rot, bk, comm)
+        merged = {}
+        for key in results[0]:
+            merged[key] = np.where(_expand(subset == 1, results[0][key]), results[0][key], results[1][key])
+        update_table(particles, merged)
+        particles.table["rlnRandomSubset"] = subset
+        fsc_curve, halves, combined, ssnr, tau2 = _maximise(bps, params, box, bk, estep_r, final, angpix)
+        resolution = resolution_at(fsc_curve, box, angpix, FSC_THRESHOLD)
+        shell = int(np.floor(box * angpix / resolution + 1e-9))
+        new_rot = _table_rotations(particles.table)
+        angle = float(np.mean(symmetric_angle(prev_rot, new_rot, ops))) if prev_rot is not None else 1e9
+        offset = float(np.sqrt(np.mean(((particles.origins_px() - prev_origin) ** 2).sum(1))))
+        if final:
+            final_map = combined
+            finished = True
+        else:
+            for msg in state.update(resolution, angle, offset, diameter, params.auto_local_healpix_order):
+                log.info("iteration %d: auto-sampling: %s", it, msg)
+        joined = join_low_resolution(halves[0], halves[1], angpix, params.low_resol_join_halves) if not final \
+            else halves
+        model = Model(maps=np.stack([joined[0] * mask, joined[1] * mask]).astype(np.float32),
+                      pdf_class=np.array([0.5, 0.5]), sigma2=mstep.update_sigma2(model.sigma2, sums),
+                      tau2=np.stack(tau2), ssnr=np.stack(ssnr), resolution_A=np.full(2, resolution),
+                      sigma_offset_px=mstep.update_sigma_offset(sums),
+                      r_max=int(min(box // 2, shell + resolution_increment(box))), iteration=it, angpix=angpix,
+                      options={**options, **state.to_options(), "finished": int(finished)},
+                      extra={"rlnGoldStandardFsc": fsc_curve})
+        log.info("iteration %d%s: E-step limit %d px (%.1f A), order %d (%s), gold-standard resolution %.2f A, "
+                 "changes %.2f deg %.3f px, %.1f s", it, " (final)" if final else "", estep_r,
+                 box * angpix / max(estep_r, 1), search.grid.order, "local" if state.local else "global",
+                 resolution, angle, offset, time.perf_counter() - t0)
+        if rank == 0:
+            files += write_checkpoint(out, it, model, particles, halves=True)
+            if final:
+                files += _write_outputs(out, halves, combined, fsc_curve, resolution, particles, angpix)
+    if rank == 0 and files:
+        files += [_plot_progress(out, params.max_iterations)]
+    return {"model": model, "particles": particles, "files": files, "params": params, "sampling": state,
+            "resolution_A": resolution, "fsc": fsc_curve, "map": final_map}
+
+
+def _expand(mask, values):
+    return mask.reshape(mask.shape + (1,) * (np.ndim(values) - 1))
+
+
+def _table_rotations(table: pd.DataFrame):
+    """(n, 3, 3) rotations of the table's angles, or None when it has none."""
+    cols = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+    if not set(cols) <= set(table.columns):
+        return None
+    return euler_to_matrix(*(table[c].to_numpy(np.float64) for c in cols))
+
+
+def _initial_model(particles, reference_path, params: Refine3DParams, mask, mine, bk, comm) -> Model:
+    """Both half-maps = the reference low-passed to ini_high, masked and put on the data's grey scale."""
+    box, angpix = particles.box, particles.angpix
+    r_max = int(np.clip(round(box * angpix / params.ini_high), 2, box // 2))
+    ref, _ = read_mrc(reference_path)
+    ref = np.asarray(lowpass(ref.astype(np.float64), angpix, params.ini_high, ndim=3)) * mask
+    ref *= reference_scale(ref, particles, mine, r_max, bk, comm, seed=params.seed)
+    nsh = box // 2 + 1
+    tau2 = params.tau2_fudge * mstep.signal_power(ref)
+    return Model(maps=np.repeat(ref[None].astype(np.float32), 2, axis=0), pdf_class=np.array([0.5, 0.5]),
+                 sigma2=initial_sigma2(particles, mine, comm), tau2=np.repeat(tau2[None], 2, axis=0),
+                 ssnr=np.zeros((2, nsh)), resolution_A=np.full(2, params.ini_high),
+                 sigma_offset_px=float(params.offset_range), r_max=r_max, iteration=0, angpix=angpix)
+
+
+def _estep(particles, model: Model, subset, mine, search: SearchSpace, r_max: int, prev_rot, bk, comm):
+    """E-step of each half against its own half-map; sums reduced over ranks.
+
+    Returns (per-half gathered per-particle results [dict, dict], combined sigma2/offset sums, the two half
+    back-projectors [bp1, bp2], the E-step limit used)."""
+    n = len(particles)
+    half = subset - 1
+    results, bps, parts = [], [], []
+    r_used = r_max
+    for h in range(2):
+        idx = mine[subset[mine] == h + 1]
+        est = EStep(particles, model.maps[h : h + 1], np.zeros(1), model.sigma2,
+                    max(model.sigma_offset_px, 0.5 * search.offset_step), r_max, search, bk)
+        res = est.run(idx, particles.origins_px(), prior_rotations=prev_rot if search.local_sigma_deg else None,
+                      half=half)
+        mstep.reduce_sums(res, comm, bk)
+        results.append(gather_results(res, idx, n, comm))
+        bps.append(res.backprojectors[0][h])
+        parts.append(res)
+        r_used = est.r_max
+    sums = SimpleNamespace(sigma2_sum=parts[0].sigma2_sum + parts[1].sigma2_sum,
+                           sigma2_count=parts[0].sigma2_count + parts[1].sigma2_count,
+                           offset2_sum=parts[0].offset2_sum + parts[1].offset2_sum, n=parts[0].n + parts[1].n)
+    return results, sums, bps, r_used
+
+
+def _maximise(bps, params: Refine3DParams, box: int, bk, r_max: int, final: bool, angpix: float):
+    """Half-map FSC, per-half reconstructions and (final iteration) the map of both halves.
+
+    Returns (fsc (box//2+1,), [half1, half2] (box^3) float32, combined map or None, [ssnr1, ssnr2], [tau2_1, tau2_2]).
+    """
+    nsh = box // 2 + 1
+    curve = mstep.half_fsc(bps[0], bps[1], bk, r_max)
+    curve = np.concatenate([curve, np.zeros(nsh - len(curve))])[:nsh]
+    snr_half = mstep.ssnr_from_fsc(curve, combined=False)
+    halves, tau2 = [], []
+    for bp in bps:
+        vol, t2 = mstep.reconstruct(bp, snr_half, params.tau2_fudge, box, bk)
+        halves.append(vol)
+        tau2.append(t2)
+    combined = None
+    if final:
+        bps[0].add(bps[1])
+        combined, _ = mstep.reconstruct(bps[0], mstep.ssnr_from_fsc(curve, combined=True), params.tau2_fudge, box,
+                                        bk)
+    return curve, halves, combined, [snr_half, snr_half], tau2
+
+
+def _write_outputs(out: Path, halves, combined, curve, resolution: float, particles, angpix: float) -> list:
+    """half1.mrc, half2.mrc, map.mrc, fsc.star, particles.star and slices of the final map."""
+    box = combined.shape[0]
+    files = [out / "half1.mrc", out / "half2.mrc", out / "map.mrc"]
+    for path, vol in zip(files, (*halves, combined), strict=True):
+        write_mrc(path, vol, angpix)
+    shells = np.arange(box // 2 + 1)
+    freq = shells / (box * angpix)
+    star = out / "fsc.star"
+    write_star_exact(star, {
+        "general": {"rlnFinalResolution": float(resolution), "rlnFscThreshold": FSC_THRESHOLD,
+                    "rlnPixelSize": angpix, "rlnOriginalImageSize": box},
+        "fsc": pd.DataFrame({"rlnSpectralIndex": shells, "rlnResolution": freq,
+                             "rlnAngstromResolution": np.where(freq > 0, 1 / np.where(freq > 0, freq, 1), 999.0),
+                             "rlnFourierShellCorrelation": curve})})
+    from cryopipe.em3d.model import write_particles_exact
+
+    write_particles_exact(out / "particles.star", particles.table)
+    slices = plot_slices([combined], ["refined map"], out / "refine3d_slices.png")
+    return [*files, star, out / "particles.star", slices]
+
+
+def _plot_progress(out: Path, last: int) -> Path:
+    """PNG: the half-map FSC of every iteration (left) and the gold-standard resolution per iteration (right)."""
+    from cryopipe.em3d.report import _figure
+
+    plt = _figure()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    its, res = [], []
+    for i in range(1, last + 1):
+        star = out / f"run_it{i:03d}_model.star"
+        if not star.exists():
+            continue
+        blocks = read_star(star)
+        general = blocks["model_general"].iloc[0]
+        box, apix = int(general["rlnOriginalImageSize"]), float(general["rlnPixelSize"])
+        curve = blocks["model_curves"]["rlnGoldStandardFsc"].to_numpy(float)
+        a1.plot(np.arange(len(curve)) / (box * apix), curve, lw=1, label=f"it {i}")
+        its.append(i)
+        res.append(float(general["rlnCurrentResolution"]))
+    a1.axhline(FSC_THRESHOLD, color="k", ls=":", lw=0.8)
+    a1.set(xlabel="resolution (1/A)", ylabel="half-map FSC", ylim=(-0.1, 1.02))
+    if len(its) <= 12:
+        a1.legend(fontsize=6)
+    a2.plot(its, res, marker="o")
+    a2.set(xlabel="iteration", ylabel="gold-standard resolution (A)")
+    fig.tight_layout()
+    path = out / "refine3d_progress.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return path

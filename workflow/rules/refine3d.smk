@@ -1,0 +1,112 @@
+# 3D auto-refinement (gold standard) of the particles of one 3D class, then post-processing of its half-maps.
+
+R3 = config["refine3d"]
+PP = config["postprocess"]
+REFINED_PARTICLES = None  # refined particles.star, for BioEM (bioem.smk prefers them to class3d's)
+
+
+if class3d_reference() is not None and R3["enabled"]:
+
+    rule select3d:
+        """The particles of one 3D class (refine3d.class, 0: the most populated) and that class's map."""
+        input:
+            data=rules.class3d.output.data,
+            maps=rules.class3d.output.maps,
+        output:
+            particles=f"{RESULTS}/select3d/particles.star",
+            reference=f"{RESULTS}/select3d/reference.mrc",
+        params:
+            chosen=R3["class"],
+        log:
+            f"{RESULTS}/logs/select3d.log",
+        run:
+            import shutil
+
+            from cryopipe.io.atomic import atomic_path
+            from cryopipe.io.star import read_particles, write_table
+
+            table = read_particles(input.data)
+            counts = table["rlnClassNumber"].value_counts()
+            k = int(params.chosen) or int(counts.idxmax())
+            if k not in counts.index:
+                raise ValueError(f"config: refine3d.class {k} has no particles in {input.data}")
+            write_table(output.particles, table[table["rlnClassNumber"] == k])
+            with atomic_path(output.reference) as tmp:
+                shutil.copyfile(input.maps[k - 1], tmp)
+            with open(log[0], "w") as fh:
+                fh.write(f"class {k}: {int(counts[k])} of {len(table)} particles\n")
+
+    rule refine3d:
+        input:
+            particles=rules.select3d.output.particles,
+            reference=R3["reference"] or rules.select3d.output.reference,
+        output:
+            half1=f"{RESULTS}/refine3d/half1.mrc",
+            half2=f"{RESULTS}/refine3d/half2.mrc",
+            map=f"{RESULTS}/refine3d/map.mrc",
+            fsc=f"{RESULTS}/refine3d/fsc.star",
+            particles=f"{RESULTS}/refine3d/particles.star",
+            figures=report(
+                [f"{RESULTS}/refine3d/refine3d_progress.png", f"{RESULTS}/refine3d/refine3d_slices.png"],
+                caption="../report/refine3d.rst",
+                category="5. 3D refinement",
+            ),
+        params:
+            out=f"{RESULTS}/refine3d",
+            launch=mpi_launch,
+            ini_high=R3["ini_high"],
+            order=R3["healpix_order"],
+            local_order=R3["auto_local_healpix_order"],
+            offset_range=R3["offset_range"],
+            offset_step=R3["offset_step"],
+            symmetry=R3["symmetry"],
+            join=R3["low_resol_join_halves"],
+            iterations=R3["max_iterations"],
+            diameter=config["particle_diameter"],
+            device=DEVICE,
+        threads: STAGE_THREADS  # BLAS and FFT threads
+        resources:
+            mpi=MPI_DEFAULT,
+            tasks=1,
+            gpu=1 if DEVICE == "gpu" else 0,
+        log:
+            f"{RESULTS}/logs/refine3d.log",
+        shell:
+            "{params.launch} cryopipe refine3d --particles {input.particles} --reference {input.reference}"
+            " --ini-high {params.ini_high} --healpix-order {params.order} --auto-local-healpix-order"
+            " {params.local_order} --offset-range {params.offset_range} --offset-step {params.offset_step}"
+            " --symmetry {params.symmetry} --particle-diameter {params.diameter} --low-resol-join-halves"
+            " {params.join} --max-iterations {params.iterations} --device {params.device} --out {params.out}"
+            " 2> {log}"
+
+    rule postprocess:
+        input:
+            half1=rules.refine3d.output.half1,
+            half2=rules.refine3d.output.half2,
+        output:
+            map=f"{RESULTS}/postprocess/map_sharpened.mrc",
+            mask=f"{RESULTS}/postprocess/mask.mrc",
+            star=f"{RESULTS}/postprocess/postprocess.star",
+            figures=report(
+                [f"{RESULTS}/postprocess/postprocess_fsc_guinier.png", f"{RESULTS}/postprocess/postprocess_slices.png"],
+                caption="../report/refine3d.rst",
+                category="5. 3D refinement",
+            ),
+        params:
+            out=f"{RESULTS}/postprocess",
+            mask=flag("mask", PP["mask"]),
+            lowpass=PP["mask_lowpass"],
+            threshold=PP["mask_threshold"],
+            dilate=PP["extend"],
+            edge=PP["soft_edge"],
+            fit_low=PP["fit_low"],
+            bfactor="" if PP["bfactor"] == "auto" else f"--bfactor {PP['bfactor']}",
+        log:
+            f"{RESULTS}/logs/postprocess.log",
+        shell:
+            "cryopipe postprocess --half1 {input.half1} --half2 {input.half2} {params.mask}"
+            " --mask-lowpass {params.lowpass} --mask-threshold {params.threshold} --extend {params.dilate}"
+            " --soft-edge {params.edge} --fit-low {params.fit_low} {params.bfactor} --out {params.out} 2> {log}"
+
+    ALL_TARGETS.append(rules.postprocess.output.star)
+    REFINED_PARTICLES = rules.refine3d.output.particles
