@@ -98,7 +98,7 @@ def run_class3d(particles_path, reference_path, out: Path, params: Class3DParams
         opts = check_options(stored, given, FIXED)
         opts["iterations"] = given["iterations"] if given["iterations"] is not None else stored["iterations"]
         params = Class3DParams(**{k: _cast(k, opts[k]) for k in asdict(params)})
-        particles = load_particles(opts["particles"])
+        particles = load_particles(opts["particles"], share=(rank, size))
         model = read_model(prefix)
         restore_table(particles, f"{prefix}_data.star", TABLE_COLUMNS)
     else:
@@ -106,7 +106,7 @@ def run_class3d(particles_path, reference_path, out: Path, params: Class3DParams
                                   for k, v in given.items()})
         require(particles_path is not None, "--particles is required", field="--particles")
         require(reference_path is not None, "--reference is required", field="--reference")
-        particles = load_particles(particles_path)
+        particles = load_particles(particles_path, share=(rank, size))
         start = 0
     params.validate()
     absolute_image_names(particles)
@@ -136,7 +136,7 @@ def run_class3d(particles_path, reference_path, out: Path, params: Class3DParams
         res = estep.run(mine, particles.origins_px(), class_mask=class_mask)
         mstep.reduce_sums(res, comm, bk)
         update_table(particles, gather_results(res, mine, n, comm))
-        model = _maximise(model, res, params, mask, bk, it, estep.r_max)
+        model = _maximise(model, res, params, mask, bk, it, estep.r_max, comm)
         log.info("iteration %d: E-step limit %d px (%.1f A), resolution %s A, classes %s, %.1f s", it, estep.r_max,
                  box * angpix / max(estep.r_max, 1), np.round(model.resolution_A, 1), np.round(model.pdf_class, 3),
                  time.perf_counter() - t0)
@@ -172,19 +172,24 @@ def _initial_model(particles, reference_path, params: Class3DParams, mask, mine,
                  sigma_offset_px=float(params.offset_range), r_max=r_max, iteration=0, angpix=angpix)
 
 
-def _maximise(model: Model, res, params: Class3DParams, mask, bk, it: int, r_max: int) -> Model:
+def _maximise(model: Model, res, params: Class3DParams, mask, bk, it: int, r_max: int, comm) -> Model:
+    """M-step; each rank reconstructs the classes k with k % size == rank (the back-projectors are already
+    summed over ranks) and the class maps are then exchanged."""
     box = model.box
-    maps, tau2, ssnr, res_a = [], [], [], []
-    for half1, half2 in res.backprojectors:
+    rank, size = comm.Get_rank(), comm.Get_size()
+    local = {}
+    for k, (half1, half2) in enumerate(res.backprojectors):
+        if k % size != rank:
+            continue
         snr = mstep.ssnr_from_fsc(mstep.half_fsc(half1, half2, bk, r_max))
         half1.add(half2)
         vol, t2 = mstep.reconstruct(half1, snr, params.tau2_fudge, box, bk)
         snr = np.concatenate([snr, np.zeros(box // 2 + 1 - len(snr))])
-        maps.append(vol * mask)
-        tau2.append(t2)
-        ssnr.append(snr)
-        shell = mstep.resolution_shell(snr)
-        res_a.append(box * model.angpix / max(shell, 1))
+        local[k] = (vol * mask, t2, snr)
+    if size > 1:
+        local = {k: v for part in comm.allgather(local) for k, v in part.items()}
+    maps, tau2, ssnr = (list(x) for x in zip(*(local[k] for k in range(len(res.backprojectors))), strict=True))
+    res_a = [box * model.angpix / max(mstep.resolution_shell(snr), 1) for snr in ssnr]
     best_shell = int(round(box * model.angpix / min(res_a)))
     weights = res.class_weight / max(res.class_weight.sum(), 1e-30)
     return Model(maps=np.stack(maps).astype(np.float32), pdf_class=weights,

@@ -16,6 +16,7 @@ from cryopipe.ctf import CTFParams
 from cryopipe.errors import InputError, require
 from cryopipe.io.mrc import read_mrc, read_mrc_header
 from cryopipe.io.star import parse_image_name, read_particles
+from cryopipe.parallel import split_range
 
 CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage", "rlnSphericalAberration",
                "rlnAmplitudeContrast")
@@ -59,8 +60,11 @@ class ParticleSet:
         return CTFParams(**{k: np.asarray(v)[index] if np.ndim(v) else v for k, v in vars(self.ctf).items()})
 
 
-def load_particles(path: str | os.PathLike, use_ctf: bool = True) -> ParticleSet:
+def load_particles(path: str | os.PathLike, use_ctf: bool = True, share: tuple[int, int] | None = None) -> ParticleSet:
     """Read a RELION particle STAR file and its image stacks.
+
+    ``share`` = (rank, size): read and transform only this MPI rank's particles (``split_range``); the spectra of
+    the others stay zero (the table, CTFs and groups are complete on every rank).
 
     Raises InputError for missing columns (rlnImageName; the CTF columns when ``use_ctf``), a missing pixel
     size, non-square images, stacks whose box disagrees with rlnImageSize, or NaNs.
@@ -80,16 +84,25 @@ def load_particles(path: str | os.PathLike, use_ctf: bool = True) -> ParticleSet
                 raise InputError(f"CTF column {col} missing (CTF correction is on)", path, col)
         ctf = CTFParams.from_star(table, path)
     indices, stacks = parse_image_name(table["rlnImageName"], path)
+    wanted = np.ones(len(table), dtype=bool)
+    if share is not None:
+        wanted[:] = False
+        wanted[split_range(len(table), *share)] = True
     images = None
     for stack in dict.fromkeys(stacks):
         rows = np.flatnonzero(np.asarray(stacks) == stack)
-        data, _ = read_mrc(stack, indices=indices[rows], require_square=True)
+        rows = rows[wanted[rows]]
+        if images is not None and not len(rows):
+            continue
+        first = rows if len(rows) else np.flatnonzero(np.asarray(stacks) == stack)[:1]  # at least the box
+        data, _ = read_mrc(stack, indices=indices[first], require_square=True)
         if images is None:
             box = data.shape[-1]
-            images = np.empty((len(table), box, box // 2 + 1), dtype=np.complex64)
+            images = np.zeros((len(table), box, box // 2 + 1), dtype=np.complex64)
         require(data.shape[-1] == images.shape[1], f"image box {data.shape[-1]} differs from {images.shape[1]}",
                 stack, "box")
-        images[rows] = np.fft.rfft2(np.fft.ifftshift(data, axes=(-2, -1)))
+        if len(rows):
+            images[rows] = np.fft.rfft2(np.fft.ifftshift(data, axes=(-2, -1)))
     box = images.shape[1]
     if "rlnImageSize" in table.columns:
         require(bool(np.all(table["rlnImageSize"].to_numpy() == box)), f"rlnImageSize differs from stack box {box}",
