@@ -31,7 +31,7 @@ def main(args: argparse.Namespace, recorder) -> None:
     params = PostprocessParams(mask=None if args.mask is None else str(args.mask), mask_lowpass_A=args.mask_lowpass,
                                mask_threshold=args.mask_threshold, extend_px=args.extend, edge_px=args.soft_edge,
                                fit_low_A=args.fit_low, bfactor=args.bfactor)
-    result = postprocess(args.half1, args.half2, args.out, params)
+    result = postprocess(args.half1, args.half2, args.out, params, final_out=args.out_final)
     recorder.add_input(args.half1, args.half2, *([args.mask] if args.mask else []))
     recorder.add_output(*result["files"])
     recorder.note(resolution_A=round(result["resolution_A"], 3), bfactor=round(result["bfactor"], 1))

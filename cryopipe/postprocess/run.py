@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from cryopipe.errors import require
 from cryopipe.fourier import fsc, lowpass, resolution_at
 from cryopipe.io.atomic import atomic_path
 from cryopipe.io.mrc import read_mrc, write_mrc
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,8 +91,9 @@ def fit_bfactor(s2: np.ndarray, log_amp: np.ndarray, low_A: float, high_A: float
     return float(4 * slope), float(intercept)
 
 
-def postprocess(half1_path, half2_path, out: Path, params: PostprocessParams) -> dict:
-    """Run post-processing; write map_sharpened.mrc, mask.mrc, postprocess.star and PNGs into ``out``."""
+def postprocess(half1_path, half2_path, out: Path, params: PostprocessParams, final_out: Path | None = None) -> dict:
+    """Run post-processing; write map_sharpened.mrc, mask.mrc, postprocess.star and PNGs into ``out``
+    (``final_out``: the folder they will end up in, for the mask path recorded in the STAR; default ``out``)."""
     h1, angpix = read_mrc(half1_path)
     h2, angpix2 = read_mrc(half2_path)
     require(h1.ndim == 3 and h1.shape[0] == h1.shape[1] == h1.shape[2], "half-map must be a cube", half1_path,
@@ -124,7 +128,13 @@ def postprocess(half1_path, half2_path, out: Path, params: PostprocessParams) ->
     weighted = np.fft.irfftn(np.fft.rfftn(average) * weight[shells], s=average.shape, axes=(0, 1, 2))
     s2, log_orig = guinier(average * mask, angpix)
     _, log_weighted = guinier(weighted * mask, angpix)
-    if params.bfactor is None:
+    if params.bfactor is None and resolution > params.fit_low_A:
+        # no Guinier region (it starts near 10 A): a slope fitted to the form factor's fall-off would "sharpen"
+        # a 12 A map by thousands of A^2 and boost noise 100-fold; RELION, too, fits only beyond autob_lowres
+        log.warning("final resolution %.1f A is worse than --fit-low %.1f A: no B-factor fitted, none applied",
+                    resolution, params.fit_low_A)
+        bfactor, intercept = 0.0, float("nan")
+    elif params.bfactor is None:
         bfactor, intercept = fit_bfactor(s2, log_weighted, max(params.fit_low_A, 1.5 * resolution), resolution)
         bfactor = min(bfactor, 0.0)
     else:
@@ -140,7 +150,7 @@ def postprocess(half1_path, half2_path, out: Path, params: PostprocessParams) ->
     freq = np.arange(n // 2 + 1) / (n * angpix)
     general = {"rlnFinalResolution": resolution, "rlnBfactorUsedForSharpening": bfactor,
                "rlnFittedInterceptGuinierPlot": intercept, "rlnRandomiseFrom": n * angpix / max(rand_shell, 1),
-               "rlnMaskName": str(params.mask or out / "mask.mrc")}
+               "rlnMaskName": str(params.mask or Path(final_out or out) / "mask.mrc")}
     curves = pd.DataFrame({
         "rlnSpectralIndex": np.arange(n // 2 + 1), "rlnResolution": freq,
         "rlnAngstromResolution": np.where(freq > 0, 1 / np.where(freq > 0, freq, 1), 999.0),

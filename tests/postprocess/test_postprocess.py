@@ -5,6 +5,8 @@ FSC falls through 0.143 inside the box; the truth is known, so the corrected FSC
 against it (a stand-in for refine3d's half-maps, which this test does not need).
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -63,6 +65,17 @@ def test_corrected_fsc_and_bfactor(halves, tmp_path):
     assert float(general["rlnFinalResolution"].iloc[0]) == pytest.approx(res["resolution_A"])
     for name in ("map_sharpened.mrc", "mask.mrc", "postprocess_fsc_guinier.png", "postprocess_slices.png"):
         assert (tmp_path / name).exists()
+
+
+def test_no_bfactor_without_a_guinier_region(halves, tmp_path):
+    """A map whose resolution is worse than --fit-low gets no fitted sharpening (B = 0), and the STAR names the
+    mask in the folder given as final."""
+    truth, (h1, h2) = halves
+    res = postprocess(h1, h2, tmp_path, PostprocessParams(fit_low_A=2.0), final_out=Path("results/postprocess"))
+    assert res["resolution_A"] > 2.0 and res["bfactor"] == 0.0
+    general = read_star(tmp_path / "postprocess.star")["general"]
+    assert float(general["rlnBfactorUsedForSharpening"].iloc[0]) == 0.0
+    assert general["rlnMaskName"].iloc[0] == "results/postprocess/mask.mrc"
 
 
 def test_cli_and_bad_input(halves, tmp_path, monkeypatch, capsys):
