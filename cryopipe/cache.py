@@ -1,16 +1,19 @@
 """Node-local SSD cache for particle stacks, shared by the jobs that run on one node.
 
-Iterative stages (class2d, class3d, refine3d, bioem) read their stacks on every pass. A
-:class:`StackCache` copies them to node-local scratch in a background thread while the first pass
-reads from shared storage, so no GPU waits on a copy; :meth:`StackCache.path_for` answers, at each
-read, the path to use: the verified local copy once it is there, else the source::
+The particle stages (class2d, class3d, refine3d, bioem) and their reruns read the same stacks, job
+after job, on the nodes a cluster gives them. A :class:`StackCache` copies the stacks to node-local
+scratch in a background thread while the job reads from shared storage, so no GPU waits on a copy;
+:meth:`StackCache.path_for` answers, at each read, the path to use: the verified local copy once it is
+there, else the source. Stages that read every stack once, at start (all of ours: the images then live
+in memory), first :meth:`StackCache.adopt` the copies the node already holds::
 
-    with StackCache.from_args(args) as cache:
-        cache.prefetch(stacks)                      # most-read first: what fits is cached
-        for iteration in range(n):
-            for stack in stacks:
-                read(cache.path_for(stack))         # source until the copy is ready and verified
-        recorder.note(cache=cache.stats())
+    with stage_cache(args, recorder) as cache:      # --scratch-dir, --scratch-quota-gb; stats into provenance
+        cache.adopt(stacks)                         # verified local copies now, the rest staged meanwhile
+        for stack in stacks:
+            data = cache.read(stack, read_mrc)      # the local copy if there is one, else shared storage
+
+A stage that reads on every pass would instead :meth:`StackCache.prefetch` and read through
+:meth:`StackCache.path_for` each time, moving to the local copy as soon as it is verified.
 
 Layout under ``<scratch>/cryopipe-cache-<uid>/`` (mode 0700; a folder owned by someone else disables
 the cache): ``objects/<sha256><suffix>`` are the copies, named by the sha256 of their content (the
@@ -48,6 +51,8 @@ import threading
 import time
 from pathlib import Path
 
+from cryopipe.errors import InputError
+
 log = logging.getLogger(__name__)
 
 CHUNK = 8 << 20
@@ -72,15 +77,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def _flock(path: Path, stop: threading.Event):
-    """Hold an exclusive flock on ``path`` (created if needed); poll so that closing the cache is never blocked."""
+def _flock(path: Path, stop: threading.Event, wait: bool = True, shared: bool = False):
+    """Hold an exclusive (or ``shared``) flock on ``path`` (created if needed); poll so that closing the cache is
+    never blocked. ``wait=False``: raise BlockingIOError at once when another job holds it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if not wait:
+                    raise
                 if stop.wait(0.05):
                     raise _ClosedError from None
         yield
@@ -134,6 +142,11 @@ class StackCache:
         gb = args.scratch_quota_gb
         return cls(args.scratch_dir, None if gb is None else int(gb * 1e9))
 
+    @classmethod
+    def disabled(cls) -> StackCache:
+        """A cache that caches nothing: every path is read where it is (library calls without a cache)."""
+        return cls(quota_bytes=0)
+
     def _prepare(self) -> bool:
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -161,6 +174,33 @@ class StackCache:
                 self._queued.add(key)
             self._queue.put(key)
 
+    def adopt(self, paths) -> None:
+        """For stages that read each stack once, before reading: use the copies this node already holds.
+
+        Each copy is verified now and :meth:`path_for` then answers it; a stack not cached yet (or being copied
+        by another job) is read from shared storage and staged in the background for the jobs that follow
+        (call :meth:`wait` before :meth:`close` to finish those copies). ``paths`` in priority order.
+        """
+        for p in paths:
+            key = os.path.abspath(p)
+            with self._lock:
+                if not self.enabled or self._stop.is_set() or key in self._queued:
+                    continue
+            t0, obj = time.perf_counter(), None
+            try:
+                obj = self._stage(key, copy=False)
+            except (BlockingIOError, _ClosedError):
+                pass
+            except Exception as exc:  # noqa: BLE001 - as in the worker: a cache problem means reading the source
+                log.warning("stack cache: %s read from shared storage: %s", key, exc)
+            with self._lock:
+                self._stats["staging_s"] += time.perf_counter() - t0
+                if obj is not None:
+                    self._ready[key] = obj
+                    self._queued.add(key)
+            if obj is None:
+                self.prefetch([key])
+
     def path_for(self, src: str | os.PathLike) -> Path:
         """The path to read ``src`` from now: its verified local copy, else ``src`` (queued for staging)."""
         key = os.path.abspath(src)
@@ -172,6 +212,16 @@ class StackCache:
         self.prefetch([src])
         return Path(src)
 
+    def read(self, src: str | os.PathLike, reader, *args, **kwargs):
+        """``reader(path_for(src), *args, **kwargs)``; an InputError names ``src``, not its copy."""
+        path = self.path_for(src)
+        try:
+            return reader(path, *args, **kwargs)
+        except InputError as exc:
+            if path == Path(src):
+                raise
+            raise InputError(exc.message, src, exc.field) from None
+
     def wait(self) -> None:
         """Block until everything queued is staged or given up (for stages that prefer to wait)."""
         if self.enabled:
@@ -180,7 +230,7 @@ class StackCache:
     def stats(self) -> dict:
         """Staging statistics for the provenance record (``recorder.note(cache=cache.stats())``)."""
         with self._lock:
-            cached = sum(p.stat().st_size for p in self._ready.values())
+            cached = sum(p.stat().st_size for p in self._ready.values() if p.exists())
             return {"dir": str(self.root), "enabled": self.enabled, "quota_bytes": self.quota,
                     "files_cached": len(self._ready), "bytes_cached": cached,
                     **self._stats, "staging_s": round(self._stats["staging_s"], 3)}
@@ -210,7 +260,7 @@ class StackCache:
                 obj = None if self._stop.is_set() else self._stage(src)
             except _ClosedError:
                 pass
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 - the cache only makes reads faster; it never fails a job
                 log.warning("stack cache: %s read from shared storage: %s", src, exc)
             with self._lock:
                 self._stats["staging_s"] += time.perf_counter() - t0
@@ -220,12 +270,15 @@ class StackCache:
                     self._stats["not_cached"] += 1
             self._queue.task_done()
 
-    def _stage(self, src: str) -> Path | None:
+    def _stage(self, src: str, copy: bool = True) -> Path | None:
+        """The verified object of ``src``, copied first if needed (under the source's lock). ``copy=False``: only
+        one already there, verified under a shared lock (jobs, or ranks, starting together verify at once), and
+        BlockingIOError rather than waiting for another job's copy."""
         st = os.stat(src)
         ident = f"{os.path.realpath(src)}\0{st.st_size}\0{st.st_mtime_ns}"
         key = hashlib.sha256(ident.encode()).hexdigest()[:32]
-        with _flock(self.root / "locks" / f"{key}.lock", self._stop):
-            return self._lookup(key, st.st_size) or self._copy(src, key, st)
+        with _flock(self.root / "locks" / f"{key}.lock", self._stop, wait=copy, shared=not copy):
+            return self._lookup(key, st.st_size) or (self._copy(src, key, st) if copy else None)
 
     def _hold(self, obj: Path) -> int | None:
         """Open ``obj`` with a shared lock (so no job evicts it while in use); None when it is gone."""
@@ -345,3 +398,22 @@ class StackCache:
             with self._lock:
                 self._stats["evicted"] += 1
         return used + size <= quota and size <= free
+
+
+@contextlib.contextmanager
+def stage_cache(args: argparse.Namespace, recorder=None, comm=None):
+    """The cache a stage's flags ask for (:func:`add_arguments`). On a clean exit it finishes the copies under way
+    (the next job on this node reads them), closes, and puts its statistics in the provenance record: ``cache`` =
+    :meth:`StackCache.stats` (hits, copies, bytes copied, staging seconds, reads from copies and from shared
+    storage), a list of one per rank under MPI (collective: every rank of ``comm`` must get there)."""
+    cache = StackCache.from_args(args)
+    try:
+        yield cache
+        cache.wait()
+    finally:
+        cache.close()
+    stats = cache.stats()
+    if comm is not None and comm.Get_size() > 1:
+        stats = comm.gather(stats, root=0)
+    if recorder is not None:
+        recorder.note(cache=stats)

@@ -1,5 +1,7 @@
 """Shared fixtures: backends (cpu always, gpu when CuPy sees a device), seeded RNG."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not gpu_available():
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _scratch_in_the_suites_tmp(tmp_path_factory):
+    """The stages cache stacks under $TMPDIR (cryopipe.cache): keep the suite's copies out of the machine's /tmp."""
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("scratch"))
 
 
 @pytest.fixture

@@ -28,6 +28,8 @@ import pandas as pd
 
 from cryopipe.backend import get_backend
 from cryopipe.bioem import compat, ranking, stage
+from cryopipe.cache import add_arguments as add_cache_arguments
+from cryopipe.cache import stage_cache
 from cryopipe.cli import add_common
 from cryopipe.errors import InputError
 from cryopipe.io.star import write_star
@@ -44,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="particles: RELION STAR (default mode); BioEM text or MRC (--compat)")
     p.add_argument("--models", required=True, nargs="+", help="model files: .pdb/.cif, .mrc map, or BioEM text model")
     add_common(p)
+    add_cache_arguments(p)
     p.add_argument("--compat", choices=["bioem2.1"], help="reproduce BioEM 2.1 from its input files and conventions")
     p.add_argument("--params", help="BioEM parameter file (with --compat)")
     p.add_argument("--orientations", help="orientation list: STAR with rlnAngleRot/Tilt/Psi (BioEM list with --compat)")
@@ -128,13 +131,14 @@ def main(args: argparse.Namespace, recorder) -> None:
     else:
         params = _params(args)
         params.validate()
-        ds = stage.load_particles(args.particles)
-        recorder.add_input(args.particles, *[f for f in (args.orientations, args.orientation_prior) if f])
-        for path, name in zip(args.models, names, strict=True):
-            model = stage.read_structural_model(path, ds.angpix, params)
-            log.info("model %s: %d particles", name, len(ds.images))
-            results.append(stage.compute_log_p(model, ds, params, bk, comm))
-            recorder.note(**{f"cpu_gpu_split_{name}": results[-1].split})  # fraction, rates (grid points/s)
+        with stage_cache(args, recorder, comm) as cache:  # copies fill while the models are scored
+            ds = stage.load_particles(args.particles, cache)
+            recorder.add_input(args.particles, *[f for f in (args.orientations, args.orientation_prior) if f])
+            for path, name in zip(args.models, names, strict=True):
+                model = stage.read_structural_model(path, ds.angpix, params)
+                log.info("model %s: %d particles", name, len(ds.images))
+                results.append(stage.compute_log_p(model, ds, params, bk, comm))
+                recorder.note(**{f"cpu_gpu_split_{name}": results[-1].split})  # fraction, rates (grid points/s)
         image_names = list(ds.table["rlnImageName"])
         orientations = results[0].rotations
     if not rank0:

@@ -29,6 +29,7 @@ from cryopipe.bioem import compat, split
 from cryopipe.bioem.forward import MapModel, PointModel
 from cryopipe.bioem.integrate import Problem, Result, integrate, reduce_ranks
 from cryopipe.bioem.likelihood import best_norm_offset, log_constant
+from cryopipe.cache import StackCache
 from cryopipe.ctf import CTFParams, ctf_2d
 from cryopipe.errors import InputError, require
 from cryopipe.geometry import euler_to_matrix, matrix_to_euler, rotation_angle_between, so3_grid
@@ -135,8 +136,11 @@ class ModelResult:
     split: dict = field(default_factory=dict)  # how the images were shared between GPU and CPU (provenance)
 
 
-def load_particles(path) -> ParticleSet:
-    """Particles of a RELION STAR file (rlnImageName, rlnImagePixelSize), images as float64 img[y, x]."""
+def load_particles(path, cache: StackCache | None = None) -> ParticleSet:
+    """Particles of a RELION STAR file (rlnImageName, rlnImagePixelSize), images as float64 img[y, x].
+
+    ``cache``: read the stacks from their node-local copies where there are some, and stage the others
+    (:mod:`cryopipe.cache`)."""
     table = read_particles(path, required=("rlnImageName",))
     if "rlnImagePixelSize" not in table.columns:
         raise InputError("pixel size missing: need rlnImagePixelSize in data_optics", path, "rlnImagePixelSize")
@@ -145,9 +149,11 @@ def load_particles(path) -> ParticleSet:
             path, "rlnImagePixelSize")
     index, stacks = parse_image_name(table["rlnImageName"], path)
     images = None
+    cache = cache or StackCache.disabled()
+    cache.adopt(dict.fromkeys(stacks))
     for stack in dict.fromkeys(stacks):
         rows = np.flatnonzero(np.asarray(stacks) == stack)
-        data, _ = read_mrc(stack, indices=index[rows], require_square=True)
+        data, _ = cache.read(stack, read_mrc, indices=index[rows], require_square=True)
         if images is None:
             images = np.empty((len(table), *data.shape[-2:]))
         if data.shape[-2:] != images.shape[-2:]:

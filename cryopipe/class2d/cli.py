@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 
 from cryopipe.backend import get_backend
+from cryopipe.cache import add_arguments as add_cache_arguments
+from cryopipe.cache import stage_cache
 from cryopipe.class2d.stage import CTF_MODES, Class2DParams, classify, load_particles, load_references, write_class2d
 from cryopipe.cli import add_common
 from cryopipe.errors import InputError
@@ -52,6 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=_D.seed, help=f"random seed of the initial subsets (default {_D.seed})")
     p.add_argument("--batch-size", type=int, help="particles per device batch (default: from free memory)")
     add_common(p)
+    add_cache_arguments(p)
 
 
 def main(args: argparse.Namespace, recorder) -> None:
@@ -68,12 +71,13 @@ def main(args: argparse.Namespace, recorder) -> None:
         ctf=args.ctf, mirrors=args.mirrors, convergence=args.convergence, min_class_fraction=args.min_class_fraction,
         wiener_snr=args.wiener_snr, seed=args.seed, batch_size=args.batch_size,
     )
-    table, stack = load_particles(args.particles, params, bk, comm)
-    refs = None
-    if args.references:
-        refs = load_references(args.references, params, int(round(stack.box / stack.scale)), stack.box)
-        recorder.add_input(args.references)
-    result = classify(stack, params, bk, comm, refs)
+    with stage_cache(args, recorder, comm) as cache:  # copies fill while the classification runs
+        table, stack = load_particles(args.particles, params, bk, comm, cache)
+        refs = None
+        if args.references:
+            refs = load_references(args.references, params, int(round(stack.box / stack.scale)), stack.box)
+            recorder.add_input(args.references)
+        result = classify(stack, params, bk, comm, refs)
     recorder.add_input(args.particles)
     recorder.device = bk.describe()
     if comm.Get_rank() == 0:

@@ -39,6 +39,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from cryopipe.backend import Backend, get_backend
+from cryopipe.cache import StackCache
 from cryopipe.class2d.align import Aligner, Alignment
 from cryopipe.class2d.averages import ClassSums, centre_of_mass, class_averages, frc_resolution, shift_images
 from cryopipe.class2d.polar import PolarGrid, transform_images
@@ -177,8 +178,11 @@ def preprocess(raw, ctf: CTFParams | None, box: int, angpix: float, radius_px: f
 
 
 def load_particles(star: str | os.PathLike, params: Class2DParams, bk: Backend | None = None,
-                   comm=None) -> tuple[pd.DataFrame, ParticleStack]:
+                   comm=None, cache: StackCache | None = None) -> tuple[pd.DataFrame, ParticleStack]:
     """Read the particles STAR, check it, and load and preprocess this rank's share onto the device.
+
+    ``cache``: read the rank's stacks from their node-local copies where there are some, and stage the others
+    (:mod:`cryopipe.cache`).
 
     Returns the whole table (every rank reads it; rlnImageName rewritten so that the stacks resolve from
     the working directory) and the rank's :class:`ParticleStack`. InputErrors: missing columns or files,
@@ -227,8 +231,10 @@ def load_particles(star: str | os.PathLike, params: Class2DParams, bk: Backend |
     try:
         raw = np.empty((len(mine), box0, box0), dtype=np.float32)
         by_stack = pd.DataFrame({"stack": np.asarray(stacks, dtype=object)[mine], "k": np.arange(len(mine))})
+        cache = cache or StackCache.disabled()
+        cache.adopt(by_stack["stack"].unique())
         for path, rows in by_stack.groupby("stack", sort=False):
-            raw[rows["k"].to_numpy()] = read_mrc(path, indices=index[mine][rows["k"].to_numpy()])[0]
+            raw[rows["k"].to_numpy()] = cache.read(path, read_mrc, indices=index[mine][rows["k"].to_numpy()])[0]
         step = max(1, bk.batch_size(box0 * box0 * 4 * 12, fraction=0.25, cap=4096))
         for b0 in range(0, len(mine), step):
             sl = slice(b0, min(b0 + step, len(mine)))

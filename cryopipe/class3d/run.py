@@ -79,7 +79,7 @@ def resolution_increment(box: int) -> int:
 
 
 def run_class3d(particles_path, reference_path, out: Path, params: Class3DParams, bk, comm,
-                continue_from=None) -> dict:
+                continue_from=None, cache=None) -> dict:
     """Run (or continue) a 3D classification; rank 0 writes checkpoints into ``out``.
 
     Returns {"model": Model, "particles": ParticleSet, "files": written files (rank 0)}.
@@ -98,7 +98,7 @@ def run_class3d(particles_path, reference_path, out: Path, params: Class3DParams
         opts = check_options(stored, given, FIXED)
         opts["iterations"] = given["iterations"] if given["iterations"] is not None else stored["iterations"]
         params = Class3DParams(**{k: _cast(k, opts[k]) for k in asdict(params)})
-        particles = load_particles(opts["particles"], share=(rank, size))
+        particles = load_particles(opts["particles"], share=(rank, size), cache=cache)
         model = read_model(prefix)
         restore_table(particles, f"{prefix}_data.star", TABLE_COLUMNS)
     else:
@@ -106,7 +106,7 @@ def run_class3d(particles_path, reference_path, out: Path, params: Class3DParams
                                   for k, v in given.items()})
         require(particles_path is not None, "--particles is required", field="--particles")
         require(reference_path is not None, "--reference is required", field="--reference")
-        particles = load_particles(particles_path, share=(rank, size))
+        particles = load_particles(particles_path, share=(rank, size), cache=cache)
         start = 0
     params.validate()
     absolute_image_names(particles)

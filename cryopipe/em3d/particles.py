@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from cryopipe.cache import StackCache
 from cryopipe.ctf import CTFParams
 from cryopipe.errors import InputError, require
 from cryopipe.io.mrc import read_mrc, read_mrc_header
@@ -60,11 +61,13 @@ class ParticleSet:
         return CTFParams(**{k: np.asarray(v)[index] if np.ndim(v) else v for k, v in vars(self.ctf).items()})
 
 
-def load_particles(path: str | os.PathLike, use_ctf: bool = True, share: tuple[int, int] | None = None) -> ParticleSet:
+def load_particles(path: str | os.PathLike, use_ctf: bool = True, share: tuple[int, int] | None = None,
+                   cache: StackCache | None = None) -> ParticleSet:
     """Read a RELION particle STAR file and its image stacks.
 
     ``share`` = (rank, size): read and transform only this MPI rank's particles (``split_range``); the spectra of
-    the others stay zero (the table, CTFs and groups are complete on every rank).
+    the others stay zero (the table, CTFs and groups are complete on every rank). ``cache``: read the stacks this
+    rank needs from their node-local copies where there are some, and stage the others (:mod:`cryopipe.cache`).
 
     Raises InputError for missing columns (rlnImageName; the CTF columns when ``use_ctf``), a missing pixel
     size, non-square images, stacks whose box disagrees with rlnImageSize, or NaNs.
@@ -88,6 +91,8 @@ def load_particles(path: str | os.PathLike, use_ctf: bool = True, share: tuple[i
     if share is not None:
         wanted[:] = False
         wanted[split_range(len(table), *share)] = True
+    cache = cache or StackCache.disabled()
+    cache.adopt(dict.fromkeys(np.asarray(stacks, dtype=object)[wanted]))
     images = None
     for stack in dict.fromkeys(stacks):
         rows = np.flatnonzero(np.asarray(stacks) == stack)
@@ -95,7 +100,7 @@ def load_particles(path: str | os.PathLike, use_ctf: bool = True, share: tuple[i
         if images is not None and not len(rows):
             continue
         first = rows if len(rows) else np.flatnonzero(np.asarray(stacks) == stack)[:1]  # at least the box
-        data, _ = read_mrc(stack, indices=indices[first], require_square=True)
+        data, _ = cache.read(stack, read_mrc, indices=indices[first], require_square=True)
         if images is None:
             box = data.shape[-1]
             images = np.zeros((len(table), box, box // 2 + 1), dtype=np.complex64)

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from cryopipe.backend import get_backend
+from cryopipe.cache import add_arguments as add_cache_arguments
+from cryopipe.cache import stage_cache
 from cryopipe.cli import add_common
 from cryopipe.em3d.model import parse_continue
 from cryopipe.errors import require
@@ -43,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--continue", dest="continue_from", type=Path,
                    help="resume from a checkpoint DIR/run_itNNN (same options; --max-iterations may grow)")
     add_common(p)
+    add_cache_arguments(p)
 
 
 def main(args: argparse.Namespace, recorder) -> None:
@@ -52,7 +55,8 @@ def main(args: argparse.Namespace, recorder) -> None:
     params = Refine3DParams(**{name: getattr(args, name) for name in Refine3DParams.__dataclass_fields__})
     require(args.continue_from is not None or args.particles is not None, "--particles is required",
             field="--particles")
-    result = run_refine3d(args.particles, args.reference, args.out, params, bk, comm, args.continue_from)
+    with stage_cache(args, recorder, comm) as cache:
+        result = run_refine3d(args.particles, args.reference, args.out, params, bk, comm, args.continue_from, cache)
     if comm.Get_rank() == 0:
         recorder.add_input(*(p for p in (args.particles, args.reference) if p is not None))
         if args.continue_from is not None:

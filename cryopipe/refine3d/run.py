@@ -117,7 +117,7 @@ def _cast(key: str, value):
 
 
 def run_refine3d(particles_path, reference_path, out: Path, params: Refine3DParams, bk, comm,
-                 continue_from=None) -> dict:
+                 continue_from=None, cache=None) -> dict:
     """Run (or continue) a gold-standard auto-refinement; rank 0 writes into ``out``.
 
     ``params`` fields left None take their defaults (or, on continue, the checkpoint's values).
@@ -138,7 +138,7 @@ def run_refine3d(particles_path, reference_path, out: Path, params: Refine3DPara
                 field="--reference")
         opts = check_options(stored, given, FIXED)
         params = Refine3DParams(**{k: _cast(k, opts.get(k)) for k in asdict(params)})
-        particles = load_particles(opts["particles"], share=(rank, size))
+        particles = load_particles(opts["particles"], share=(rank, size), cache=cache)
         model = read_model(prefix, halves=True)
         restore_table(particles, f"{prefix}_data.star", TABLE_COLUMNS)
         state = AutoSampling.from_options(stored)
@@ -149,7 +149,7 @@ def run_refine3d(particles_path, reference_path, out: Path, params: Refine3DPara
         require(particles_path is not None, "--particles is required", field="--particles")
         require(reference_path is not None, "--reference is required", field="--reference")
         params.validate()
-        particles = load_particles(particles_path, share=(rank, size))
+        particles = load_particles(particles_path, share=(rank, size), cache=cache)
         start = 0
         state = None
     params.validate()

@@ -79,11 +79,16 @@ def test_two_ranks_give_the_one_rank_result(particles_small, launcher, tmp_path)
     if not mpiexec.exists():
         pytest.skip("no mpiexec next to the interpreter (install the 'mpi' extra)")
     args = ["class2d", "--particles", str(particles_small.star), "--box", "32", "--iterations", "4",
-            "--batch-size", "16", *SMALL]
+            "--batch-size", "16", "--scratch-dir", str(tmp_path / "scratch"), *SMALL]
     subprocess.run([sys.executable, str(launcher), *args, "--out", str(tmp_path / "one")], check=True, timeout=300)
     subprocess.run([str(mpiexec), "-n", "2", sys.executable, str(launcher), *args, "--out", str(tmp_path / "two")],
                    check=True, timeout=300)
-    assert json.loads((tmp_path / "two/provenance.json").read_text())["mpi_size"] == 2
+    first, second = (json.loads((tmp_path / d / "provenance.json").read_text()) for d in ("one", "two"))
+    assert second["mpi_size"] == 2
+    # the one-rank job staged the stack on the node's scratch; both ranks of the next job read that copy
+    assert first["notes"]["cache"]["copies"] >= 1 and first["notes"]["cache"]["reads_source"] >= 1
+    assert [c["reads_source"] for c in second["notes"]["cache"]] == [0, 0]
+    assert all(c["hits"] >= 1 and c["reads_cached"] >= 1 and c["copies"] == 0 for c in second["notes"]["cache"])
     one, two = (read_particles(tmp_path / d / "particles.star") for d in ("one", "two"))
     for column in ["rlnClassNumber", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "cpScore"]:
         np.testing.assert_array_equal(two[column], one[column])
