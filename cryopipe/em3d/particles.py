@@ -91,24 +91,19 @@ def load_particles(path: str | os.PathLike, use_ctf: bool = True, share: tuple[i
     if share is not None:
         wanted[:] = False
         wanted[split_range(len(table), *share)] = True
+    _, ny, box = read_mrc_header(stacks[0]).shape
+    require(ny == box, f"images must be square, got {ny}x{box}", stacks[0], "nx/ny")
+    images = np.zeros((len(table), box, box // 2 + 1), dtype=np.complex64)
     cache = cache or StackCache.disabled()
     cache.adopt(dict.fromkeys(np.asarray(stacks, dtype=object)[wanted]))
-    images = None
     for stack in dict.fromkeys(stacks):
         rows = np.flatnonzero(np.asarray(stacks) == stack)
         rows = rows[wanted[rows]]
-        if images is not None and not len(rows):
+        if not len(rows):
             continue
-        first = rows if len(rows) else np.flatnonzero(np.asarray(stacks) == stack)[:1]  # at least the box
-        data, _ = cache.read(stack, read_mrc, indices=indices[first], require_square=True)
-        if images is None:
-            box = data.shape[-1]
-            images = np.zeros((len(table), box, box // 2 + 1), dtype=np.complex64)
-        require(data.shape[-1] == images.shape[1], f"image box {data.shape[-1]} differs from {images.shape[1]}",
-                stack, "box")
-        if len(rows):
-            images[rows] = np.fft.rfft2(np.fft.ifftshift(data, axes=(-2, -1)))
-    box = images.shape[1]
+        data, _ = cache.read(stack, read_mrc, indices=indices[rows], require_square=True)
+        require(data.shape[-1] == box, f"image box {data.shape[-1]} differs from {box}", stack, "box")
+        images[rows] = np.fft.rfft2(np.fft.ifftshift(data, axes=(-2, -1)))
     if "rlnImageSize" in table.columns:
         require(bool(np.all(table["rlnImageSize"].to_numpy() == box)), f"rlnImageSize differs from stack box {box}",
                 path, "rlnImageSize")

@@ -134,3 +134,10 @@ def test_demo_workflow_runs_through_the_slurm_profile(live_slurm, tmp_path):
         if rule in jobs and "mpi" in res:
             sizes = {r["mpi_size"] for r in records if r["stage"] == rule}
             assert sizes == {res["tasks"]}, f"{rule}: records say MPI sizes {sizes}, profile asks {res['tasks']}"
+    # one node: the first particle stage stages the stacks on its scratch, every later one reads those copies
+    caches = {r["stage"]: r["notes"]["cache"] for r in records if "cache" in r["notes"]}
+    first, *later = [s for s in ("class2d", "class3d", "refine3d", "bioem") if s in jobs]
+    assert set(caches) == {first, *later} and later, f"cache statistics missing: {sorted(caches)}"
+    for stage in later:
+        ranks = caches[stage] if isinstance(caches[stage], list) else [caches[stage]]
+        assert all(c["hits"] > 0 and c["reads_source"] == 0 for c in ranks), f"{stage} did not read the copies: {ranks}"
