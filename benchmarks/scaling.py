@@ -1,6 +1,6 @@
 """Strong scaling of the MPI stages (issue 9): one workload per stage, run under ``mpiexec -n G`` for several G.
 
-For each stage (pick, class2d, class3d, bioem; refine3d is one more entry in :data:`STAGES`) the script makes a
+For each stage (pick, class2d, class3d, refine3d, bioem: :data:`STAGES`) the script makes a
 synthetic workload once with the project's own generators (the ``benchmarks/`` workload functions and
 :mod:`cryopipe.simulate`), then runs the stage's real command line, ``cryopipe <stage> ...``, under
 ``mpiexec -n G`` for each G of ``--ranks``, one rank per GPU (``--device gpu``) or per share of the CPU cores
@@ -186,6 +186,14 @@ def command_class3d(d: Path, p: dict, device: str, out: Path, warm: bool) -> lis
             "--particle-diameter", f"{2 * p['radius'] + 20:g}", "--device", device, "--out", str(out)]
 
 
+def command_refine3d(d: Path, p: dict, device: str, out: Path, warm: bool) -> list[str]:
+    return ["refine3d", "--particles", str(d / ("warm.star" if warm else "particles.star")),
+            "--reference", str(d / "reference.mrc"), "--max-iterations", str(2 if warm else p["iterations"]),
+            "--healpix-order", str(p["order"]), "--offset-range", "5", "--offset-step", "2",
+            "--ini-high", f"{p['ini_high']:g}", "--particle-diameter", f"{2 * p['radius'] + 20:g}",
+            "--device", device, "--out", str(out)]
+
+
 def prepare_bioem(d: Path, p: dict, bk, max_ranks: int) -> None:
     """Particles projected from a blob map with CTF and noise; that map (MRC) is the model to score."""
     _projected_particles(d, p["box"], p["angpix"], p["radius"], p["blobs"], p["particles"], 0.1, bk,
@@ -260,13 +268,13 @@ STAGES: dict[str, Stage] = {
          "gpu": dict(particles=3000, box=360, angpix=1.34, radius=120.0, blobs=3000, classes=6, order=2,
                      iterations=3, ini_high=10.0)},
         ("particles",),
-        (("cryopipe.em3d.particles:load_particles", "load particles: host FFT of ALL images (every rank)"),
+        (("cryopipe.em3d.particles:load_particles", "load particles: read + host FFT (own share)"),
          ("cryopipe.class3d.run:_initial_model", "initial model"),
          ("cryopipe.em3d.estep:EStep.__init__", "E-step set-up (class projections)"),
          ("cryopipe.em3d.estep:EStep.run", "E-step (device, own particles)"),
          ("cryopipe.em3d.mstep:reduce_sums", "reduce sums: device <-> host copies"),
          ("cryopipe.em3d.runner:gather_results", "gather per-particle results"),
-         ("cryopipe.class3d.run:_maximise", "M-step (every rank, same work)"),
+         ("cryopipe.class3d.run:_maximise", "M-step (classes split over ranks)"),
          ("cryopipe.em3d.runner:write_checkpoint", "checkpoint (rank 0)"),
          ("cryopipe.class3d.run:_report", "report figures (rank 0)"),
          ("cryopipe.class3d.run:run_class3d", "class3d loop rest"))),
@@ -286,7 +294,29 @@ STAGES: dict[str, Stage] = {
          ("cryopipe.bioem.stage:compute_log_p", "set-up: CTF kernels, spectra, best parameters"),
          ("cryopipe.bioem.ranking:plot_ranking", "figures (rank 0)"),
          ("cryopipe.bioem.ranking:plot_cumulative", "figures (rank 0)"))),
-    # "refine3d": Stage(prepare_class3d, command_refine3d, ...)  -- particles as class3d's, one reference
+    "refine3d": Stage(
+        prepare_class3d, command_refine3d,
+        lambda p: (f"{p['particles']} particles of {p['box']} px at {p['angpix']:g} A/px, gold-standard halves, "
+                   f"HEALPix order {p['order']} global, offsets 5/2 px, {p['iterations']} iterations from "
+                   f"{p['ini_high']:g} A (the last at Nyquist); ranks split particles"),
+        {"small": dict(particles=200, box=48, angpix=5.0, radius=90.0, blobs=300, order=1, iterations=2,
+                       ini_high=25.0),
+         "cpu": dict(particles=800, box=64, angpix=5.0, radius=120.0, blobs=600, order=1, iterations=3,
+                     ini_high=20.0),
+         "gpu": dict(particles=3000, box=360, angpix=1.34, radius=120.0, blobs=3000, order=2, iterations=3,
+                     ini_high=10.0)},
+        ("particles",),
+        (("cryopipe.em3d.particles:load_particles", "load particles: read + host FFT (own share)"),
+         ("cryopipe.refine3d.run:_initial_model", "initial model"),
+         ("cryopipe.em3d.estep:EStep.__init__", "E-step set-up (half-map projections)"),
+         ("cryopipe.em3d.estep:EStep.run", "E-step (device, own particles)"),
+         ("cryopipe.em3d.mstep:reduce_sums", "reduce sums: device <-> host copies"),
+         ("cryopipe.em3d.runner:gather_results", "gather per-particle results"),
+         ("cryopipe.refine3d.run:_maximise", "M-step (reconstructions split over ranks)"),
+         ("cryopipe.em3d.runner:write_checkpoint", "checkpoint (rank 0)"),
+         ("cryopipe.refine3d.run:_write_outputs", "final outputs (rank 0)"),
+         ("cryopipe.refine3d.run:_plot_progress", "progress figure (rank 0)"),
+         ("cryopipe.refine3d.run:run_refine3d", "refine3d loop rest"))),
 }
 
 IO_PHASES = (("cryopipe.io.mrc:read_mrc", IO_LABEL + "read MRC"), ("cryopipe.io.mrc:write_mrc", IO_LABEL + "write MRC"),

@@ -195,7 +195,7 @@ def run_refine3d(particles_path, reference_path, out: Path, params: Refine3DPara
             merged[key] = np.where(_expand(subset == 1, results[0][key]), results[0][key], results[1][key])
         update_table(particles, merged)
         particles.table["rlnRandomSubset"] = subset
-        fsc_curve, halves, combined, ssnr, tau2 = _maximise(bps, params, box, bk, estep_r, final, angpix)
+        fsc_curve, halves, combined, ssnr, tau2 = _maximise(bps, params, box, bk, estep_r, final, angpix, comm)
         resolution = resolution_at(fsc_curve, box, angpix, FSC_THRESHOLD)
         shell = int(np.floor(box * angpix / resolution + 1e-9))
         new_rot = _table_rotations(particles.table)
@@ -283,25 +283,32 @@ def _estep(particles, model: Model, subset, mine, search: SearchSpace, r_max: in
     return results, sums, bps, r_used
 
 
-def _maximise(bps, params: Refine3DParams, box: int, bk, r_max: int, final: bool, angpix: float):
+def _maximise(bps, params: Refine3DParams, box: int, bk, r_max: int, final: bool, angpix: float, comm):
     """Half-map FSC, per-half reconstructions and (final iteration) the map of both halves.
 
+    The back-projectors are already summed over ranks; the reconstructions (half 1, half 2, then the combined map)
+    are dealt round-robin to the ranks and exchanged, so two ranks each reconstruct one half.
     Returns (fsc (box//2+1,), [half1, half2] (box^3) float32, combined map or None, [ssnr1, ssnr2], [tau2_1, tau2_2]).
     """
+    rank, size = comm.Get_rank(), comm.Get_size()
     nsh = box // 2 + 1
     curve = mstep.half_fsc(bps[0], bps[1], bk, r_max)
     curve = np.concatenate([curve, np.zeros(nsh - len(curve))])[:nsh]
     snr_half = mstep.ssnr_from_fsc(curve, combined=False)
-    halves, tau2 = [], []
-    for bp in bps:
-        vol, t2 = mstep.reconstruct(bp, snr_half, params.tau2_fudge, box, bk)
-        halves.append(vol)
-        tau2.append(t2)
-    combined = None
-    if final:
-        bps[0].add(bps[1])
-        combined, _ = mstep.reconstruct(bps[0], mstep.ssnr_from_fsc(curve, combined=True), params.tau2_fudge, box,
-                                        bk)
+    local = {}
+    for job in range(3 if final else 2):
+        if job % size != rank:
+            continue
+        if job < 2:
+            local[job] = mstep.reconstruct(bps[job], snr_half, params.tau2_fudge, box, bk)
+        else:  # after half 1: its back-projector now takes the sum
+            bps[0].add(bps[1])
+            local[job] = mstep.reconstruct(bps[0], mstep.ssnr_from_fsc(curve, combined=True), params.tau2_fudge,
+                                           box, bk)
+    if size > 1:
+        local = {job: v for part in comm.allgather(local) for job, v in part.items()}
+    halves, tau2 = [local[0][0], local[1][0]], [local[0][1], local[1][1]]
+    combined = local[2][0] if final else None
     return curve, halves, combined, [snr_half, snr_half], tau2
 
 
