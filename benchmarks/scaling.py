@@ -246,7 +246,7 @@ STAGES: dict[str, Stage] = {
                    f"(+-3 px), {p['iterations']} iterations, no CTF; ranks split particles"),
         {"small": dict(particles=400, references=10, box=90, iterations=2),
          "cpu": dict(particles=2000, references=20, box=90, iterations=2),
-         "gpu": dict(particles=52_500, references=100, box=90, iterations=2)},
+         "gpu": dict(particles=52_500, references=100, box=90, iterations=6)},  # the stage's default: 20
         ("particles",),
         (("cryopipe.class2d.stage:load_particles", "load: preprocess on the device"),
          ("cryopipe.class2d.align:Aligner.align", "align (device)"),
