@@ -82,3 +82,33 @@ def allreduce_sum(comm, array: np.ndarray) -> np.ndarray:
 
         comm.Allreduce(MPI.IN_PLACE, array, op=MPI.SUM)
     return array
+
+
+class _Buffer:
+    """Placeholder for an array that follows as a raw MPI buffer (:func:`share_round_robin`)."""
+
+    def __init__(self, a: np.ndarray):
+        self.shape, self.dtype = a.shape, a.dtype
+
+
+def share_round_robin(comm, local: dict, count: int) -> dict:
+    """Results of ``count`` jobs dealt round-robin (job j computed on rank j % size, ``local`` = this rank's
+    {j: tuple}) on every rank. NumPy arrays in the tuples travel as raw buffers (``Bcast``, no pickling: maps of
+    hundreds of MB), anything else pickled."""
+    if comm.Get_size() == 1:
+        return dict(local)
+    rank, size, out = comm.Get_rank(), comm.Get_size(), {}
+    for j in range(count):
+        owner = j % size
+        value = local[j] if rank == owner else None
+        spec = comm.bcast(None if value is None else [_Buffer(v) if isinstance(v, np.ndarray) else v for v in value],
+                          root=owner)
+        items = []
+        for k, item in enumerate(spec):
+            if isinstance(item, _Buffer):
+                buf = np.ascontiguousarray(value[k]) if rank == owner else np.empty(item.shape, item.dtype)
+                comm.Bcast(buf, root=owner)
+                item = buf
+            items.append(item)
+        out[j] = tuple(items)
+    return out

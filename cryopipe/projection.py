@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from cryopipe.errors import InputError
+from cryopipe.parallel import allreduce_sum
 
 _MAX_BATCH = 512  # orientations per batch; temporaries are ~300 B per Fourier pixel per orientation
 # trilinear corners as (x, y, z) offsets of the lower corner, in the order _corners stacks them
@@ -218,6 +219,7 @@ class BackProjector:
         self.data = xp.zeros(shape, dtype=xp.complex128 if double else xp.complex64)
         self.weight = xp.zeros(shape, dtype=xp.float64 if double else xp.float32)
         self.moment = xp.zeros((3,) + shape, dtype=self.weight.dtype)
+        self.extent = 0  # largest r_max inserted (px of the N box): what lies beyond is zero
 
     def insert(self, images_ft, rotations, weights=None, r_max: float | None = None) -> None:
         """Add half spectra ``images_ft`` (B, N, N//2+1) (e.g. CTF * F) with real ``weights`` (B, N, N//2+1)
@@ -230,6 +232,7 @@ class BackProjector:
         if tuple(images_ft.shape) != (len(rot), n, n // 2 + 1):
             raise InputError(f"images_ft shape {images_ft.shape} != {(len(rot), n, n // 2 + 1)}", field="images_ft")
         r_max = min(n // 2 if r_max is None else r_max, n // 2)
+        self.extent = max(self.extent, int(np.ceil(r_max)))
         flat, k2 = _half_plane(n, r_max, xp)
         corners = xp.asarray(_CORNERS)
         step = _batch_size(self.bk, len(flat))
@@ -253,6 +256,26 @@ class BackProjector:
         self.data += self.bk.asarray(other.data)
         self.weight += self.bk.asarray(other.weight)
         self.moment += self.bk.asarray(other.moment)
+        self.extent = max(self.extent, other.extent)
+
+    def allreduce(self, comm) -> None:
+        """Sum ``data``, ``weight`` and ``moment`` over the ranks of ``comm`` in place (every rank gets the totals).
+
+        Only voxels that :meth:`insert` can have touched travel, those within padded radius ``padding * extent + 2``
+        (trilinear corners): half the grid at Nyquist, 1/50 at a quarter of it. They travel in single precision
+        (complex64 / float32, rounded once per rank: float32 tolerance against one rank, half the bytes).
+        """
+        if comm.Get_size() == 1:
+            return
+        xp = self.bk.xp
+        self.extent = max(comm.allgather(self.extent))
+        r = self.padding * self.extent + 2
+        near = xp.flatnonzero((_radius2(self.data.shape[0], xp) <= r * r).ravel())
+        for arr in (self.data, self.weight, *self.moment):
+            flat = arr.reshape(-1)  # a view: the arrays are contiguous
+            single = xp.complex64 if xp.iscomplexobj(arr) else xp.float32
+            host = np.ascontiguousarray(self.bk.asnumpy(flat[near].astype(single)))
+            flat[near] = self.bk.asarray(allreduce_sum(comm, host))
 
     def reconstruct(self, tau2=None, wiener_constant: float | None = None, iterations: int = 3):
         """The (N, N, N) float32 map (device) from the accumulated sums.

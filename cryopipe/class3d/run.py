@@ -34,7 +34,7 @@ from cryopipe.fourier import lowpass
 from cryopipe.geometry import symmetry_operators
 from cryopipe.io.mrc import read_mrc
 from cryopipe.io.star import read_star
-from cryopipe.parallel import split_range
+from cryopipe.parallel import share_round_robin, split_range
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +186,7 @@ def _maximise(model: Model, res, params: Class3DParams, mask, bk, it: int, r_max
         vol, t2 = mstep.reconstruct(half1, snr, params.tau2_fudge, box, bk)
         snr = np.concatenate([snr, np.zeros(box // 2 + 1 - len(snr))])
         local[k] = (vol * mask, t2, snr)
-    if size > 1:
-        local = {k: v for part in comm.allgather(local) for k, v in part.items()}
+    local = share_round_robin(comm, local, len(res.backprojectors))
     maps, tau2, ssnr = (list(x) for x in zip(*(local[k] for k in range(len(res.backprojectors))), strict=True))
     res_a = [box * model.angpix / max(mstep.resolution_shell(snr), 1) for snr in ssnr]
     best_shell = int(round(box * model.angpix / min(res_a)))

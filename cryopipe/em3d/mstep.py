@@ -23,9 +23,7 @@ def reduce_sums(res: EStepResult, comm, bk) -> None:
     if comm.Get_size() == 1:
         return
     for bp in (bp for pair in res.backprojectors for bp in pair):
-        for name in ("data", "weight"):
-            host = np.ascontiguousarray(bk.asnumpy(getattr(bp, name)))
-            setattr(bp, name, bk.asarray(allreduce_sum(comm, host)))
+        bp.allreduce(comm)
     for name in ("sigma2_sum", "sigma2_count", "class_weight"):
         allreduce_sum(comm, getattr(res, name))
     scalars = allreduce_sum(comm, np.array([res.offset2_sum, float(res.n)]))

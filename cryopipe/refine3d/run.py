@@ -54,7 +54,7 @@ from cryopipe.geometry import euler_to_matrix, symmetry_operators
 from cryopipe.io.atomic import atomic_path
 from cryopipe.io.mrc import read_mrc, write_mrc
 from cryopipe.io.star import read_star
-from cryopipe.parallel import split_range
+from cryopipe.parallel import share_round_robin, split_range
 
 log = logging.getLogger(__name__)
 
@@ -305,8 +305,7 @@ def _maximise(bps, params: Refine3DParams, box: int, bk, r_max: int, final: bool
             bps[0].add(bps[1])
             local[job] = mstep.reconstruct(bps[0], mstep.ssnr_from_fsc(curve, combined=True), params.tau2_fudge,
                                            box, bk)
-    if size > 1:
-        local = {job: v for part in comm.allgather(local) for job, v in part.items()}
+    local = share_round_robin(comm, local, 3 if final else 2)
     halves, tau2 = [local[0][0], local[1][0]], [local[0][1], local[1][1]]
     combined = local[2][0] if final else None
     return curve, halves, combined, [snr_half, snr_half], tau2
