@@ -21,12 +21,12 @@ from cryopipe.em3d.model import Model, initial_sigma2, parse_continue, read_mode
 from cryopipe.em3d.particles import check_reference, load_particles
 from cryopipe.em3d.report import plot_progress, plot_slices
 from cryopipe.em3d.runner import (
+    CheckpointWriter,
     absolute_image_names,
     check_options,
     gather_results,
     restore_table,
     update_table,
-    write_checkpoint,
 )
 from cryopipe.em3d.sampling import OrientationGrid, translation_grid
 from cryopipe.errors import require
@@ -124,7 +124,7 @@ def run_class3d(particles_path, reference_path, out: Path, params: Class3DParams
     search = SearchSpace(grid, translation_grid(params.offset_range, params.offset_step), params.offset_step,
                          max_significant=params.max_significant, symmetry_ops=symmetry_operators(params.symmetry),
                          particle_diameter_A=diameter)
-    files: list = []
+    writer = CheckpointWriter()
     for it in range(start + 1, params.iterations + 1):
         t0 = time.perf_counter()
         class_mask = None
@@ -141,7 +141,8 @@ def run_class3d(particles_path, reference_path, out: Path, params: Class3DParams
                  box * angpix / max(estep.r_max, 1), np.round(model.resolution_A, 1), np.round(model.pdf_class, 3),
                  time.perf_counter() - t0)
         if rank == 0:
-            files += write_checkpoint(out, it, model, particles)
+            writer.submit(out, it, model, particles)
+    files = writer.wait()
     if rank == 0 and params.iterations > start:
         files += _report(out, model, params.iterations)
     return {"model": model, "particles": particles, "files": files, "params": params}

@@ -40,12 +40,12 @@ from cryopipe.em3d.model import Model, initial_sigma2, parse_continue, read_mode
 from cryopipe.em3d.particles import check_reference, load_particles
 from cryopipe.em3d.report import plot_slices
 from cryopipe.em3d.runner import (
+    CheckpointWriter,
     absolute_image_names,
     check_options,
     gather_results,
     restore_table,
     update_table,
-    write_checkpoint,
 )
 from cryopipe.em3d.sampling import OrientationGrid, translation_grid
 from cryopipe.errors import require
@@ -173,6 +173,7 @@ def run_refine3d(particles_path, reference_path, out: Path, params: Refine3DPara
     options = {"particles": os.path.abspath(particles.path),
                **{k: v for k, v in asdict(params).items() if k != "particle_diameter"}, "particle_diameter": diameter}
     files: list = []
+    writer = CheckpointWriter()
     final_map = None
     fsc_curve = model.extra.get("rlnGoldStandardFsc", np.zeros(box // 2 + 1))
     resolution = float(np.min(model.resolution_A))
@@ -221,9 +222,10 @@ def run_refine3d(particles_path, reference_path, out: Path, params: Refine3DPara
                  box * angpix / max(estep_r, 1), search.grid.order, "local" if state.local else "global",
                  resolution, angle, offset, time.perf_counter() - t0)
         if rank == 0:
-            files += write_checkpoint(out, it, model, particles, halves=True)
+            writer.submit(out, it, model, particles, halves=True)
             if final:
                 files += _write_outputs(out, halves, combined, fsc_curve, resolution, particles, angpix)
+    files = writer.wait() + files
     if rank == 0 and files:
         files += [_plot_progress(out, params.max_iterations)]
     return {"model": model, "particles": particles, "files": files, "params": params, "sampling": state,
