@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from cryopipe.backend import get_backend
 from cryopipe.errors import InputError
 from cryopipe.geometry import angular_sampling_deg, rotation_angle_between
 
@@ -39,27 +40,26 @@ def random_subsets(table, seed: int, path=None) -> np.ndarray:
     return sub
 
 
-def _shell_radius(n: int) -> np.ndarray:
-    k = np.fft.fftfreq(n, 1.0 / n)
-    return np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + np.arange(n // 2 + 1)[None, None, :] ** 2)
+def _shell_radius(n: int, xp=np):
+    k = xp.fft.fftfreq(n, 1.0 / n)
+    return xp.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + xp.arange(n // 2 + 1)[None, None, :] ** 2)
 
 
-def join_low_resolution(half1: np.ndarray, half2: np.ndarray, angpix: float, resolution_A: float):
+def join_low_resolution(half1: np.ndarray, half2: np.ndarray, angpix: float, resolution_A: float, bk=None):
     """Replace the Fourier coefficients of both half-maps (N^3) at resolutions coarser than ``resolution_A``
     (|k| / (N angpix) < 1 / resolution_A) by their average (RELION's --low_resol_join_halves), so that both halves
     share the overall shape and hand while the FSC at finer resolutions stays independent. Returns two float32
-    maps; nothing is joined when ``resolution_A`` <= 0."""
+    host maps; nothing is joined when ``resolution_A`` <= 0. Computed on ``bk`` (default: the CPU) as
+    half1 + d and half2 - d with d the low-passed half difference: two FFTs instead of four."""
     if resolution_A <= 0:
         return half1, half2
-    n = half1.shape[0]
-    f1 = np.fft.rfftn(np.asarray(half1, dtype=np.float64))
-    f2 = np.fft.rfftn(np.asarray(half2, dtype=np.float64))
-    low = _shell_radius(n) < n * angpix / resolution_A
-    mean = 0.5 * (f1[low] + f2[low])
-    f1[low], f2[low] = mean, mean
-    ax = (0, 1, 2)
-    return (np.fft.irfftn(f1, s=half1.shape, axes=ax).astype(np.float32),
-            np.fft.irfftn(f2, s=half2.shape, axes=ax).astype(np.float32))
+    bk = bk or get_backend("cpu")
+    xp, n = bk.xp, half1.shape[0]
+    h1, h2 = (bk.asarray(h, dtype=xp.float64 if not bk.is_gpu else xp.float32) for h in (half1, half2))
+    diff = bk.fft.rfftn(0.5 * (h2 - h1))
+    diff *= _shell_radius(n, xp) < n * angpix / resolution_A
+    d = bk.fft.irfftn(diff, s=h1.shape)
+    return bk.asnumpy(h1 + d).astype(np.float32), bk.asnumpy(h2 - d).astype(np.float32)
 
 
 def symmetric_angle(prev_rot: np.ndarray, new_rot: np.ndarray, ops: np.ndarray) -> np.ndarray:

@@ -208,7 +208,7 @@ def run_refine3d(particles_path, reference_path, out: Path, params: Refine3DPara
         else:
             for msg in state.update(resolution, angle, offset, diameter, params.auto_local_healpix_order):
                 log.info("iteration %d: auto-sampling: %s", it, msg)
-        joined = join_low_resolution(halves[0], halves[1], angpix, params.low_resol_join_halves) if not final \
+        joined = join_low_resolution(halves[0], halves[1], angpix, params.low_resol_join_halves, bk) if not final \
             else halves
         model = Model(maps=np.stack([joined[0] * mask, joined[1] * mask]).astype(np.float32),
                       pdf_class=np.array([0.5, 0.5]), sigma2=mstep.update_sigma2(model.sigma2, sums),

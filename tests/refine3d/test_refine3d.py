@@ -85,9 +85,9 @@ def test_random_subsets_kept_or_balanced(tmp_path):
         random_subsets(pd.DataFrame({"rlnRandomSubset": [1, 3]}), 0)
 
 
-def test_join_low_resolution_averages_only_low_frequencies(rng):
+def test_join_low_resolution_averages_only_low_frequencies(rng, bk):
     a, b = rng.standard_normal((2, 24, 24, 24)).astype(np.float32)
-    ja, jb = join_low_resolution(a, b, 2.0, 12.0)  # shells < 24 * 2 / 12 = 4
+    ja, jb = join_low_resolution(a, b, 2.0, 12.0, bk)  # shells < 24 * 2 / 12 = 4
     f = fsc(ja, jb)
     assert f[:4].min() > 0.999  # identical below the join resolution
     np.testing.assert_allclose(fsc(ja, a)[5:], 1.0, atol=1e-6)  # untouched above
