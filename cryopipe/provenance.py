@@ -9,6 +9,7 @@ with size and sha256, host, device, MPI size, start/end, wall time and peak memo
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import hashlib
 import json
@@ -41,6 +42,18 @@ def file_entry(path: str | os.PathLike) -> dict:
     """{path (absolute), size (bytes), sha256} of an existing file."""
     p = Path(path).resolve()
     return {"path": str(p), "size": p.stat().st_size, "sha256": sha256(p)}
+
+
+def _file_entries(paths) -> list[dict]:
+    """:func:`file_entry` of each distinct path, in order, hashed in parallel threads (hashlib releases the GIL:
+    a stage with gigabytes of inputs or outputs, e.g. picking thousands of micrographs, waits for the disk, not
+    for one core)."""
+    unique = list(dict.fromkeys(paths))
+    if len(unique) < 2:
+        return [file_entry(p) for p in unique]
+    workers = min(8, len(unique), len(os.sched_getaffinity(0)))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(file_entry, unique))
 
 
 def code_version() -> dict:
@@ -117,8 +130,8 @@ class Recorder:
             "parameters": self.params,
             "cryopipe": code_version(),
             "python": platform.python_version(),
-            "inputs": [file_entry(p) for p in dict.fromkeys(self.inputs)],
-            "outputs": [file_entry(p) for p in dict.fromkeys(self.outputs)],
+            "inputs": _file_entries(self.inputs),
+            "outputs": _file_entries(self.outputs),
             "host": platform.node(),
             "device": self.device,
             "mpi_size": self.mpi_size,

@@ -8,7 +8,7 @@ import numpy as np
 
 from cryopipe.cli import main
 from cryopipe.io.mrc import read_mrc
-from cryopipe.provenance import lineage, sha256
+from cryopipe.provenance import _file_entries, lineage, sha256
 
 TINY = ["--micrographs", "1", "--size-px", "256", "--particles-per-micrograph", "3"]
 
@@ -27,6 +27,7 @@ def test_record_lists_inputs_outputs_with_checksums(tmp_path):
     outputs = {o["path"]: o for o in rec["outputs"]}
     mic = str((tmp_path / "sim/micrographs/mic_001.mrc").resolve())
     assert outputs[mic]["sha256"] == sha256(mic)
+    assert len(rec["outputs"]) > 2 and all(o["sha256"] == sha256(o["path"]) for o in rec["outputs"])
     assert rec["cryopipe"]["version"] and rec["wall_time_s"] >= 0 and rec["peak_memory_mib"] > 0
     for key in ["command", "host", "device", "start", "end"]:
         assert rec[key]
@@ -76,3 +77,14 @@ def test_lineage_flags_a_changed_input(tmp_path):
     raw.write_text("v2")
     text = "\n".join(lineage(out / "result.txt"))
     assert "raw.txt" in text and "CHANGED since it was used" in text
+
+
+def test_checksums_hashed_in_parallel_keep_the_order_given(tmp_path):
+    names = ["e", "a", "c", "b", "d"]
+    for i, name in enumerate(names):
+        (tmp_path / name).write_bytes(bytes([i]) * (1 << 20) * (i + 1))
+    paths = [tmp_path / n for n in ["e", "a", "c", "a", "b", "d"]]
+    entries = _file_entries(paths)
+    assert [e["path"] for e in entries] == [str(tmp_path / n) for n in names]
+    assert [e["sha256"] for e in entries] == [sha256(tmp_path / n) for n in names]
+    assert [e["size"] for e in entries] == [(1 << 20) * (i + 1) for i in range(5)]
