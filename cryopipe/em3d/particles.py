@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from cryopipe.backend import get_backend
 from cryopipe.cache import StackCache
 from cryopipe.ctf import CTFParams
 from cryopipe.errors import InputError, require
@@ -96,6 +97,7 @@ def load_particles(path: str | os.PathLike, use_ctf: bool = True, share: tuple[i
     images = np.zeros((len(table), box, box // 2 + 1), dtype=np.complex64)
     cache = cache or StackCache.disabled()
     cache.adopt(dict.fromkeys(np.asarray(stacks, dtype=object)[wanted]))
+    fft = get_backend("cpu").fft  # single-precision FFTs on all the cores: 3 ms an image at 360 px with NumPy
     for stack in dict.fromkeys(stacks):
         rows = np.flatnonzero(np.asarray(stacks) == stack)
         rows = rows[wanted[rows]]
@@ -103,7 +105,7 @@ def load_particles(path: str | os.PathLike, use_ctf: bool = True, share: tuple[i
             continue
         data, _ = cache.read(stack, read_mrc, indices=indices[rows], require_square=True)
         require(data.shape[-1] == box, f"image box {data.shape[-1]} differs from {box}", stack, "box")
-        images[rows] = np.fft.rfft2(np.fft.ifftshift(data, axes=(-2, -1)))
+        images[rows] = fft.rfft2(np.fft.ifftshift(data, axes=(-2, -1)))
     if "rlnImageSize" in table.columns:
         require(bool(np.all(table["rlnImageSize"].to_numpy() == box)), f"rlnImageSize differs from stack box {box}",
                 path, "rlnImageSize")
