@@ -57,3 +57,16 @@ def test_bad_config_stops_with_the_key_and_status_2(tmp_path, config, message):
     assert proc.returncode == 2
     assert message in proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("orientations, flags, absent", [
+    ("global", "--orientation-grid 2", "--orientation-prior"),
+    ("refined", "--orientation-prior results/refine3d/particles.star --orientation-prior-sigma 10",
+     "--orientation-grid"),
+])
+def test_bioem_integrates_over_the_orientations_the_config_asks_for(tmp_path, orientations, flags, absent):
+    (tmp_path / "c.yaml").write_text(f"simulate:\n  enabled: true\nbioem:\n  orientations: {orientations}\n")
+    proc = _snakemake(tmp_path, "--configfile", str(tmp_path / "c.yaml"), "-n", "-p", "bioem")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    command = next(line for line in proc.stdout.splitlines() if "cryopipe bioem" in line)
+    assert flags in command and absent not in command

@@ -1,8 +1,17 @@
-# BioEM: rank candidate structural models against the particles, at their refined orientations.
+# BioEM: rank candidate structural models against the refined particles (over a global orientation grid, or
+# around each particle's refined orientation: config bioem.orientations).
 
 BIO = config["bioem"]
 # particles at their refined orientations: refine3d's when it runs, else class3d's
 BIOEM_PARTICLES = REFINED_PARTICLES or POSED_PARTICLES
+
+
+def bioem_orientation_flags(wildcards, input):
+    """The orientations BioEM integrates over: a global grid, or each particle's refined one with a prior."""
+    if BIO["orientations"] == "refined":
+        return (f"--orientations {input.particles} --orientation-prior {input.particles}"
+                f" --orientation-prior-sigma {BIO['orientation_prior_sigma']}")
+    return f"--orientation-grid {BIO['orientation_grid']}"
 
 
 def bioem_models():
@@ -30,7 +39,7 @@ if BIOEM_PARTICLES is not None and bioem_models():
         params:
             out=f"{RESULTS}/bioem",
             launch=mpi_launch,
-            sigma=BIO["orientation_prior_sigma"],
+            orientations=bioem_orientation_flags,
             shift=BIO["max_shift"],
             defocus=" ".join(map(str, BIO["defocus_grid"])),
             device=DEVICE,
@@ -43,8 +52,7 @@ if BIOEM_PARTICLES is not None and bioem_models():
             f"{RESULTS}/logs/bioem.log",
         shell:
             "{params.launch} cryopipe bioem --particles {input.particles} --models {input.models}"
-            " --orientations {input.particles} --orientation-prior {input.particles}"
-            " --orientation-prior-sigma {params.sigma} --displacement {params.shift} 1"
+            " {params.orientations} --displacement {params.shift} 1"
             " --defocus-grid {params.defocus} --device {params.device} --out {params.out} 2> {log}"
 
 
