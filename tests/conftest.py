@@ -1,6 +1,8 @@
 """Shared fixtures: backends (cpu always, gpu when CuPy sees a device), seeded RNG."""
 
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,15 @@ def pytest_collection_modifyitems(config, items):
 def _scratch_in_the_suites_tmp(tmp_path_factory):
     """The stages cache stacks under $TMPDIR (cryopipe.cache): keep the suite's copies out of the machine's /tmp."""
     os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("scratch"))
+
+
+@pytest.fixture
+def mpiexec() -> Path:
+    """The mpiexec of the interpreter's environment (the 'mpi' extra's MPICH); the test is skipped without it."""
+    path = Path(sys.executable).parent / "mpiexec"
+    if not path.exists():
+        pytest.skip("no mpiexec next to the interpreter (install the 'mpi' extra)")
+    return path
 
 
 @pytest.fixture

@@ -134,7 +134,7 @@ def run_class3d(particles_path, reference_path, out: Path, params: Class3DParams
         estep = EStep(particles, model.maps, np.log(np.maximum(model.pdf_class, 1e-30)), model.sigma2,
                       max(model.sigma_offset_px, 0.5 * params.offset_step), model.r_max, search, bk)
         res = estep.run(mine, particles.origins_px(), class_mask=class_mask)
-        mstep.reduce_sums(res, comm, bk)
+        mstep.reduce_sums(res, comm)
         update_table(particles, gather_results(res, mine, n, comm))
         model = _maximise(model, res, params, mask, bk, it, estep.r_max, comm)
         log.info("iteration %d: E-step limit %d px (%.1f A), resolution %s A, classes %s, %.1f s", it, estep.r_max,

@@ -18,7 +18,7 @@ from cryopipe.fourier import fsc, soft_circular_mask
 from cryopipe.parallel import allreduce_sum
 
 
-def reduce_sums(res: EStepResult, comm, bk) -> None:
+def reduce_sums(res: EStepResult, comm) -> None:
     """Sum the E-step accumulators of all ranks in place (every rank gets the totals)."""
     if comm.Get_size() == 1:
         return

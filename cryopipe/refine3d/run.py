@@ -274,7 +274,7 @@ def _estep(particles, model: Model, subset, mine, search: SearchSpace, r_max: in
                     max(model.sigma_offset_px, 0.5 * search.offset_step), r_max, search, bk)
         res = est.run(idx, particles.origins_px(), prior_rotations=prev_rot if search.local_sigma_deg else None,
                       half=half)
-        mstep.reduce_sums(res, comm, bk)
+        mstep.reduce_sums(res, comm)
         results.append(gather_results(res, idx, n, comm))
         bps.append(res.backprojectors[0][h])
         parts.append(res)

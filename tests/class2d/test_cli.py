@@ -74,10 +74,7 @@ def test_bad_input_is_one_clear_line(particles_small, run_cli, tmp_path, capsys,
 
 
 @pytest.mark.mpi
-def test_two_ranks_give_the_one_rank_result(particles_small, launcher, tmp_path):
-    mpiexec = Path(sys.executable).parent / "mpiexec"
-    if not mpiexec.exists():
-        pytest.skip("no mpiexec next to the interpreter (install the 'mpi' extra)")
+def test_two_ranks_give_the_one_rank_result(particles_small, launcher, tmp_path, mpiexec):
     args = ["class2d", "--particles", str(particles_small.star), "--box", "32", "--iterations", "4",
             "--batch-size", "16", "--scratch-dir", str(tmp_path / "scratch"), *SMALL]
     subprocess.run([sys.executable, str(launcher), *args, "--out", str(tmp_path / "one")], check=True, timeout=300)

@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +14,7 @@ from cryopipe.io.star import read_table
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("mode", ["micrographs", "templates"])
-def test_two_ranks_equal_one_rank(tmp_path, synth, rng, mode):
-    mpiexec = Path(sys.executable).parent / "mpiexec"
-    if not mpiexec.exists():
-        pytest.skip("no mpiexec next to the interpreter (install the 'mpi' extra)")
+def test_two_ranks_equal_one_rank(tmp_path, synth, rng, mode, mpiexec):
     templates = np.stack([synth.blob_template(), synth.blob_template(variant=1)])
     write_mrc(tmp_path / "templates.mrcs", templates, synth.ANGPIX)
     for i in range(3):
