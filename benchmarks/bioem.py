@@ -54,18 +54,48 @@ def _fft_floor_us(bk, box: int, dtype, batch: int, repeat: int) -> float:
 
 def _gemm_floor_us(bk, tr: PrunedTransform, real, batch: int, repeat: int) -> float:
     """Time of the pruned transform's GEMMs alone (rows then columns) for ``batch`` grid points, per point (us)."""
-    xp = bk.xp
-    nu, nv = len(tr.u), len(tr.v)
-    z = bk.asarray(np.random.default_rng(2).standard_normal((nu, batch * 2 * nv)), dtype=real)
+    nv = tr.nvp
+    rng = np.random.default_rng(2)
+    zs, zd = (bk.asarray(rng.standard_normal((2, k, batch * nv)), dtype=real) for k in (tr.n_sp, tr.n_dp))
 
     def gemms():
-        y1 = tr.m1 @ z
-        y1[:tr.n_a].reshape(tr.n_a * batch, 2 * nv) @ tr.m2a
+        a = tr.m_cos @ zs
+        for part, w in ((0, tr.w_cos), (1, tr.w_sin)):
+            a[part].reshape(tr.n_a * batch, nv) @ w
         if tr.n_b:
-            y1[tr.n_a:].reshape(tr.n_b * batch, 2 * nv) @ tr.m2b
+            bb = tr.m_sin @ zd
+            for part, w in ((1, tr.w_cos), (0, tr.w_sin)):
+                bb[part].reshape(tr.n_b * batch, nv) @ w
 
-    del xp
     return _timed(gemms, bk, repeat) / batch * 1e6
+
+
+def _breakdown_us(bk, tr: PrunedTransform, prob: Problem, batch_images: int, repeat: int) -> dict:
+    """Where one block's time goes (64 orientations x ``batch_images`` images x all CTF points), per grid point
+    (us): the fold, the GEMMs, the transform (fold + GEMMs), and the whole block (with the CTF sums, G = K conj(I)
+    and the reduction: the fused kernel on the GPU)."""
+    from cryopipe.bioem.integrate import _block
+    from cryopipe.bioem.kernels import fused_reduction
+
+    P = prob.project(0, 64)
+    G = prob.ctf[:1] * bk.xp.conj(prob.spectra[:batch_images])[:, None]
+    zs, zd = tr._fold_rows(P, G)
+    g = 64 * batch_images * prob.ctf.shape[1]
+
+    def gemms():
+        a = tr.m_cos @ zs.reshape(2, tr.n_sp, -1)
+        a[0].reshape(tr.n_a * g, tr.nvp) @ tr.w_cos
+        a[1].reshape(tr.n_a * g, tr.nvp) @ tr.w_sin
+        if tr.n_b:
+            bb = tr.m_sin @ zd.reshape(2, tr.n_dp, -1)
+            bb[1].reshape(tr.n_b * g, tr.nvp) @ tr.w_cos
+            bb[0].reshape(tr.n_b * g, tr.nvp) @ tr.w_sin
+
+    fused = fused_reduction(bk) if bk.is_gpu else None
+    images = np.arange(batch_images)
+    out = {"fold": lambda: tr._fold_rows(P, G), "GEMMs": gemms, "fold + GEMMs": lambda: tr.correlate(P, G),
+           "whole block": lambda: _block(prob, P, images, bk, fused, False, 0, tr)}
+    return {k: _timed(f, bk, repeat) / g * 1e6 for k, f in out.items()}
 
 
 def make_problem(bk, box: int, max_shift: int, n_orient: int, n_ctf: int, n_images: int, single: bool,
@@ -115,14 +145,17 @@ def run(device: str, box: int, max_shift: int, n_orient: int, n_ctf: int, n_imag
         if name == "fft":
             flop = cost_model(box, prob.shifts)["fft_flop"]
             floor = _fft_floor_us(bk, box, cplx, batch, repeat)
+            alone = None
         else:
             tr = PrunedTransform(box, prob.shifts, bk, real,
                                  None if band is None else _band_mask(box, band))
             flop = tr.cost["pruned_flop"]
-            floor = _gemm_floor_us(bk, tr, real, batch, repeat)
+            floor = _gemm_floor_us(bk, tr, real, 8 * batch, repeat)
+            alone = _breakdown_us(bk, tr, prob, min(n_images, 8), repeat)
         us = wall / points * 1e6
         paths[name] = dict(wall_s=wall, us_per_point=us, flop=flop, gflops=flop / us * 1e-3, floor_us=floor,
-                           used=stats.get("transform", name), kept=(stats.get("kept_rows"), stats.get("kept_columns")))
+                           used=stats.get("transform", name), transform_alone_us=alone,
+                           kept=(stats.get("kept_rows"), stats.get("kept_columns")))
     dl = None
     if len(sums) == 2:
         a, b = sums.values()
@@ -173,6 +206,8 @@ def main() -> None:
                  (f"[{name}] FLOP per grid point", f"{p['flop'] / 1e6:.2f} M  ({p['gflops']:.0f} GFLOP/s achieved)"),
                  (f"[{name}] floor: {floor_name}", f"{p['floor_us']:.3f} us per grid point"),
                  (f"[{name}] ratio to floor", f"{p['us_per_point'] / p['floor_us']:.2f}")]
+        for part, us in (p["transform_alone_us"] or {}).items():
+            rows.append((f"[{name}] one block: {part}", f"{us:.3f} us per grid point"))
     if len(r["paths"]) == 2:
         f, p = r["paths"]["fft"], r["paths"]["pruned"]
         rows += [("speed-up pruned vs fft", f"{f['us_per_point'] / p['us_per_point']:.2f}x"),

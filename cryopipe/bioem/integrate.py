@@ -135,7 +135,7 @@ def _block(prob: Problem, P, images, bk, fused, keep_orientations: bool, o_start
     """Grid points of orientations P (B, N, H) x the given images; returns per-image block results (host).
 
     transform : :class:`~cryopipe.bioem.pruned.FFTTransform` (default) or ``PrunedTransform``: computes the
-    correlations (B, ni, C, S) whose entries ``transform.flat`` (D,) are the displacements in loop order.
+    correlations, read at the displacements (loop order) by its ``at_shifts`` or by the fused kernel.
     """
     xp = bk.xp
     n = P.shape[-2]
@@ -148,15 +148,15 @@ def _block(prob: Problem, P, images, bk, fused, keep_orientations: bool, o_start
     G = K * xp.conj(prob.spectra[idx])[:, None]  # (ni, C, N, H)
     if transform is None:
         transform = FFTTransform(n, prob.shifts, bk)
-    corr = transform.correlate(P, G)  # (B, ni, C, S): S = N*N (FFT) or rows x columns of the shifts (pruned)
+    corr = transform.correlate(P, G)  # what the transform makes of the (B, ni, C) grid points
     prior = bk.asarray(prob.ctf_log_prior[images if len(prob.ctf_log_prior) > 1 else np.zeros(ni, int)])
     prior = xp.broadcast_to(prior[None], (b, ni, c))
     if prob.orientation_log_prior is not None:
         prior = prior + bk.asarray(prob.orientation_log_prior[images, o_start:o_start + b].T)[:, :, None]
     co, coo = (bk.asarray(a[images])[None, :, None] for a in (prob.co, prob.coo))
     if fused is not None:
-        return fused(corr, co, coo, cc, ccc, prior, transform.flat, n * n, keep_orientations)
-    cco = corr[..., bk.asarray(transform.flat)].astype(xp.float64)  # (B, ni, C, D)
+        return fused(transform, corr, co, coo, cc, ccc, prior, n * n, keep_orientations)
+    cco = transform.at_shifts(corr).astype(xp.float64)  # (B, ni, C, D)
     l = log_kernel(co[..., None], coo[..., None], cc[..., None], ccc[..., None], cco, n * n) + prior[..., None]
     lt = xp.moveaxis(l, 1, 0).reshape(ni, -1)  # (ni, B*C*D): orientation, CTF, shift order
     arg = xp.argmax(lt, axis=1)

@@ -3,18 +3,48 @@
 :func:`fused_reduction` replaces, after the batched inverse FFT, the gather of the displacement values,
 the closed form (in float64) and the max / argmax / sum-exp reductions by one kernel that reads each
 correlation image once and writes four numbers per grid point. It returns the same per-image block
-results as the array code in :func:`cryopipe.bioem.integrate._block`. It takes the correlations of either
-transform of :mod:`cryopipe.bioem.pruned` (full N x N images, or the pruned rows x columns of the displacements)
-with the flat indices of the displacements into them.
+results as the array code in :func:`cryopipe.bioem.integrate._block`. It reads the correlations of either
+transform of :mod:`cryopipe.bioem.pruned` through a value loader: from full N x N images at the displacements'
+flat indices (FFT path), or combined on the fly from the folded transform's four GEMM outputs.
 """
 
 from __future__ import annotations
 
 import functools
 
+_LOADERS = {
+    # full correlation images (FFT path): img = corr + g * img_size, value at flat index shift[s]
+    "fft": ("const T* corr, const long long* shift, const long long img_size",
+            "const T* img = corr + g * img_size;",
+            "(double)img[shift[s]]"),
+    # folded pruned transform: corr = X1 - s_c X2 - s_r (X3 + s_c X4) at table (4, D) = (ia, ib, jc, js)
+    "folded": ("const T* x1, const T* x2, const T* x3, const T* x4, const int* tab, const T* sgn, "
+               "const long long n_points, const int nkc, const int nks",
+               "",
+               "folded_value(x1, x2, x3, x4, tab, sgn, n_shift, n_points, nkc, nks, g, s)"),
+}
+
+_FOLDED_VALUE = r"""
+__device__ __forceinline__ double folded_value(
+    const T* x1, const T* x2, const T* x3, const T* x4, const int* tab, const T* sgn, const int d,
+    const long long n_points, const int nkc, const int nks, const long long g, const int s)
+{
+    const int ia = tab[s], ib = tab[d + s], jc = tab[2 * d + s], js = tab[3 * d + s];
+    const double s_row = (double)sgn[s], s_col = (double)sgn[d + s];
+    double x = (double)x1[(ia * n_points + g) * nkc + jc];
+    if (js >= 0) x -= s_col * (double)x2[(ia * n_points + g) * nks + js];
+    if (ib >= 0) {
+        double y = (double)x3[(ib * n_points + g) * nkc + jc];
+        if (js >= 0) y += s_col * (double)x4[(ib * n_points + g) * nks + js];
+        x -= s_row * y;
+    }
+    return x;
+}
+"""
+
 _SOURCE = r"""
-extern "C" __global__ void bioem_reduce_T(
-    const T* corr, const long long* shift, const int n_shift, const long long img_size,
+extern "C" __global__ void NAME(
+    PARAMS, const int n_shift,
     const double* co, const double* coo, const double* cc, const double* ccc, const double* prior,
     const int n_img, const int n_ctf, const double n_pix,
     double* out_max, double* out_sum, int* out_arg, double* out_cco)
@@ -24,20 +54,23 @@ extern "C" __global__ void bioem_reduce_T(
     __shared__ int s_arg[256];
     const long long g = blockIdx.x;
     const int i = (int)((g / n_ctf) % n_img);
-    const T* img = corr + g * img_size;
+    PROLOGUE
     const double vco = co[i], vcoo = coo[i], vcc = cc[g], vccc = ccc[g];
     const double dd = n_pix * vccc - vcc * vcc;
     const bool ok_d = dd > 0.0;
     const double base = ok_d ? (0.5 * n_pix - 2.0) * log((n_pix - 2.0) * dd) + prior[g] : 0.0;
     const double a0 = vcoo * vccc, a1 = 2.0 * vco * vcc, a2 = vcoo * vcc * vcc + vco * vco * vccc;
 
-    double best = NEG_INF;
+    // l = (3 - Np)/2 ln e + base falls as e grows: the best displacement is the smallest positive e (one log)
+    const double POS_INF = __longlong_as_double(0x7ff0000000000000ULL);
+    double best = POS_INF;
     int barg = n_shift;
-    for (int s = threadIdx.x; s < n_shift; s += blockDim.x) {
-        const double x = (double)img[shift[s]];
-        const double e = n_pix * (a0 - x * x) + a1 * x - a2;
-        const double l = (ok_d && e > 0.0) ? 0.5 * (3.0 - n_pix) * log(e) + base : NEG_INF;
-        if (l > best) { best = l; barg = s; }
+    if (ok_d) {
+        for (int s = threadIdx.x; s < n_shift; s += blockDim.x) {
+            const double x = VALUE;
+            const double e = n_pix * (a0 - x * x) + a1 * x - a2;
+            if (e > 0.0 && e < best) { best = e; barg = s; }
+        }
     }
     s_val[threadIdx.x] = best;
     s_arg[threadIdx.x] = barg;
@@ -46,23 +79,27 @@ extern "C" __global__ void bioem_reduce_T(
         if (threadIdx.x < h) {
             const double v = s_val[threadIdx.x + h];
             const int a = s_arg[threadIdx.x + h];
-            if (v > s_val[threadIdx.x] || (v == s_val[threadIdx.x] && a < s_arg[threadIdx.x])) {
+            if (v < s_val[threadIdx.x] || (v == s_val[threadIdx.x] && a < s_arg[threadIdx.x])) {
                 s_val[threadIdx.x] = v;
                 s_arg[threadIdx.x] = a;
             }
         }
         __syncthreads();
     }
-    const double m = s_val[0];
+    const double e_min = s_val[0];
     const int arg = s_arg[0];
+    const double half = 0.5 * (n_pix - 3.0);
+    const double m = arg < n_shift ? -half * log(e_min) + base : NEG_INF;
     __syncthreads();
 
+    // sum of exp(-half ln(e / e_min)); a term with half (1 - e_min / e) > 746 is below exp(-746), which is 0 in
+    // double (ln r >= 1 - 1/r), so it is skipped without its log
     double sum = 0.0;
-    if (m > NEG_INF) {
+    if (arg < n_shift) {
         for (int s = threadIdx.x; s < n_shift; s += blockDim.x) {
-            const double x = (double)img[shift[s]];
+            const double x = VALUE;
             const double e = n_pix * (a0 - x * x) + a1 * x - a2;
-            if (e > 0.0) sum += exp(0.5 * (3.0 - n_pix) * log(e) + base - m);
+            if (e > 0.0 && half * (e - e_min) <= 746.0 * e) sum += exp(-half * log(e / e_min));
         }
     }
     s_val[threadIdx.x] = sum;
@@ -75,41 +112,45 @@ extern "C" __global__ void bioem_reduce_T(
         out_max[g] = m;
         out_sum[g] = s_val[0];
         out_arg[g] = arg < n_shift ? arg : 0;
-        out_cco[g] = arg < n_shift ? (double)img[shift[arg]] : 0.0;
+        int s = arg < n_shift ? arg : 0;
+        out_cco[g] = arg < n_shift ? VALUE : 0.0;
     }
 }
 """
 _THREADS = 256
 
 
-def kernel_source(dtype_name: str) -> str:
-    """CUDA source of the reduction kernel for correlation images of C type ``float`` or ``double``."""
-    return _SOURCE.replace("const T*", f"const {dtype_name}*").replace("bioem_reduce_T", f"bioem_reduce_{dtype_name}")
+def kernel_source(loader: str, dtype_name: str) -> str:
+    """CUDA source of the reduction kernel reading values through ``loader`` ('fft' or 'folded', see
+    ``_LOADERS``) from arrays of C type ``float`` or ``double``."""
+    params, prologue, value = _LOADERS[loader]
+    body = (_SOURCE.replace("NAME", f"bioem_reduce_{loader}_{dtype_name}").replace("PARAMS", params)
+            .replace("PROLOGUE", prologue).replace("VALUE", value))
+    return f"typedef {dtype_name} T;\n" + (_FOLDED_VALUE if loader == "folded" else "") + body
 
 
 @functools.cache
-def _kernel(xp, dtype_name: str):
-    return xp.RawKernel(kernel_source(dtype_name), f"bioem_reduce_{dtype_name}")
+def _kernel(xp, loader: str, dtype_name: str):
+    return xp.RawKernel(kernel_source(loader, dtype_name), f"bioem_reduce_{loader}_{dtype_name}")
 
 
 def fused_reduction(bk):
     """A function with the signature of the reduction step in ``_block`` for ``bk`` (a GPU backend)."""
     xp = bk.xp
 
-    def run(corr, co, coo, cc, ccc, prior, flat, n_pix, keep_orientations):
-        """corr (B, ni, C, S) correlations, flat (D,) host indices into S of the displacements (loop order),
-        n_pix the pixels per image; co, coo, cc, ccc, prior broadcast to (B, ni, C)."""
-        b, ni, c, size = corr.shape
-        name = "float" if corr.dtype == xp.float32 else "double"
-        corr = xp.ascontiguousarray(corr)
-        flat = xp.asarray(flat, dtype=xp.int64)
+    def run(transform, corr, co, coo, cc, ccc, prior, n_pix, keep_orientations):
+        """corr: what ``transform.correlate`` returned for (B, ni, C) grid points; n_pix the pixels per image;
+        co, coo, cc, ccc, prior broadcast to (B, ni, C)."""
+        b, ni, c = cc.shape
+        loader, args = transform.kernel_args(corr)
+        name = "float" if args[0].dtype == xp.float32 else "double"
         f64 = [xp.ascontiguousarray(xp.broadcast_to(a, (b, ni, c)), dtype=xp.float64) for a in (cc, ccc, prior)]
         co1, coo1 = (xp.ascontiguousarray(a.reshape(-1), dtype=xp.float64) for a in (co, coo))
         mx, sm, cco = (xp.empty((b, ni, c), dtype=xp.float64) for _ in range(3))
         arg = xp.empty((b, ni, c), dtype=xp.int32)
-        _kernel(xp, name)((b * ni * c,), (_THREADS,),
-                          (corr, flat, xp.int32(len(flat)), xp.int64(size), co1, coo1, f64[0], f64[1], f64[2],
-                           xp.int32(ni), xp.int32(c), xp.float64(n_pix), mx, sm, arg, cco))
+        _kernel(xp, loader, name)((b * ni * c,), (_THREADS,),
+                                  (*args, xp.int32(transform.n_shifts), co1, coo1, f64[0], f64[1], f64[2],
+                                   xp.int32(ni), xp.int32(c), xp.float64(n_pix), mx, sm, arg, cco))
         tot = xp.where(mx > -xp.inf, mx + xp.log(xp.where(sm > 0, sm, 1.0)), -xp.inf)
         lt = xp.moveaxis(tot, 1, 0).reshape(ni, -1)
         mt = xp.moveaxis(mx, 1, 0).reshape(ni, -1)

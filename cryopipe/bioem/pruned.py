@@ -5,56 +5,58 @@ For one grid point (image i, orientation o, CTF point c) the integration needs t
     corr[r, c'] = irfft2(Z, s=(N, N))[r, c'],   Z = P_o K_ic conj(I_i)   (N x H half spectrum, H = N/2 + 1)
 
 only at the displacement rows r in R and columns c' in C' (81 x 81 of 224 x 224 in the benchmark). Two
-transforms compute it (:func:`make_transform` picks one):
+transforms compute it (:func:`choose` picks one):
 
 ``FFTTransform``: the multiply, one batched irfft2 (cuFFT / pocketfft) of N x N per grid point, then a gather.
 
-``PrunedTransform``: the inverse DFT evaluated only at R x C', as two real matrix products over a batch of G
-grid points (a GEMM, cuBLAS on the GPU, BLAS on the CPU):
+``PrunedTransform``: the inverse DFT evaluated only at R x C', as real matrix products over a batch of G grid
+points (GEMMs: cuBLAS on the GPU, BLAS on the CPU), folded by the symmetries of the cosine and sine:
 
-1. rows (u -> r), with the symmetry of R: for k = |r| the cosine and sine sums A_k = sum_u Z[u] cos(2 pi u k/N),
-   B_k = sum_u Z[u] sin(2 pi u k/N) give Y[k] = A_k + i B_k and Y[N-k] = A_k - i B_k. Z (complex) times a
-   *real* matrix is a real GEMM on Z viewed as floats: (n_A + n_B) x U  @  U x (G 2V).
-2. columns (v -> c', the c2r with Hermitian weights w_v = 1, 2, .., 2, 1 and the imaginary parts of v = 0 and
-   v = N/2 dropped, exactly as irfft does): (n_A G) x 2V @ 2V x n_C' for the A rows and the same for the B rows;
-   then corr[k] = a_k + b_k and corr[N-k] = a_k - b_k.
+1. fold the rows: for p = 0 .. N/2 and q = N - p, Zs[p] = Z[p] + Z[q] and Zd[p] = Z[p] - Z[q] (p = 0 and
+   p = N/2 have no partner: Zs = Z, no Zd). Then the row sums of the inverse DFT at k = |r| are
+   A_k = sum_p Zs[p] cos(2 pi p k/N) and B_k = sum_p Zd[p] sin(2 pi p k/N), and Y[k] = A_k + i B_k,
+   Y[N-k] = A_k - i B_k. One pass (a GPU kernel) forms Zs, Zd from P and K conj(I) in the layout the GEMMs
+   read: (re/im, p, grid point, v).
+2. rows: A = cos (n_A x P_s) @ Zs, B = sin (n_B x P_d) @ Zd, each for the real and the imaginary part.
+3. columns, folded the same way (c' and N - c' share cos and differ in the sign of sin; the c2r weights
+   w_v = 1, 2, .., 2, 1 of irfft and its dropped imaginary parts at v = 0, N/2 are in the matrices):
+   X1 = Re A @ Wcos, X2 = Im A @ Wsin, X3 = Im B @ Wcos, X4 = Re B @ Wsin, and
+   corr[r, c'] = X1 - s_c X2 - s_r (X3 + s_c X4), s_r, s_c = -1 for r, c' > N/2 (+1 otherwise).
+   The GPU reduction kernel reads X1..X4 at each displacement; nothing N x N is ever formed.
 
-U and V are the spectrum rows and columns where Z can be non-zero: all N and H, or fewer when the inputs are
+The kept spectrum rows and columns are those where Z can be non-zero: all, or fewer when the inputs are
 band-limited (exact zeros outside a radius: e.g. CTF kernels or images low-pass filtered to a working
-resolution), option (iii) below. Nothing is approximated: both transforms give the same numbers up to
-floating-point rounding (tests/bioem/test_pruned.py: equal ln P to 1e-4 relative; 1e-12 in float64).
+resolution). Nothing is approximated: both transforms give the same numbers up to floating-point rounding
+(tests/bioem/test_pruned.py: equal ln P to 1e-4 relative in float32, 1e-9 in float64).
 
 Counts per grid point (N = 224, H = 113, 81 x 81 displacements, float32; MAC = multiply-add = 2 FLOP):
 
 =============================================  ===================  ===================  =====================
-option                                         arithmetic           bytes moved (HBM)    predicted H100 time
+option                                         arithmetic           bytes moved (HBM)    time per grid point
 =============================================  ===================  ===================  =====================
 FFT path (multiply + irfft2 + gather)          ~2 MFLOP (5 N H      Z 202 KB written +   measured 1.72 us
-                                               log2 N^2) + 0.15 M   read, 200 KB out,    (cuFFT 224 = 2^5 7:
-                                               for the multiply     gather 26 KB: ~0.7   multi-pass; floor
-                                                                    MB                   1.12 us measured)
-(i) pruned, complex GEMMs as 224x113x81 +      3.52 M complex MAC   Z 2 x 202 KB +       28 MFLOP / ~45 TFLOPS
-    81x224x81                                  = 28.2 MFLOP         Y 2 x 73 KB ~0.6 MB  (SGEMM-class) ~0.6 us
-(i') pruned, real GEMMs with the +-k cos/sin   81 x 224 x 226 +     as (i): ~0.6 MB      11.2 MFLOP: ~0.25 us
-    split (implemented): rows then columns     81 x 226 x 81 =                           compute + ~0.1 us
-                                               5.58 M MAC =                              memory (partly in L2)
-                                               11.2 MFLOP                                => ~0.3-0.4 us
-(ii) pad 224 to a faster FFT size              not allowed: a circular correlation of another size is another
+                                               log2 N^2) + 0.15 M   read, 200 KB out,    (H100; cuFFT 224 =
+                                               for the multiply     gather 26 KB: ~0.7   2^5 7, floor 1.12 us)
+                                                                    MB
+rows unfolded (until 2026-12): 81 x 224 x 226  5.58 M MAC =         Z 2 x 202 KB, Y 2 x  measured 1.03 us
++ 81 x 226 x 81 real MAC, Z by broadcasting,   11.2 MFLOP           73 KB, 3 copies of   (H100), GEMMs alone
+the displacements gathered and transposed                           26 KB: ~0.9 MB       0.50 us
+folded (now): rows 41 x 113 x 226 + 40 x 111   2.79 M MAC =         Zs+Zd 202 KB written predicted (H200:
+x 226, columns 81 x 113 x 81; fold kernel      5.6 MFLOP (+0.2 M    + read, A/B 73 KB    ~45 TFLOP/s SGEMM,
+writes the GEMM layout; reduction reads X1..4  for the fold)        x 2, X 26 KB x 2:    ~4 TB/s): 0.12 us
+                                                                    ~0.6 MB              GEMM + 0.15 us
+                                                                                         memory = ~0.27 us
+padding 224 to a faster FFT size               not allowed: a circular correlation of another size is another
                                                result (wrap-around differs); 224 is already 2^5 7
-(iii) (i') on a band-limited spectrum,         81 x U x 2V + 81 x   Z 2 x 8 U V:         3.6 MFLOP: ~0.08 us
-      radius kmax: U = 2 kmax + 1, V = kmax+1  2V x 81; kmax = 56   ~0.1 MB              + memory: ~0.1-0.15 us
-      (Nyquist/2, e.g. 4.5 A at 1.1 A/px)      (half Nyquist):      (kmax = 56)          (meets <= 0.25 us)
-                                               1.79 M MAC = 3.6 MF
 =============================================  ===================  ===================  =====================
 
-The GPU predictions assume FP32 SGEMM at 40-55 of the H100's 67 TFLOPS (no TF32 tensor cores: their 10-bit
-mantissa would not keep the float32 tolerance) and 3 TB/s; the FLOP counts are exact for the shapes used.
-The pruned path therefore wins by a factor 3-5 at full band and reaches the target only when the spectra
-carry exact zeros outside a working resolution (option iii), which the transform detects by itself.
+TF32 tensor cores are not used: their 10-bit mantissa does not keep ln P within float32 tolerance (ln P
+amplifies the relative error of E by ~Np/2, see tests/bioem/test_pruned.py).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -65,31 +67,52 @@ def _fft_flops(n: int) -> float:
     return 5.0 * n * (n // 2 + 1) * math.log2(n * n)
 
 
-def pruned_macs(n_rows_out: int, n_cols_out: int, n_k: int, n_u: int, n_v: int) -> int:
-    """Real multiply-adds per grid point of the pruned transform: (n_k cos/sin rows) x U x 2V + n_k x 2V x C'.
+def _fold(idx: np.ndarray, n: int):
+    """Folded index set of ``idx`` (rows or columns mod n): (k values for cosines, k values for sines, per-entry
+    cosine position, sine position or -1, sign of the sine: -1 above n/2)."""
+    k_of = np.minimum(idx, n - idx) % n
+    kc = np.unique(k_of)
+    ks = kc[(kc > 0) & (2 * kc != n)]
+    has_s = (k_of > 0) & (2 * k_of != n)
+    return (kc, ks, np.searchsorted(kc, k_of), np.where(has_s, np.searchsorted(ks, k_of), -1),
+            np.where(idx > n // 2, -1.0, 1.0))
 
-    n_rows_out, n_cols_out : the displacement rows and columns needed; n_k : cosine + sine rows (about
-    n_rows_out); n_u, n_v : spectrum rows and half-spectrum columns kept (N and N/2+1 without band limit).
-    """
-    return n_k * n_u * 2 * n_v + n_k * 2 * n_v * n_cols_out + n_rows_out * n_cols_out
+
+def _row_pairs(kept_rows: np.ndarray, n: int):
+    """(p, q) pairs of spectrum rows (q = N - p) with either kept; and those with q != p (the Zd rows)."""
+    p = np.arange(n // 2 + 1)
+    q = (n - p) % n
+    keep = kept_rows[p] | kept_rows[q]
+    if not keep.any():  # all zero: keep row 0 so that shapes stay valid (the result is 0)
+        keep[0] = True
+    d = keep & (q != p)
+    return p[keep], q[keep], p[d], q[d]
 
 
-def cost_model(n: int, shifts: np.ndarray, n_u: int | None = None, n_v: int | None = None) -> dict:
+def cost_model(n: int, shifts: np.ndarray, kept_rows: np.ndarray | None = None,
+               kept_cols: np.ndarray | None = None) -> dict:
     """FLOPs and float32 bytes per grid point of both transforms for an n x n box and displacements ``shifts``.
 
-    Returns dict(fft_flop, pruned_flop, fft_bytes, pruned_bytes, n_u, n_v, rows, cols).
+    kept_rows (N,), kept_cols (H,) bool: spectrum rows / half-spectrum columns that may be non-zero (default all).
+    Returns dict(fft_flop, pruned_flop, pruned_macs, fft_bytes, pruned_bytes, rows, cols): pruned_macs are the
+    GEMMs' real multiply-adds, pruned_flop adds the fold (two complex products and their sum and difference per
+    folded entry, 16 FLOP) and the combination of X1..X4 (6 FLOP per displacement).
     """
     h = n // 2 + 1
-    n_u = n if n_u is None else n_u
-    n_v = h if n_v is None else n_v
+    kept_rows = np.ones(n, bool) if kept_rows is None else np.asarray(kept_rows, bool)
+    kept_cols = np.ones(h, bool) if kept_cols is None else np.asarray(kept_cols, bool)
+    ps, _, pd, _ = _row_pairs(kept_rows, n)
+    nv = max(1, int(kept_cols.sum()))
     rows, cols = np.unique(shifts[:, 0]), np.unique(shifts[:, 1])
-    ks = np.unique(np.minimum(rows, n - rows))
-    n_k = len(ks) + int(np.sum((ks > 0) & (2 * ks != n)))
-    mult = 6.0 * n_u * n_v
-    return dict(fft_flop=_fft_flops(n) + 6.0 * n * h, pruned_flop=2.0 * pruned_macs(len(rows), len(cols), n_k, n_u,
-                                                                                     n_v) + mult,
-                fft_bytes=8 * n * h * 2 + 4 * n * n, pruned_bytes=8 * n_u * n_v * 2 + 4 * n_k * 2 * n_v * 2
-                + 4 * len(rows) * len(cols) * 3, n_u=n_u, n_v=n_v, rows=len(rows), cols=len(cols))
+    ka, kb = _fold(rows, n)[:2]
+    kc, ks = _fold(cols, n)[:2]
+    na, nb, nc = len(ka), len(kb), len(kc) + len(ks)
+    macs = 2 * nv * (na * len(ps) + nb * len(pd)) + (na + nb) * nv * nc
+    d = len(shifts)
+    return dict(fft_flop=_fft_flops(n) + 6.0 * n * h, pruned_flop=2.0 * macs + 16.0 * len(ps) * nv + 6.0 * d,
+                pruned_macs=macs, fft_bytes=8 * n * h * 2 + 4 * n * n,
+                pruned_bytes=4 * (2 * 2 * (len(ps) + len(pd)) * nv + 2 * 2 * (na + nb) * nv + 2 * (na + nb) * nc),
+                rows=len(rows), cols=len(cols))
 
 
 class FFTTransform:
@@ -100,97 +123,205 @@ class FFTTransform:
     def __init__(self, n: int, shifts: np.ndarray, bk):
         self.n, self.bk = n, bk
         self.flat = (shifts[:, 0] * n + shifts[:, 1]).astype(np.int64)  # (D,) into the N*N image
+        self.n_shifts = len(shifts)
+        self._flat = bk.asarray(self.flat)
 
     def correlate(self, P, G):
-        """P (B, N, H), G (ni, C, N, H) complex -> correlations (B, ni, C, N*N) real; index with ``self.flat``."""
+        """P (B, N, H), G (ni, C, N, H) complex -> correlations (B, ni, C, N*N) real."""
         b, (ni, c) = len(P), G.shape[:2]
         corr = self.bk.fft.irfft2(P[:, None, None] * G[None], s=(self.n, self.n))
         return corr.reshape(b, ni, c, self.n * self.n)
 
+    def at_shifts(self, corr):
+        """(B, ni, C, D) correlation at the displacements, in their loop order."""
+        return corr[..., self._flat]
+
+    def kernel_args(self, corr):
+        """('fft', arguments of the reduction kernel's value load) for :mod:`cryopipe.bioem.kernels`."""
+        xp = self.bk.xp
+        return "fft", (xp.ascontiguousarray(corr), self._flat, xp.int64(corr.shape[-1]))
+
+
+_FOLD_SOURCE = r"""
+extern "C" __global__ void bioem_fold_T(
+    const T* P, const T* G, const int* row_a, const int* row_b, const int n_s, const int n_d, const int n_sp,
+    const int n_dp, const int* cols, const int nv, const int nvp, const int n_ig, const long long n_points,
+    const int n, const int h, T* zs, T* zd)
+{
+    // block (grid point g, folded row r); threads along the kept columns v (padding written as zeros)
+    const long long g = blockIdx.x;
+    const int r = blockIdx.y;
+    const bool is_d = r >= n_sp;
+    const int rr = is_d ? r - n_sp : r, rows_p = is_d ? n_dp : n_sp;
+    const bool real_row = rr < (is_d ? n_d : n_s);
+    const int u1 = real_row ? row_a[is_d ? n_s + rr : rr] : 0, u2 = real_row ? row_b[is_d ? n_s + rr : rr] : 0;
+    const long long b = g / n_ig, ig = g % n_ig;
+    const T* p1 = P + 2 * (b * n + u1) * h;
+    const T* g1 = G + 2 * (ig * n + u1) * h;
+    const T* p2 = P + 2 * (b * n + u2) * h;
+    const T* g2 = G + 2 * (ig * n + u2) * h;
+    T* out = (is_d ? zd : zs) + ((long long)rr * n_points + g) * nvp;
+    const long long part = (long long)rows_p * n_points * nvp;
+    for (int v = threadIdx.x; v < nvp; v += blockDim.x) {
+        T re = 0, im = 0;
+        if (real_row && v < nv) {
+            const int col = cols[v];
+            T pr = p1[2 * col], pi = p1[2 * col + 1], gr = g1[2 * col], gi = g1[2 * col + 1];
+            re = pr * gr - pi * gi;
+            im = pr * gi + pi * gr;
+            if (u2 != u1) {
+                pr = p2[2 * col]; pi = p2[2 * col + 1]; gr = g2[2 * col]; gi = g2[2 * col + 1];
+                const T re2 = pr * gr - pi * gi, im2 = pr * gi + pi * gr;
+                re = is_d ? re - re2 : re + re2;
+                im = is_d ? im - im2 : im + im2;
+            }
+        }
+        out[v] = re;
+        out[part + v] = im;
+    }
+}
+"""
+
+ALIGN = 8  # GEMM dimensions padded to this many elements (zeros): cuBLAS's fast kernels want aligned rows
+
+
+def _padded(k: int) -> int:
+    return -(-k // ALIGN) * ALIGN
+
+
+@functools.cache
+def _fold_kernel(xp, dtype_name: str):
+    name = f"bioem_fold_{dtype_name}"
+    return xp.RawKernel(f"typedef {dtype_name} T;\n" + _FOLD_SOURCE.replace("bioem_fold_T", name), name)
+
 
 class PrunedTransform:
-    """The inverse DFT at the displacement rows x columns only, as real GEMMs (see module docstring).
+    """The inverse DFT at the displacement rows x columns only, folded, as real GEMMs (see module docstring).
 
     n : box; shifts : (D, 2) correlation indices (row, column); bk : backend; real : float32 or float64;
     band_mask : (N, H) bool host array of the spectrum entries that may be non-zero (None: all).
+    Attributes u, v: the kept spectrum rows and half-spectrum columns. The GEMMs' inner and outer dimensions
+    (folded rows, kept columns, cosine / sine columns) are padded with zeros to multiples of ``ALIGN``.
     """
 
     name = "pruned"
 
     def __init__(self, n: int, shifts: np.ndarray, bk, real=np.float32, band_mask: np.ndarray | None = None):
-        self.n, self.bk, self.real = n, bk, np.dtype(real)
+        self.n, self.bk, self.real, self.n_shifts = n, bk, np.dtype(real), len(shifts)
         h = n // 2 + 1
         mask = np.ones((n, h), bool) if band_mask is None else np.asarray(band_mask, bool)
-        self.u = np.flatnonzero(mask.any(axis=1))  # kept spectrum rows
-        self.v = np.flatnonzero(mask.any(axis=0))  # kept half-spectrum columns
-        if len(self.u) == 0:  # all zero: keep one row/column so that shapes stay valid (the result is 0)
-            self.u, self.v = np.array([0]), np.array([0])
-        self.full_u, self.full_v = len(self.u) == n, len(self.v) == h
-        rows, cols = np.unique(shifts[:, 0]), np.unique(shifts[:, 1])
-        k_of_row = np.minimum(rows, n - rows) % n
-        ka = np.unique(k_of_row)  # cosine rows
-        kb = ka[(ka > 0) & (2 * ka != n)]  # sine rows (B_0 = B_{N/2} = 0)
-        a_idx = np.searchsorted(ka, k_of_row)
-        b_pos = np.searchsorted(kb, k_of_row)
-        has_b = (k_of_row > 0) & (2 * k_of_row != n)
-        self.b_idx = np.where(has_b, b_pos, len(kb))  # len(kb): a zero row
-        self.sign = np.where(rows > n // 2, -1.0, 1.0)  # Y[N-k] = A_k - i B_k
-        self.a_idx, self.n_a, self.n_b, self.n_c = a_idx, len(ka), len(kb), len(cols)
-        self.flat = (np.searchsorted(rows, shifts[:, 0]) * len(cols) + np.searchsorted(cols, shifts[:, 1])).astype(
-            np.int64)
-        self.cost = cost_model(n, shifts, len(self.u), len(self.v))
+        kept_rows, kept_cols = mask.any(axis=1), mask.any(axis=0)
+        if not kept_cols.any():
+            kept_cols[0] = True
+        self.u, self.v = np.flatnonzero(kept_rows), np.flatnonzero(kept_cols)
+        self.cost = cost_model(n, shifts, kept_rows, kept_cols)
+        ps, qs, pd, qd = _row_pairs(kept_rows, n)
+        self.n_s, self.n_d = len(ps), len(pd)
+        ka, kb, ia, ib, s_row = _fold(shifts[:, 0], n)
+        kc, ks, jc, js, s_col = _fold(shifts[:, 1], n)
+        self.n_a, self.n_b = len(ka), len(kb)
+        self.n_sp, self.n_dp, self.nvp = _padded(self.n_s), _padded(self.n_d), _padded(len(self.v))
+        self.n_kc, self.n_ks = _padded(len(kc)), _padded(len(ks))
         two_pi = 2.0 * np.pi / n
-        u = self.u.astype(np.int64)
-        m1 = np.concatenate([np.cos(two_pi * ((u[None] * ka[:, None]) % n)),
-                             np.sin(two_pi * ((u[None] * kb[:, None]) % n))])  # (n_a + n_b, U)
+        m_cos = np.zeros((self.n_a, self.n_sp))
+        m_cos[:, :self.n_s] = np.cos(two_pi * ((ka[:, None] * ps[None]) % n))  # (n_A, P_s)
+        m_sin = np.zeros((self.n_b, self.n_dp))
+        m_sin[:, :self.n_d] = np.sin(two_pi * ((kb[:, None] * pd[None]) % n))  # (n_B, P_d)
         v = self.v.astype(np.int64)
-        phi = two_pi * ((v[:, None] * cols[None].astype(np.int64)) % n)  # (V, C')
-        w = np.where((v == 0) | (2 * v == n), 1.0, 2.0)[:, None] / float(n * n)
-        edge = ((v == 0) | (2 * v == n))[:, None]
-        cos_w, sin_w = w * np.cos(phi), np.where(edge, 0.0, w * np.sin(phi))
-        m2a = np.empty((2 * len(v), len(cols)))
-        m2a[0::2], m2a[1::2] = cos_w, -sin_w  # a = sum_v w (Ar cos - Ai sin)
-        m2b = np.empty_like(m2a)
-        m2b[0::2], m2b[1::2] = -sin_w, -cos_w  # b = sum_v w (-Br sin - Bi cos)
-        self.m1, self.m2a, self.m2b = (bk.asarray(m, dtype=self.real) for m in (m1, m2a, m2b))
-        self._a_idx, self._b_idx = bk.asarray(self.a_idx), bk.asarray(self.b_idx)
-        self._sign = bk.asarray(self.sign, dtype=self.real)
-        self._u, self._v = bk.asarray(self.u), bk.asarray(self.v)
+        edge = (v == 0) | (2 * v == n)
+        w = np.where(edge, 1.0, 2.0)[:, None] / float(n * n)
+        w_cos, w_sin = np.zeros((self.nvp, self.n_kc)), np.zeros((self.nvp, self.n_ks))
+        w_cos[:len(v), :len(kc)] = w * np.cos(two_pi * ((v[:, None] * kc[None]) % n))  # (V, n_kc)
+        w_sin[:len(v), :len(ks)] = np.where(edge[:, None], 0.0, w * np.sin(two_pi * ((v[:, None] * ks[None]) % n)))
+        self.m_cos, self.m_sin, self.w_cos, self.w_sin = (bk.asarray(m, dtype=self.real)
+                                                          for m in (m_cos, m_sin, w_cos, w_sin))
+        self.table = np.stack([ia, ib, jc, js]).astype(np.int32)  # (4, D): X row blocks and columns per shift
+        self.signs = np.stack([s_row, s_col])  # (2, D)
+        self._table, self._signs = bk.asarray(self.table), bk.asarray(self.signs, dtype=self.real)
+        self._rows = bk.asarray(np.concatenate([ps, pd]).astype(np.int32))
+        self._partners = bk.asarray(np.concatenate([qs, qd]).astype(np.int32))
+        self.ps, self.qs = ps, qs
+        self._v32 = bk.asarray(self.v.astype(np.int32))
 
-    def _sub(self, a):
-        """a (..., N, H) -> (..., U, V): the kept rows and columns (no copy without band limit)."""
-        if not self.full_u:
-            a = a[..., self._u, :]
-        if not self.full_v:
-            a = a[..., self._v]
-        return a
-
-    def correlate(self, P, G):
-        """P (B, N, H), G (ni, C, N, H) complex -> correlations (B, ni, C, R*C') real; index with ``self.flat``."""
+    def _fold_rows(self, P, G):
+        """Zs (2, P_s, g, V) and Zd (2, P_d, g, V) real (padded), g = B ni C grid points (module docstring)."""
         xp = self.bk.xp
         b, (ni, c) = len(P), G.shape[:2]
-        g = b * ni * c
-        Pt = xp.ascontiguousarray(xp.moveaxis(self._sub(P), -2, 0))[:, :, None, None, :]  # (U, B, 1, 1, V)
-        Gt = xp.ascontiguousarray(xp.moveaxis(self._sub(G), -2, 0))[:, None]  # (U, 1, ni, C, V)
-        nu, nv = Pt.shape[0], Pt.shape[-1]
-        cplx = xp.complex64 if self.real == np.float32 else xp.complex128
-        Z = xp.empty((nu, b, ni, c, nv), dtype=cplx)
-        xp.multiply(Pt, Gt, out=Z)
-        y1 = self.m1 @ _as_real(Z, self.real, xp).reshape(nu, g * 2 * nv)  # (n_a + n_b, G 2V)
-        ya = (y1[:self.n_a].reshape(self.n_a * g, 2 * nv) @ self.m2a).reshape(self.n_a, g, self.n_c)
-        yb = xp.zeros((self.n_b + 1, g, self.n_c), dtype=self.real)
+        g, nv = b * ni * c, len(self.v)
+        if self.bk.is_gpu:
+            zs = xp.empty((2, self.n_sp, g, self.nvp), dtype=self.real)
+            zd = xp.empty((2, self.n_dp, g, self.nvp), dtype=self.real)
+            name = "float" if self.real == np.float32 else "double"
+            _fold_kernel(xp, name)((g, self.n_sp + self.n_dp), (min(256, -(-self.nvp // 32) * 32),),
+                                   (xp.ascontiguousarray(P), xp.ascontiguousarray(G), self._rows, self._partners,
+                                    xp.int32(self.n_s), xp.int32(self.n_d), xp.int32(self.n_sp),
+                                    xp.int32(self.n_dp), self._v32, xp.int32(nv), xp.int32(self.nvp),
+                                    xp.int32(ni * c), xp.int64(g), xp.int32(self.n), xp.int32(P.shape[-1]), zs, zd))
+            return zs, zd
+        # host: one spectrum row pair at a time, the products shared by Zs and Zd (cache-sized temporaries)
+        zs = np.zeros((2, self.n_sp, g, self.nvp), dtype=self.real)
+        zd = np.zeros((2, self.n_dp, g, self.nvp), dtype=self.real)
+        pt = np.ascontiguousarray(P[..., self.v].transpose(1, 0, 2))  # (N, B, V)
+        gt = np.ascontiguousarray(G[..., self.v].reshape(ni * c, self.n, nv).transpose(1, 0, 2))  # (N, ni C, V)
+        za, zb = (np.empty((b, ni * c, nv), dtype=np.result_type(P, G)) for _ in range(2))
+        zs_v = zs.reshape(2, self.n_sp, b, ni * c, self.nvp)[..., :nv]
+        zd_v = zd.reshape(2, self.n_dp, b, ni * c, self.nvp)[..., :nv]
+        r_d = 0
+        for r, (p, q) in enumerate(zip(self.ps, self.qs, strict=True)):
+            np.multiply(pt[p][:, None], gt[p][None], out=za)
+            if q == p:
+                zs_v[0, r], zs_v[1, r] = za.real, za.imag
+                continue
+            np.multiply(pt[q][:, None], gt[q][None], out=zb)
+            np.add(za.real, zb.real, out=zs_v[0, r])
+            np.add(za.imag, zb.imag, out=zs_v[1, r])
+            np.subtract(za.real, zb.real, out=zd_v[0, r_d])
+            np.subtract(za.imag, zb.imag, out=zd_v[1, r_d])
+            r_d += 1
+        return zs, zd
+
+    def correlate(self, P, G):
+        """P (B, N, H), G (ni, C, N, H) complex -> (X1, X2, X3, X4) real: (n_A, g, n_kc), (n_A, g, n_ks),
+        (n_B, g, n_kc), (n_B, g, n_ks) with g = B ni C (read them with :meth:`at_shifts` or the GPU kernel)."""
+        b, (ni, c) = len(P), G.shape[:2]
+        g, nv = b * ni * c, self.nvp
+        zs, zd = self._fold_rows(P, G)
+        a = self.m_cos @ zs.reshape(2, self.n_sp, g * nv)  # (2, n_A, g V): Re A, Im A
+        x1 = (a[0].reshape(self.n_a * g, nv) @ self.w_cos).reshape(self.n_a, g, self.n_kc)
+        x2 = (a[1].reshape(self.n_a * g, nv) @ self.w_sin).reshape(self.n_a, g, self.n_ks)
         if self.n_b:
-            yb[:self.n_b] = (y1[self.n_a:].reshape(self.n_b * g, 2 * nv) @ self.m2b).reshape(self.n_b, g, self.n_c)
-        out = ya[self._a_idx] + self._sign[:, None, None] * yb[self._b_idx]  # (R, G, C')
-        return xp.ascontiguousarray(xp.moveaxis(out, 0, 1)).reshape(b, ni, c, -1)
+            bb = self.m_sin @ zd.reshape(2, self.n_dp, g * nv)  # (2, n_B, g V): Re B, Im B
+            x3 = (bb[1].reshape(self.n_b * g, nv) @ self.w_cos).reshape(self.n_b, g, self.n_kc)
+            x4 = (bb[0].reshape(self.n_b * g, nv) @ self.w_sin).reshape(self.n_b, g, self.n_ks)
+        else:
+            x3 = x4 = self.bk.xp.zeros((0, g, 1), dtype=self.real)
+        return (b, ni, c), (x1, x2, x3, x4)
 
+    def at_shifts(self, parts):
+        """(B, ni, C, D) correlation at the displacements, in their loop order, from :meth:`correlate`."""
+        xp = self.bk.xp
+        (b, ni, c), (x1, x2, x3, x4) = parts
+        ia, ib, jc, js = (self._table[k] for k in range(4))
+        s_row, s_col = self._signs[0][:, None], self._signs[1][:, None]
+        has_s, has_b = (js >= 0)[:, None], (ib >= 0)[:, None]
+        js0, ib0 = xp.maximum(js, 0), xp.maximum(ib, 0)
 
-def _as_real(z, real, xp):
-    """Complex (..., V) C-contiguous -> real (..., 2V) (re, im interleaved), a view where the array module can."""
-    try:
-        return z.view(real)
-    except (ValueError, TypeError, NotImplementedError):  # pragma: no cover - array modules without such views
-        return xp.stack([z.real, z.imag], axis=-1)
+        def pick(x, rows, cols, ok):  # (D, g), zero where a sine row or column does not exist
+            if not (x.shape[0] and x.shape[2]):
+                return 0
+            return x[rows, :, cols] if ok is None else xp.where(ok, x[rows, :, cols], 0)
+
+        out = pick(x1, ia, jc, None) - s_col * pick(x2, ia, js0, has_s)
+        out = out - s_row * (pick(x3, ib0, jc, has_b) + s_col * pick(x4, ib0, js0, has_b & has_s))
+        return xp.ascontiguousarray(out.T).reshape(b, ni, c, -1)
+
+    def kernel_args(self, parts):
+        """('folded', arguments of the reduction kernel's value load) for :mod:`cryopipe.bioem.kernels`."""
+        xp = self.bk.xp
+        (b, ni, c), xs = parts
+        x1, x2, x3, x4 = (xp.ascontiguousarray(x) for x in xs)
+        return "folded", (x1, x2, x3, x4, self._table, self._signs, xp.int64(b * ni * c), xp.int32(self.n_kc),
+                          xp.int32(self.n_ks))
 
 
 def support_mask(a, bk, axes) -> np.ndarray:
@@ -201,16 +332,15 @@ def support_mask(a, bk, axes) -> np.ndarray:
 def choose(transform: str, n: int, shifts: np.ndarray, bk, band_mask: np.ndarray | None = None) -> str:
     """'fft' or 'pruned' for ``transform`` in {'auto', 'fft', 'pruned'}.
 
-    auto: pruned when its FLOPs are at most 8 times the FFT's. GPU: SGEMM runs at ~45 TFLOPS, cuFFT at 224 px
-    at ~2 effective TFLOPS. CPU (measured, 2 cores, OpenBLAS vs pocketfft, float32 / float64): 224 px with
-    81 x 81 shifts (FLOP ratio 5.3) 132 vs 268 us / 302 vs 1038 us per grid point; 64 px with 21 x 21 (ratio
-    1.8) 6.7 vs 22.6 / 10.8 vs 95 us; 24 px with 7 x 7 (ratio 0.8) 1.5 vs 4.6 / 2.9 vs 6.7 us.
+    auto: pruned when its FLOPs are at most 8 times the FFT's: GEMMs run at ~45 TFLOP/s on the GPU, cuFFT at
+    224 px at ~2 effective TFLOP/s; on the CPU (2 cores, OpenBLAS vs pocketfft) the unfolded GEMMs already
+    beat the FFT at 24 px with 7 x 7 shifts (1.5 vs 4.6 us per grid point).
     """
     if transform in ("fft", "pruned"):
         return transform
     if transform != "auto":
         raise ValueError(f"transform must be auto, fft or pruned, got {transform!r}")
-    nu = n if band_mask is None else max(1, int(band_mask.any(axis=1).sum()))
-    nv = n // 2 + 1 if band_mask is None else max(1, int(band_mask.any(axis=0).sum()))
-    cost = cost_model(n, shifts, nu, nv)
+    rows = None if band_mask is None else band_mask.any(axis=1)
+    cols = None if band_mask is None else band_mask.any(axis=0)
+    cost = cost_model(n, shifts, rows, cols)
     return "pruned" if cost["pruned_flop"] <= 8.0 * cost["fft_flop"] else "fft"
