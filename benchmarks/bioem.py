@@ -6,7 +6,7 @@ Workload (the issue's): 224 x 224 px images, 81 x 81 displacements (DISPLACE_CEN
 
 * ``fft``: per grid point the product of spectra, one inverse FFT of 224 x 224, the gather of the 81 x 81
   displacements and the closed form, reduced by log-sum-exp. Its floor is the batched inverse real FFT alone.
-* ``pruned``: the inverse DFT evaluated at the 81 x 81 displacements only, as two real GEMMs over a batch of grid
+* ``pruned``: the inverse DFT evaluated at the 81 x 81 displacements only, as folded real GEMMs over a batch of grid
   points. Its floor is those GEMMs alone. ``--band R`` zeroes the CTF beyond R Fourier pixels (a working
   resolution limit, e.g. R = 56 = Nyquist/2); the pruned transform then drops the zero rows and columns.
 
@@ -95,6 +95,13 @@ def _breakdown_us(bk, tr: PrunedTransform, prob: Problem, batch_images: int, rep
     images = np.arange(batch_images)
     out = {"fold": lambda: tr._fold_rows(P, G), "GEMMs": gemms, "fold + GEMMs": lambda: tr.correlate(P, G),
            "whole block": lambda: _block(prob, P, images, bk, fused, False, 0, tr)}
+    if fused is not None:
+        xp, parts = bk.xp, tr.correlate(P, G)
+        shape = (64, batch_images, prob.ctf.shape[1])
+        sums = [xp.ones(shape, dtype=xp.float64) * v for v in (1.0, 2.0, 0.0)]
+        co, coo = (bk.asarray(a[:batch_images])[None, :, None] for a in (prob.co, prob.coo))
+        n_pix = prob.spectra.shape[-2] ** 2
+        out["reduction kernel (+ per-image max, sum)"] = lambda: fused(tr, parts, co, coo, *sums, n_pix, False)
     return {k: _timed(f, bk, repeat) / g * 1e6 for k, f in out.items()}
 
 
@@ -200,7 +207,7 @@ def main() -> None:
                          + (f", CTF band-limited to {a.band:g} Fourier px" if a.band else "")),
             ("device", f"{r['device']} ({'float32' if single else 'float64'})")]
     for name, p in r["paths"].items():
-        floor_name = "batched irfft2 alone" if name == "fft" else "its two GEMMs alone"
+        floor_name = "batched irfft2 alone" if name == "fft" else "its GEMMs alone"
         kept = "" if p["kept"][0] is None else f", spectrum rows x cols kept {p['kept'][0]} x {p['kept'][1]}"
         rows += [(f"[{name}] us per grid point", f"{p['us_per_point']:.3f}  ({p['wall_s']:.3f} s{kept})"),
                  (f"[{name}] FLOP per grid point", f"{p['flop'] / 1e6:.2f} M  ({p['gflops']:.0f} GFLOP/s achieved)"),

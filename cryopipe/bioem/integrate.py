@@ -16,7 +16,7 @@ partial sums with a max-shifted sum, as BioEM does. GPU: the inverse FFTs run in
 displacement gather, closed form and reductions in one fused kernel (:mod:`cryopipe.bioem.kernels`).
 
 Cco(d) is only needed at the displacements: ``transform="pruned"`` (the default choice when cheaper, see
-:mod:`cryopipe.bioem.pruned`) evaluates the inverse DFT at those rows and columns only, as two real GEMMs per
+:mod:`cryopipe.bioem.pruned`) evaluates the inverse DFT at those rows and columns only, as folded real GEMMs per
 batch of grid points, instead of a full inverse FFT; the numbers are the same to rounding. Sharing the images
 of a rank between the GPU and a CPU backend: :mod:`cryopipe.bioem.split`.
 """

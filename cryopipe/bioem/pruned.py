@@ -41,11 +41,12 @@ FFT path (multiply + irfft2 + gather)          ~2 MFLOP (5 N H      Z 202 KB wri
 rows unfolded (until 2026-12): 81 x 224 x 226  5.58 M MAC =         Z 2 x 202 KB, Y 2 x  measured 1.03 us
 + 81 x 226 x 81 real MAC, Z by broadcasting,   11.2 MFLOP           73 KB, 3 copies of   (H100), GEMMs alone
 the displacements gathered and transposed                           26 KB: ~0.9 MB       0.50 us
-folded (now): rows 41 x 113 x 226 + 40 x 111   2.79 M MAC =         Zs+Zd 202 KB written predicted (H200:
-x 226, columns 81 x 113 x 81; fold kernel      5.6 MFLOP (+0.2 M    + read, A/B 73 KB    ~45 TFLOP/s SGEMM,
-writes the GEMM layout; reduction reads X1..4  for the fold)        x 2, X 26 KB x 2:    ~4 TB/s): 0.12 us
-                                                                    ~0.6 MB              GEMM + 0.15 us
-                                                                                         memory = ~0.27 us
+folded (now): rows 41 x 113 x 226 + 40 x 111   2.79 M MAC =         Zs+Zd 202 KB written predicted ~0.27 us
+x 226, columns 81 x 113 x 81; fold kernel      5.6 MFLOP (+0.2 M    + read, A/B 73 KB    (H200); measured
+writes the GEMM layout; reduction reads X1..4  for the fold)        x 2, X 26 KB x 2:    0.57 us: fold 0.17,
+                                                                    ~0.6 MB              GEMMs 0.26 (64-row
+                                                                                         tiles for 41 rows),
+                                                                                         reduction 0.12
 padding 224 to a faster FFT size               not allowed: a circular correlation of another size is another
                                                result (wrap-around differs); 224 is already 2^5 7
 =============================================  ===================  ===================  =====================
@@ -144,43 +145,46 @@ class FFTTransform:
 
 _FOLD_SOURCE = r"""
 extern "C" __global__ void bioem_fold_T(
-    const T* P, const T* G, const int* row_a, const int* row_b, const int n_s, const int n_d, const int n_sp,
+    const T2* P, const T2* G, const int* row_a, const int* row_b, const int n_s, const int n_d, const int n_sp,
     const int n_dp, const int* cols, const int nv, const int nvp, const int n_ig, const long long n_points,
-    const int n, const int h, T* zs, T* zd)
+    const int n, const int h, const int per_block, T* zs, T* zd)
 {
-    // block (grid point g, folded row r); threads along the kept columns v (padding written as zeros)
-    const long long g = blockIdx.x;
+    // block: folded row r (blockIdx.y) x per_block consecutive grid points; threads along the kept columns v
+    // (padding written as zeros)
     const int r = blockIdx.y;
     const bool is_d = r >= n_sp;
     const int rr = is_d ? r - n_sp : r, rows_p = is_d ? n_dp : n_sp;
     const bool real_row = rr < (is_d ? n_d : n_s);
     const int u1 = real_row ? row_a[is_d ? n_s + rr : rr] : 0, u2 = real_row ? row_b[is_d ? n_s + rr : rr] : 0;
-    const long long b = g / n_ig, ig = g % n_ig;
-    const T* p1 = P + 2 * (b * n + u1) * h;
-    const T* g1 = G + 2 * (ig * n + u1) * h;
-    const T* p2 = P + 2 * (b * n + u2) * h;
-    const T* g2 = G + 2 * (ig * n + u2) * h;
-    T* out = (is_d ? zd : zs) + ((long long)rr * n_points + g) * nvp;
     const long long part = (long long)rows_p * n_points * nvp;
+    const long long g0 = (long long)blockIdx.x * per_block;
+    const long long g1 = min(g0 + per_block, n_points);
     for (int v = threadIdx.x; v < nvp; v += blockDim.x) {
-        T re = 0, im = 0;
-        if (real_row && v < nv) {
-            const int col = cols[v];
-            T pr = p1[2 * col], pi = p1[2 * col + 1], gr = g1[2 * col], gi = g1[2 * col + 1];
-            re = pr * gr - pi * gi;
-            im = pr * gi + pi * gr;
-            if (u2 != u1) {
-                pr = p2[2 * col]; pi = p2[2 * col + 1]; gr = g2[2 * col]; gi = g2[2 * col + 1];
-                const T re2 = pr * gr - pi * gi, im2 = pr * gi + pi * gr;
-                re = is_d ? re - re2 : re + re2;
-                im = is_d ? im - im2 : im + im2;
+        const bool live = real_row && v < nv;
+        const int col = live ? cols[v] : 0;
+        long long b = g0 / n_ig, ig = g0 - b * n_ig;  // grid point g = b n_ig + ig, stepped without division
+        for (long long g = g0; g < g1; ++g, ig = (ig + 1 == n_ig) ? 0 : ig + 1, b += (ig == 0)) {
+            T re = 0, im = 0;
+            if (live) {
+                const T2 p1 = P[(b * n + u1) * h + col], k1 = G[(ig * n + u1) * h + col];
+                re = p1.x * k1.x - p1.y * k1.y;
+                im = p1.x * k1.y + p1.y * k1.x;
+                if (u2 != u1) {
+                    const T2 p2 = P[(b * n + u2) * h + col], k2 = G[(ig * n + u2) * h + col];
+                    const T re2 = p2.x * k2.x - p2.y * k2.y, im2 = p2.x * k2.y + p2.y * k2.x;
+                    re = is_d ? re - re2 : re + re2;
+                    im = is_d ? im - im2 : im + im2;
+                }
             }
+            T* out = (is_d ? zd : zs) + ((long long)rr * n_points + g) * nvp + v;
+            out[0] = re;
+            out[part] = im;
         }
-        out[v] = re;
-        out[part + v] = im;
     }
 }
 """
+
+_FOLD_POINTS_PER_BLOCK = 32
 
 ALIGN = 8  # GEMM dimensions padded to this many elements (zeros): cuBLAS's fast kernels want aligned rows
 
@@ -192,7 +196,8 @@ def _padded(k: int) -> int:
 @functools.cache
 def _fold_kernel(xp, dtype_name: str):
     name = f"bioem_fold_{dtype_name}"
-    return xp.RawKernel(f"typedef {dtype_name} T;\n" + _FOLD_SOURCE.replace("bioem_fold_T", name), name)
+    types = f"typedef {dtype_name} T;\ntypedef {dtype_name}2 T2;\n"
+    return xp.RawKernel(types + _FOLD_SOURCE.replace("bioem_fold_T", name), name)
 
 
 class PrunedTransform:
@@ -252,11 +257,13 @@ class PrunedTransform:
             zs = xp.empty((2, self.n_sp, g, self.nvp), dtype=self.real)
             zd = xp.empty((2, self.n_dp, g, self.nvp), dtype=self.real)
             name = "float" if self.real == np.float32 else "double"
-            _fold_kernel(xp, name)((g, self.n_sp + self.n_dp), (min(256, -(-self.nvp // 32) * 32),),
+            per = _FOLD_POINTS_PER_BLOCK
+            _fold_kernel(xp, name)((-(-g // per), self.n_sp + self.n_dp), (min(256, -(-self.nvp // 32) * 32),),
                                    (xp.ascontiguousarray(P), xp.ascontiguousarray(G), self._rows, self._partners,
                                     xp.int32(self.n_s), xp.int32(self.n_d), xp.int32(self.n_sp),
                                     xp.int32(self.n_dp), self._v32, xp.int32(nv), xp.int32(self.nvp),
-                                    xp.int32(ni * c), xp.int64(g), xp.int32(self.n), xp.int32(P.shape[-1]), zs, zd))
+                                    xp.int32(ni * c), xp.int64(g), xp.int32(self.n), xp.int32(P.shape[-1]),
+                                    xp.int32(per), zs, zd))
             return zs, zd
         # host: one spectrum row pair at a time, the products shared by Zs and Zd (cache-sized temporaries)
         zs = np.zeros((2, self.n_sp, g, self.nvp), dtype=self.real)
