@@ -15,17 +15,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 from cryopipe import cli
 from cryopipe.backend import get_backend
 from cryopipe.class3d import Class3DParams, run_class3d
+from cryopipe.ctf import ctf_2d
 from cryopipe.em3d.model import read_model
+from cryopipe.em3d.particles import load_particles
 from cryopipe.em3d.synthetic import SyntheticSpec, simulate_particles, write_reference
-from cryopipe.fourier import fsc, resolution_at
+from cryopipe.fourier import fsc, resolution_at, shift_phase
 from cryopipe.geometry import euler_to_matrix, rotation_angle_between
 from cryopipe.io.mrc import write_mrc
 from cryopipe.io.star import read_particles, read_star, write_table
 from cryopipe.parallel import SerialComm
+from cryopipe.projection import BackProjector
 
 FAST = dict(healpix_order=1, offset_range=3.0, offset_step=1.5, particle_diameter=130.0)
 
@@ -52,13 +57,50 @@ def _fast_flags(out, iterations):
             "--offset-range", "3", "--offset-step", "1.5", "--particle-diameter", "130", "--device", "cpu"]
 
 
+def rotate_map(vol: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """out(p) = vol(a p), p = (x, y, z) about voxel N//2 (arrays are z, y, x), cubic interpolation."""
+    n = vol.shape[0]
+    c, rev = np.full(3, n // 2, float), np.eye(3)[::-1]
+    m = rev @ a @ rev
+    return ndimage.affine_transform(vol, m, offset=c - m @ c, order=3, mode="constant")
+
+
+def frame_rotation(true_rotations: np.ndarray, estimated: np.ndarray) -> np.ndarray:
+    """The mean Q of R_true^T R_est (3, 3): a map refined with poses R_true Q is the true map read at Q^T p."""
+    return Rotation.from_matrix(np.transpose(true_rotations, (0, 2, 1)) @ estimated).mean().as_matrix()
+
+
+def test_frame_correction_recovers_a_map_reconstructed_in_a_rotated_frame(small):
+    """The convention the accuracy test relies on: back-project the particles at R_true Q (a class whose frame is
+    rotated by Q, as a class grown from a reference of another conformation is), then rotate_map(vol, Q^T) is the
+    true map again, and frame_rotation finds Q from the poses."""
+    ps = load_particles(small["star"])
+    ctf = np.asarray(ctf_2d(ps.ctf, ps.box, ps.angpix), dtype=np.float64)
+    q = Rotation.from_rotvec(np.deg2rad(15.0) * np.array([0.3, 0.5, 0.81]) / np.linalg.norm([0.3, 0.5, 0.81]))
+    q = q.as_matrix()
+    poses = small["rotations"] @ q
+    assert np.allclose(frame_rotation(small["rotations"], poses), q, atol=1e-6)
+    sel = small["model"] == 0
+    bp = BackProjector(ps.box, get_backend("cpu"))
+    spec = shift_phase(ps.spectra[sel].astype(np.complex128), small["origins_A"][sel] / ps.angpix, ps.box)
+    bp.insert(spec * ctf[sel], poses[sel], weights=ctf[sel] ** 2)
+    vol = np.asarray(bp.reconstruct(wiener_constant=0.05 * sel.sum()))
+    true = small["maps"]["conformation_1"]
+    as_is, back, wrong = (fsc(v, true)[2:7].mean() for v in (vol, rotate_map(vol, q.T), rotate_map(vol, q)))
+    assert back > 0.8 and back > as_is + 0.2 and back > wrong + 0.2, (as_is, back, wrong)
+
+
 @pytest.mark.slow
 def test_separates_conformations(tmp_path_factory, tmp_path):
     """The issue's criteria: >= 90% of particles in the class of their conformation, FSC(0.5) with the true map at
     <= 4 px, median angular error <= the angular sampling (HEALPix order 2: 15 deg). SNR 0.3 here; ~3.5 min on
-    2 cores. Measured (2026-11-24): 94.4-94.8% right class, median angular error 7.9 deg, FSC(0.5) at 2.84 px
-    for the conformation-1 class but 4.9 px for the conformation-2 class: the issue's 4 px is NOT met for that
-    class (issue 5 stays open); the assertion below holds the measured level (5 px) so a regression shows."""
+    2 cores.
+
+    The FSC is taken in the true map's frame. A class grown from a reference of the other conformation settles in
+    a frame rotated by several degrees (the orientation that best fits the reference at low resolution; nothing
+    later moves it). Each class map is rotated back by the mean rotation between the true and estimated poses of
+    its particles (:func:`frame_rotation`). Measured 2026-12-02 at 2,000 particles: conformation-2 class frame
+    7.4 deg off, FSC(0.5) 4.23 px as is, 2.67 px in the true frame; conformation-1 class 1.2 deg, 2.56 / 2.54 px."""
     truth = _dataset(tmp_path_factory, "mixture", 1000, 5, snr=0.3)
     params = Class3DParams(classes=2, iterations=12, healpix_order=2, offset_range=1.5, offset_step=1.5,
                            particle_diameter=130.0)
@@ -69,13 +111,20 @@ def test_separates_conformations(tmp_path_factory, tmp_path):
     names = ["conformation_1", "conformation_2"]
     assign = max(([0, 1], [1, 0]), key=lambda a: np.mean(np.take(a, cls) == truth["model"]))
     accuracy = np.mean(np.take(assign, cls) == truth["model"])
-    res_px = [resolution_at(fsc(maps[k], truth["maps"][names[assign[k]]]), 40, truth["angpix"], 0.5) / truth[
-        "angpix"] for k in range(2)]
-    err = rotation_angle_between(euler_to_matrix(table.rlnAngleRot, table.rlnAngleTilt, table.rlnAnglePsi),
-                                 truth["rotations"])
-    print(f"class accuracy {accuracy:.3f}, FSC(0.5) px {res_px}, median angular error {np.median(err):.1f} deg")
+    poses = euler_to_matrix(table.rlnAngleRot, table.rlnAngleTilt, table.rlnAnglePsi)
+    res_px, frame_deg, as_is_px = [], [], []
+    for k in range(2):
+        mine = (cls == k) & (truth["model"] == assign[k])
+        q = frame_rotation(truth["rotations"][mine], poses[mine])
+        frame_deg.append(round(float(np.degrees(Rotation.from_matrix(q).magnitude())), 1))
+        true = truth["maps"][names[assign[k]]]
+        for out_list, vol in ((res_px, rotate_map(maps[k], q.T)), (as_is_px, maps[k])):
+            out_list.append(resolution_at(fsc(vol, true), 40, truth["angpix"], 0.5) / truth["angpix"])
+    err = rotation_angle_between(poses, truth["rotations"])
+    print(f"class accuracy {accuracy:.3f}, FSC(0.5) px in the true frame {res_px} (as is {as_is_px}, frames "
+          f"{frame_deg} deg off), median angular error {np.median(err):.1f} deg")
     assert accuracy >= 0.9, accuracy
-    assert min(res_px) <= 4.0 and max(res_px) <= 5.0, res_px  # issue 5 asks <= 4.0 for both (not met)
+    assert max(res_px) <= 4.0, res_px
     assert np.median(err) <= 15.0, np.median(err)
     for name in ("run_it012_data.star", "run_it012_model.star", "run_it012_class001.mrc", "run_it012_class002.mrc",
                  "class3d_slices.png", "class3d_progress.png"):
