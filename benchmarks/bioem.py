@@ -54,20 +54,9 @@ def _fft_floor_us(bk, box: int, dtype, batch: int, repeat: int) -> float:
 
 def _gemm_floor_us(bk, tr: PrunedTransform, real, batch: int, repeat: int) -> float:
     """Time of the pruned transform's GEMMs alone (rows then columns) for ``batch`` grid points, per point (us)."""
-    nv = tr.nvp
     rng = np.random.default_rng(2)
-    zs, zd = (bk.asarray(rng.standard_normal((2, k, batch * nv)), dtype=real) for k in (tr.n_sp, tr.n_dp))
-
-    def gemms():
-        a = tr.m_cos @ zs
-        for part, w in ((0, tr.w_cos), (1, tr.w_sin)):
-            a[part].reshape(tr.n_a * batch, nv) @ w
-        if tr.n_b:
-            bb = tr.m_sin @ zd
-            for part, w in ((1, tr.w_cos), (0, tr.w_sin)):
-                bb[part].reshape(tr.n_b * batch, nv) @ w
-
-    return _timed(gemms, bk, repeat) / batch * 1e6
+    zs, zd = (bk.asarray(rng.standard_normal((2, k, batch, tr.nvp)), dtype=real) for k in (tr.n_sp, tr.n_dp))
+    return _timed(lambda: tr.gemms(zs, zd), bk, repeat) / batch * 1e6
 
 
 def _breakdown_us(bk, tr: PrunedTransform, prob: Problem, batch_images: int, repeat: int) -> dict:
@@ -82,18 +71,10 @@ def _breakdown_us(bk, tr: PrunedTransform, prob: Problem, batch_images: int, rep
     zs, zd = tr._fold_rows(P, G)
     g = 64 * batch_images * prob.ctf.shape[1]
 
-    def gemms():
-        a = tr.m_cos @ zs.reshape(2, tr.n_sp, -1)
-        a[0].reshape(tr.n_a * g, tr.nvp) @ tr.w_cos
-        a[1].reshape(tr.n_a * g, tr.nvp) @ tr.w_sin
-        if tr.n_b:
-            bb = tr.m_sin @ zd.reshape(2, tr.n_dp, -1)
-            bb[1].reshape(tr.n_b * g, tr.nvp) @ tr.w_cos
-            bb[0].reshape(tr.n_b * g, tr.nvp) @ tr.w_sin
-
     fused = fused_reduction(bk) if bk.is_gpu else None
     images = np.arange(batch_images)
-    out = {"fold": lambda: tr._fold_rows(P, G), "GEMMs": gemms, "fold + GEMMs": lambda: tr.correlate(P, G),
+    out = {"fold": lambda: tr._fold_rows(P, G), "GEMMs": lambda: tr.gemms(zs, zd),
+           "fold + GEMMs": lambda: tr.correlate(P, G),
            "whole block": lambda: _block(prob, P, images, bk, fused, False, 0, tr)}
     if fused is not None:
         xp, parts = bk.xp, tr.correlate(P, G)

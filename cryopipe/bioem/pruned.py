@@ -287,12 +287,10 @@ class PrunedTransform:
             r_d += 1
         return zs, zd
 
-    def correlate(self, P, G):
-        """P (B, N, H), G (ni, C, N, H) complex -> (X1, X2, X3, X4) real: (n_A, g, n_kc), (n_A, g, n_ks),
-        (n_B, g, n_kc), (n_B, g, n_ks) with g = B ni C (read them with :meth:`at_shifts` or the GPU kernel)."""
-        b, (ni, c) = len(P), G.shape[:2]
-        g, nv = b * ni * c, self.nvp
-        zs, zd = self._fold_rows(P, G)
+    def gemms(self, zs, zd):
+        """The row and column GEMMs on folded spectra from :meth:`_fold_rows` (g grid points) -> (X1, X2, X3, X4)
+        real: (n_A, g, n_kc), (n_A, g, n_ks), (n_B, g, n_kc), (n_B, g, n_ks)."""
+        g, nv = zs.shape[2], self.nvp
         a = self.m_cos @ zs.reshape(2, self.n_sp, g * nv)  # (2, n_A, g V): Re A, Im A
         x1 = (a[0].reshape(self.n_a * g, nv) @ self.w_cos).reshape(self.n_a, g, self.n_kc)
         x2 = (a[1].reshape(self.n_a * g, nv) @ self.w_sin).reshape(self.n_a, g, self.n_ks)
@@ -302,7 +300,13 @@ class PrunedTransform:
             x4 = (bb[0].reshape(self.n_b * g, nv) @ self.w_sin).reshape(self.n_b, g, self.n_ks)
         else:
             x3 = x4 = self.bk.xp.zeros((0, g, 1), dtype=self.real)
-        return (b, ni, c), (x1, x2, x3, x4)
+        return x1, x2, x3, x4
+
+    def correlate(self, P, G):
+        """P (B, N, H), G (ni, C, N, H) complex -> ((B, ni, C), :meth:`gemms` of the folded spectra), to read with
+        :meth:`at_shifts` or the GPU kernel."""
+        b, (ni, c) = len(P), G.shape[:2]
+        return (b, ni, c), self.gemms(*self._fold_rows(P, G))
 
     def at_shifts(self, parts):
         """(B, ni, C, D) correlation at the displacements, in their loop order, from :meth:`correlate`."""
