@@ -17,7 +17,9 @@ relative to the centre, px); the projector divides the map by ``g`` before its F
 divides its result by ``g`` (gridding correction). We use the exact separable ``g`` of the trilinear
 kernel, where RELION uses the radial ``sinc^2(|r| / P)``.
 
-Scatter-add: on the GPU ``cupy.add.at`` (CuPy's ufunc.at, CUDA atomicAdd; float32 and float64); on the CPU
+Trilinear interpolation and insertion on the GPU run as kernels of :mod:`cryopipe.slice_kernels` (one thread per
+point, atomicAdd), which compute what the array code here computes without its (8, ...) index and weight
+temporaries. Scatter-add in the array code (:func:`slice_insert`): ``cupy.add.at`` on the GPU; on the CPU
 ``np.bincount(idx, weights)``, because ``np.add.at`` is ~20x slower for millions of updates (NumPy 2.4).
 Both accumulate repeated indices. Complex grids are updated through a real view of their (re, im) pairs.
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cryopipe import slice_kernels
 from cryopipe.errors import InputError
 from cryopipe.parallel import allreduce_sum
 
@@ -120,6 +123,8 @@ def slice_interpolate(grid, coords, xp, interpolation: str = "trilinear"):
     grid: (P, P, P//2+1) complex half spectrum ``grid[kz, ky, kx]``. coords: (..., 3) real, (x, y, z) in
     grid units, ``|coords| <= P/2``. Returns (...) complex; points with x < 0 read ``conj F(-k)``.
     """
+    if xp is not np and interpolation == "trilinear":
+        return slice_kernels.interpolate(grid, coords)
     idx, w, _, flip = _corners(coords, grid.shape, xp, interpolation)
     vals = (w * grid.reshape(-1)[idx]).sum(axis=0)
     return xp.where(flip, xp.conj(vals), vals)
@@ -239,8 +244,12 @@ class BackProjector:
         for b0 in range(0, len(rot), step):
             sl = slice(b0, b0 + step)
             coords = _slice_coords(k2, rot[sl], self.padding, xp)
-            idx, w, t, flip = _corners(coords, self.data.shape, xp)
             vals = self.bk.asarray(images_ft[sl]).reshape(-1, n * (n // 2 + 1))[:, flat]
+            if xp is not np:
+                wts = None if weights is None else self.bk.asarray(weights[sl]).reshape(-1, n * (n // 2 + 1))[:, flat]
+                slice_kernels.insert(self.data, self.weight, self.moment, coords, vals, wts)
+                continue
+            idx, w, t, flip = _corners(coords, self.data.shape, xp)
             _scatter(self.data, idx, w, flip, vals, xp)
             if weights is not None:
                 w = w * self.bk.asarray(weights[sl], dtype=w.dtype).reshape(-1, n * (n // 2 + 1))[:, flat]
