@@ -307,7 +307,8 @@ class EStep:
         self.angpix_work = particles.angpix * self.box / self.n_work
         self.pix = FourierPixels(self.box, self.n_work, self.r_max)
         self.kxy = xp.asarray(np.column_stack([self.pix.kx, self.pix.ky]), dtype=xp.float32)
-        self.projectors = [Projector(crop_map(bk.asarray(m, dtype=xp.float64), self.n_work), bk) for m in maps]
+        # maps travel in their own precision (float32) and are cropped in double on the device
+        self.projectors = [Projector(crop_map(bk.asarray(m).astype(xp.float64), self.n_work), bk) for m in maps]
         self.log_prior_class = np.asarray(log_prior_class, dtype=np.float64)
         w = 0.5 / np.asarray(sigma2, dtype=np.float64)[:, self.pix.shell]
         w[:, self.pix.shell == 0] = 0.0

@@ -70,8 +70,8 @@ def half_fsc(bp1, bp2, bk, r_max: int) -> np.ndarray:
     maps = []
     for bp in (bp1, bp2):
         eps = 1e-2 * float(bk.asnumpy(bp.weight.max())) * bp.padding**3
-        maps.append(bk.asnumpy(bp.reconstruct(wiener_constant=max(eps, 1e-300))).astype(np.float64))
-    curve = np.asarray(fsc(*maps))
+        maps.append(bp.reconstruct(wiener_constant=max(eps, 1e-300)).astype(bk.xp.float64))
+    curve = np.array(bk.asnumpy(fsc(*maps)), dtype=np.float64)
     curve[int(r_max) + 1 :] = 0.0
     return curve
 
@@ -96,7 +96,7 @@ def reconstruct(bp, ssnr, tau2_fudge: float, box: int, bk) -> tuple[np.ndarray, 
     tau2 = np.zeros(box // 2 + 1)
     tau2[: n // 2 + 1] = tau2_fudge * s / np.maximum(mean_w, 1e-300) * (mean_w > 0)
     vol = bk.xp.asarray(bp.reconstruct(tau2=tau2[: n // 2 + 1]), dtype=bk.xp.float64)
-    return bk.asnumpy(pad_map(vol, box)).astype(np.float32), tau2
+    return bk.asnumpy(pad_map(vol, box).astype(bk.xp.float32)), tau2  # cast before the copy: half the bytes
 
 
 def resolution_shell(ssnr: np.ndarray) -> int:
