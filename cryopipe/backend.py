@@ -79,6 +79,18 @@ class Backend:
             return self.xp.asnumpy(a)
         return np.asarray(a)
 
+    def asnumpy_pinned(self, a) -> np.ndarray:
+        """:meth:`asnumpy` into page-locked host memory from CuPy's pinned pool (GPU), for large copies made every
+        iteration (class maps): a copy into fresh pageable memory pays a page fault per 4 KiB page first, and the
+        pool hands the pages of a freed map to the next one."""
+        if not self.is_gpu:
+            return np.asarray(a)
+        import cupyx
+
+        out = cupyx.empty_pinned(a.shape, dtype=a.dtype)
+        self.xp.ascontiguousarray(a).get(out=out)
+        return out
+
     def free_bytes(self) -> int:
         """Device memory that a batch may use (GPU: free + pool; CPU: available RAM)."""
         if self.is_gpu:

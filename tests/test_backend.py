@@ -29,3 +29,15 @@ def test_gpu_fft_equals_cpu(gpu, rng):
     got = gpu.asnumpy(gpu.fft.rfft2(gpu.asarray(x)))
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
     assert get_backend("auto").name == "gpu"
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def test_asnumpy_pinned_is_a_host_copy(device, rng):
+    if device == "gpu" and not gpu_available():
+        pytest.skip("no CUDA GPU visible to CuPy")
+    bk = get_backend(device)
+    x = rng.standard_normal((5, 6, 7)).astype(np.float32)
+    a = bk.asarray(x)[:, ::2]  # not contiguous
+    got = bk.asnumpy_pinned(a)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, x[:, ::2])

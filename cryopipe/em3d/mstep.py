@@ -96,7 +96,7 @@ def reconstruct(bp, ssnr, tau2_fudge: float, box: int, bk) -> tuple[np.ndarray, 
     tau2 = np.zeros(box // 2 + 1)
     tau2[: n // 2 + 1] = tau2_fudge * s / np.maximum(mean_w, 1e-300) * (mean_w > 0)
     vol = bk.xp.asarray(bp.reconstruct(tau2=tau2[: n // 2 + 1]), dtype=bk.xp.float64)
-    return bk.asnumpy(pad_map(vol, box).astype(bk.xp.float32)), tau2  # cast before the copy: half the bytes
+    return bk.asnumpy_pinned(pad_map(vol, box).astype(bk.xp.float32)), tau2  # cast before the copy: half the bytes
 
 
 def resolution_shell(ssnr: np.ndarray) -> int:
