@@ -19,6 +19,9 @@ test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
 
+gpu-test: $(BIN)/.installed
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m gpu
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 
