@@ -244,15 +244,15 @@ class BackProjector:
         for b0 in range(0, len(rot), step):
             sl = slice(b0, b0 + step)
             coords = _slice_coords(k2, rot[sl], self.padding, xp)
-            vals = self.bk.asarray(images_ft[sl]).reshape(-1, n * (n // 2 + 1))[:, flat]
+            vals, wts = (None if a is None else self.bk.asarray(a[sl]).reshape(-1, n * (n // 2 + 1))[:, flat]
+                         for a in (images_ft, weights))
             if xp is not np:
-                wts = None if weights is None else self.bk.asarray(weights[sl]).reshape(-1, n * (n // 2 + 1))[:, flat]
                 slice_kernels.insert(self.data, self.weight, self.moment, coords, vals, wts)
                 continue
             idx, w, t, flip = _corners(coords, self.data.shape, xp)
             _scatter(self.data, idx, w, flip, vals, xp)
-            if weights is not None:
-                w = w * self.bk.asarray(weights[sl], dtype=w.dtype).reshape(-1, n * (n // 2 + 1))[:, flat]
+            if wts is not None:
+                w = w * wts.astype(w.dtype)
             _scatter(self.weight, idx, w, flip, 1.0, xp)
             for d in range(3):
                 offset = t[None, ..., d] - corners[:, d].reshape((8,) + (1,) * (t.ndim - 1))
