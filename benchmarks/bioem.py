@@ -9,6 +9,13 @@ Workload (the issue's): 224 x 224 px images, 81 x 81 displacements (DISPLACE_CEN
 * ``pruned``: the inverse DFT evaluated at the 81 x 81 displacements only, as folded real GEMMs over a batch of grid
   points. Its floor is those GEMMs alone. ``--band R`` zeroes the CTF beyond R Fourier pixels (a working
   resolution limit, e.g. R = 56 = Nyquist/2); the pruned transform then drops the zero rows and columns.
+* ``factored``: the same sums with the CTF moved into the row matrices (:mod:`cryopipe.bioem.factored`), GEMMs
+  batched over orientations. Its floor is its GEMMs alone.
+
+CTF kernels (``--ctf-kind``): ``isotropic`` (default: BioEM's model, a defocus series without astigmatism, 300 kV),
+``astigmatic`` (500 A astigmatism at 30 degrees: no mirror symmetry, the factored transform's general case) or
+``random`` (uniform noise, as before 2026-12-02: no symmetry). ``--per-image-ctf`` gives every image its own
+kernel set (as the stage does with per-particle defocus estimates).
 
 Printed per transform: us per grid point, FLOPs per grid point (cost model) and the rate they imply, the floor,
 the ratio to the floor; then the largest ln P difference between the two transforms.
@@ -30,8 +37,10 @@ import numpy as np
 
 from cryopipe.backend import get_backend, gpu_available
 from cryopipe.bioem.compat import displacements
+from cryopipe.bioem.factored import FactoredTransform
 from cryopipe.bioem.integrate import Problem, integrate
 from cryopipe.bioem.pruned import PrunedTransform, cost_model
+from cryopipe.ctf import CTFParams, ctf_2d
 
 
 def _timed(fn, bk, repeat: int) -> float:
@@ -86,17 +95,27 @@ def _breakdown_us(bk, tr: PrunedTransform, prob: Problem, batch_images: int, rep
     return {k: _timed(f, bk, repeat) / g * 1e6 for k, f in out.items()}
 
 
+def _ctf_kernels(kind: str, box: int, n_ctf: int, n_sets: int, rng) -> np.ndarray:
+    """(n_sets, C, N, H) float64 host CTF kernels of ``kind`` (module docstring), 1.1 A/px, defocus 0.8-3 um."""
+    if kind == "random":
+        return rng.uniform(-1, 1, (n_sets, n_ctf, box, box // 2 + 1))
+    d = np.linspace(8000.0, 30000.0, n_ctf)[None] + rng.uniform(-500, 500, (n_sets, 1))
+    astig = 250.0 if kind == "astigmatic" else 0.0
+    p = CTFParams((d + astig).ravel(), (d - astig).ravel(), 30.0, 300.0, 2.7, 0.1)
+    return ctf_2d(p, box, 1.1, get_backend("cpu"), half=True, dtype=np.float64).reshape(n_sets, n_ctf, box, -1)
+
+
 def make_problem(bk, box: int, max_shift: int, n_orient: int, n_ctf: int, n_images: int, single: bool,
-                 band: float | None) -> Problem:
-    """A synthetic problem: random images, a bank of 64 random projection spectra, random CTF kernels
-    (zero beyond ``band`` Fourier pixels when given)."""
+                 band: float | None, ctf_kind: str = "isotropic", per_image: bool = False) -> Problem:
+    """A synthetic problem: random images, a bank of 64 random projection spectra, CTF kernels of ``ctf_kind``
+    (one set, or one per image; zero beyond ``band`` Fourier pixels when given)."""
     xp = bk.xp
     real, cplx = (xp.float32, xp.complex64) if single else (xp.float64, xp.complex128)
     rng = np.random.default_rng(0)
     h = box // 2 + 1
     images = rng.standard_normal((n_images, box, box))
     spectra = bk.fft.rfft2(bk.asarray(images, dtype=real)).astype(cplx)
-    ctf = rng.uniform(-1, 1, (1, n_ctf, box, h))
+    ctf = _ctf_kernels(ctf_kind, box, n_ctf, n_images if per_image else 1, rng)
     if band is not None:
         ky, kx = np.fft.fftfreq(box, 1.0 / box)[:, None], np.arange(h)[None]
         ctf = ctf * (ky ** 2 + kx ** 2 <= band ** 2)
@@ -110,11 +129,43 @@ def make_problem(bk, box: int, max_shift: int, n_orient: int, n_ctf: int, n_imag
                    displacements(box, max_shift, 1), n_orient, project)
 
 
+def _factored_breakdown_us(bk, tr: FactoredTransform, prob: Problem, batch_images: int, repeat: int) -> dict:
+    """Where one block's time goes (256 orientations x ``batch_images`` images x all CTF points), per grid point
+    (us): the operands (Q = P conj(I), folded, in the GEMM layout; the CTF matrices are cached when shared), the
+    GEMMs, the reduction kernel, the whole block. The GEMMs alone are the floor."""
+    from cryopipe.bioem.integrate import _block
+    from cryopipe.bioem.kernels import fused_reduction
+
+    n_o = min(256, prob.n_orientations)
+    P = prob.project(0, n_o)
+    images = np.arange(batch_images)
+    shared = prob.ctf.shape[0] == 1
+    K = prob.ctf if shared else prob.ctf[:batch_images]
+    conj = bk.xp.conj(prob.spectra[:batch_images])
+    ops = tr.operands(P, K, conj, shared)
+    g = n_o * batch_images * prob.ctf.shape[1]
+    fused = fused_reduction(bk) if bk.is_gpu else None
+    out = {"CTF matrices": lambda: (setattr(tr, "_cached", None), tr.matrices(K)),
+           "operands (Q, folded)": lambda: tr.operands(P, K, conj, shared), "GEMMs": lambda: tr.gemms(*ops),
+           "whole block": lambda: _block(prob, P, images, bk, fused, False, 0, tr)}
+    if fused is not None:
+        xp, parts = bk.xp, tr.gemms(*ops)
+        shape = (n_o, batch_images, prob.ctf.shape[1])
+        sums = [xp.ones(shape, dtype=xp.float64) * v for v in (1.0, 2.0, 0.0)]
+        co, coo = (bk.asarray(a[:batch_images])[None, :, None] for a in (prob.co, prob.coo))
+        n_pix = prob.spectra.shape[-2] ** 2
+        out["reduction kernel (+ per-image max, sum)"] = lambda: fused(tr, parts, co, coo, *sums, n_pix, False)
+    times = {k: _timed(f, bk, repeat) / g * 1e6 for k, f in out.items()}
+    tr.matrices(K)
+    return times
+
+
 def run(device: str, box: int, max_shift: int, n_orient: int, n_ctf: int, n_images: int, single: bool,
-        transforms=("fft", "pruned"), band: float | None = None, repeat: int = 3) -> dict:
+        transforms=("fft", "pruned", "factored"), band: float | None = None, repeat: int = 3,
+        ctf_kind: str = "isotropic", per_image: bool = False) -> dict:
     """Time ``integrate`` with each transform; returns dict(device, points, paths={name: {...}}, max_dlogp)."""
     bk = get_backend(device)
-    prob = make_problem(bk, box, max_shift, n_orient, n_ctf, n_images, single, band)
+    prob = make_problem(bk, box, max_shift, n_orient, n_ctf, n_images, single, band, ctf_kind, per_image)
     points = n_images * n_orient * n_ctf
     real = np.float32 if single else np.float64
     cplx = bk.xp.complex64 if single else bk.xp.complex128
@@ -122,8 +173,8 @@ def run(device: str, box: int, max_shift: int, n_orient: int, n_ctf: int, n_imag
     paths, sums = {}, {}
     for name in transforms:
         stats: dict = {}
-        integrate(make_problem(bk, box, max_shift, 2, min(n_ctf, 2), min(n_images, 2), single, band), bk,
-                  transform=name)  # warm-up: plans, kernel compilation
+        integrate(make_problem(bk, box, max_shift, 2, min(n_ctf, 2), min(n_images, 2), single, band, ctf_kind,
+                               per_image), bk, transform=name)  # warm-up: plans, kernel compilation
         bk.synchronize()
         t = time.perf_counter()
         res = integrate(prob, bk, transform=name, stats=stats)
@@ -134,21 +185,26 @@ def run(device: str, box: int, max_shift: int, n_orient: int, n_ctf: int, n_imag
             flop = cost_model(box, prob.shifts)["fft_flop"]
             floor = _fft_floor_us(bk, box, cplx, batch, repeat)
             alone = None
-        else:
+        elif name == "pruned":
             tr = PrunedTransform(box, prob.shifts, bk, real,
                                  None if band is None else _band_mask(box, band))
             flop = tr.cost["pruned_flop"]
             floor = _gemm_floor_us(bk, tr, real, 8 * batch, repeat)
             alone = _breakdown_us(bk, tr, prob, min(n_images, 8), repeat)
+        else:
+            tr = FactoredTransform(box, prob.shifts, bk, real, None if band is None else _band_mask(box, band))
+            flop = stats["flop_per_point"]
+            alone = _factored_breakdown_us(bk, tr, prob, min(n_images, 8), repeat)
+            floor = alone["GEMMs"]
         us = wall / points * 1e6
         paths[name] = dict(wall_s=wall, us_per_point=us, flop=flop, gflops=flop / us * 1e-3, floor_us=floor,
                            used=stats.get("transform", name), transform_alone_us=alone,
+                           symmetric=stats.get("mirror_symmetric"),
                            kept=(stats.get("kept_rows"), stats.get("kept_columns")))
-    dl = None
-    if len(sums) == 2:
-        a, b = sums.values()
-        dl = float(np.max(np.abs(a - b)))
-    return {"device": bk.describe(), "points": points, "paths": paths, "max_dlogp": dl}
+    ref = sums.get("fft")
+    dl = {k: float(np.max(np.abs(v - ref))) for k, v in sums.items() if k != "fft"} if ref is not None else {}
+    return {"device": bk.describe(), "points": points, "paths": paths, "max_dlogp": dl,
+            "mirror_symmetric": paths.get("factored", {}).get("symmetric")}
 
 
 def _band_mask(box: int, band: float) -> np.ndarray:
@@ -167,7 +223,9 @@ def main() -> None:
     ap.add_argument("--orientations", type=int, default=4608)
     ap.add_argument("--ctf", type=int, default=32)
     ap.add_argument("--images", type=int, default=2000)
-    ap.add_argument("--transform", choices=["both", "fft", "pruned"], default="both")
+    ap.add_argument("--transform", choices=["all", "fft", "pruned", "factored"], default="all")
+    ap.add_argument("--ctf-kind", choices=["isotropic", "astigmatic", "random"], default="isotropic")
+    ap.add_argument("--per-image-ctf", action="store_true", help="one CTF kernel set per image")
     ap.add_argument("--band", type=float, help="zero the CTF beyond this radius (Fourier px): band-limited spectra")
     ap.add_argument("--precision", choices=["auto", "single", "double"], default="auto",
                     help="auto: single on the GPU, double on the CPU (as the stage)")
@@ -180,15 +238,21 @@ def main() -> None:
     if a.small:
         a.device, a.orientations, a.ctf, a.images = "cpu", 16, 4, 4
     single = a.precision == "single" or (a.precision == "auto" and a.device == "gpu")
-    transforms = ("fft", "pruned") if a.transform == "both" else (a.transform,)
-    r = run(a.device, a.box, a.max_shift, a.orientations, a.ctf, a.images, single, transforms, a.band)
+    transforms = ("fft", "pruned", "factored") if a.transform == "all" else (a.transform,)
+    r = run(a.device, a.box, a.max_shift, a.orientations, a.ctf, a.images, single, transforms, a.band,
+            ctf_kind=a.ctf_kind, per_image=a.per_image_ctf)
     n_shift = 2 * a.max_shift + 1
     rows = [("workload", f"{a.box} px, {n_shift}x{n_shift} shifts, {a.orientations} orient x {a.ctf} CTF x "
                          f"{a.images} images = {r['points']:.3g} grid points"
-                         + (f", CTF band-limited to {a.band:g} Fourier px" if a.band else "")),
+                         + (f", CTF band-limited to {a.band:g} Fourier px" if a.band else "")
+                         + f", {a.ctf_kind} CTF" + (" per image" if a.per_image_ctf else " shared")
+                         + ("" if r["mirror_symmetric"] is None
+                            else f" (mirror-symmetric: {r['mirror_symmetric']})")),
             ("device", f"{r['device']} ({'float32' if single else 'float64'})")]
     for name, p in r["paths"].items():
         floor_name = "batched irfft2 alone" if name == "fft" else "its GEMMs alone"
+        if name == "factored":
+            floor_name += " (one block)"
         kept = "" if p["kept"][0] is None else f", spectrum rows x cols kept {p['kept'][0]} x {p['kept'][1]}"
         rows += [(f"[{name}] us per grid point", f"{p['us_per_point']:.3f}  ({p['wall_s']:.3f} s{kept})"),
                  (f"[{name}] FLOP per grid point", f"{p['flop'] / 1e6:.2f} M  ({p['gflops']:.0f} GFLOP/s achieved)"),
@@ -196,10 +260,10 @@ def main() -> None:
                  (f"[{name}] ratio to floor", f"{p['us_per_point'] / p['floor_us']:.2f}")]
         for part, us in (p["transform_alone_us"] or {}).items():
             rows.append((f"[{name}] one block: {part}", f"{us:.3f} us per grid point"))
-    if len(r["paths"]) == 2:
-        f, p = r["paths"]["fft"], r["paths"]["pruned"]
-        rows += [("speed-up pruned vs fft", f"{f['us_per_point'] / p['us_per_point']:.2f}x"),
-                 ("max |ln P difference|", f"{r['max_dlogp']:.3g} (before the constant; float32 rounding)")]
+    for name, dl in r["max_dlogp"].items():
+        f, p = r["paths"]["fft"], r["paths"][name]
+        rows += [(f"speed-up {name} vs fft", f"{f['us_per_point'] / p['us_per_point']:.2f}x"),
+                 (f"max |ln P difference| {name} vs fft", f"{dl:.3g} (before the constant; float32 rounding)")]
     rows.append(("anchors", "BioEM 2.1 109 us (2 CPU threads); paper 9.6 us (GTX Titan); target <= 0.25 us (H100)"))
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))

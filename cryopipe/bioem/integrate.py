@@ -15,9 +15,12 @@ MPI: ranks split the orientations (every rank holds all images) and :func:`reduc
 partial sums with a max-shifted sum, as BioEM does. GPU: the inverse FFTs run in float32 on cuFFT and the
 displacement gather, closed form and reductions in one fused kernel (:mod:`cryopipe.bioem.kernels`).
 
-Cco(d) is only needed at the displacements: ``transform="pruned"`` (the default choice when cheaper, see
-:mod:`cryopipe.bioem.pruned`) evaluates the inverse DFT at those rows and columns only, as folded real GEMMs per
-batch of grid points, instead of a full inverse FFT; the numbers are the same to rounding. Sharing the images
+Cco(d) is only needed at the displacements: ``transform="pruned"`` (see :mod:`cryopipe.bioem.pruned`) evaluates
+the inverse DFT at those rows and columns only, as folded real GEMMs per batch of grid points, instead of a full
+inverse FFT; ``transform="factored"`` (:mod:`cryopipe.bioem.factored`, the default choice when the pruned DFT is
+cheaper than the FFT and no orientation prior makes each orientation its own batch) does the same sums with the
+CTF moved into the row matrices, batching orientations instead of grid points. The numbers are the same to
+rounding. Sharing the images
 of a rank between the GPU and a CPU backend: :mod:`cryopipe.bioem.split`.
 """
 
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cryopipe.bioem import pruned
+from cryopipe.bioem.factored import FactoredTransform
 from cryopipe.bioem.likelihood import log_kernel
 from cryopipe.bioem.pruned import FFTTransform, PrunedTransform
 from cryopipe.fourier import hermitian_weights
@@ -144,11 +148,14 @@ def _block(prob: Problem, P, images, bk, fused, keep_orientations: bool, o_start
     kidx = idx if prob.ctf.shape[0] > 1 else xp.zeros(ni, dtype=idx.dtype)
     K = prob.ctf[kidx]  # (ni, C, N, H)
     c = K.shape[1]
-    cc, ccc = (xp.broadcast_to(a, (b, ni, c)) for a in _ctf_sums(P, K if prob.ctf.shape[0] > 1 else K[:1], bk))
-    G = K * xp.conj(prob.spectra[idx])[:, None]  # (ni, C, N, H)
+    shared = prob.ctf.shape[0] == 1
+    cc, ccc = (xp.broadcast_to(a, (b, ni, c)) for a in _ctf_sums(P, prob.ctf if shared else K, bk))
     if transform is None:
         transform = FFTTransform(n, prob.shifts, bk)
-    corr = transform.correlate(P, G)  # what the transform makes of the (B, ni, C) grid points
+    if transform.name == "factored":  # the CTF goes into its matrices (cached for the shared kernel array)
+        corr = transform.correlate(P, prob.ctf if shared else K, xp.conj(prob.spectra[idx]), shared)
+    else:
+        corr = transform.correlate(P, K * xp.conj(prob.spectra[idx])[:, None])  # of G (ni, C, N, H)
     prior = bk.asarray(prob.ctf_log_prior[images if len(prob.ctf_log_prior) > 1 else np.zeros(ni, int)])
     prior = xp.broadcast_to(prior[None], (b, ni, c))
     if prob.orientation_log_prior is not None:
@@ -178,8 +185,10 @@ def integrate(prob: Problem, bk, comm=None, keep_orientations: bool = False, fus
 
     fused : use the GPU kernel for the displacement reduction (default: on the GPU). transform : "fft" (one
     inverse FFT per grid point), "pruned" (the inverse DFT at the displacements only, as GEMMs, exploiting
-    exact zeros of the spectra outside a band) or "auto" (by the cost model of :mod:`cryopipe.bioem.pruned`);
-    both give the same numbers to rounding. stats : a dict that receives the transform used and its counts.
+    exact zeros of the spectra outside a band), "factored" (the same with the CTF in the GEMMs' matrices,
+    batching up to 256 orientations) or "auto" (fft or pruned by the cost model of :mod:`cryopipe.bioem.pruned`,
+    pruned as factored unless there are orientation priors); all give the same numbers to rounding.
+    stats : a dict that receives the transform used and its counts.
     Returns this rank's :class:`Result` (combine ranks with :func:`reduce_ranks`).
     """
     from cryopipe.bioem.kernels import fused_reduction
@@ -190,10 +199,21 @@ def integrate(prob: Problem, bk, comm=None, keep_orientations: bool = False, fus
     fused_fn = fused_reduction(bk) if (bk.is_gpu if fused is None else fused) else None
     n = prob.spectra.shape[-2]
     c = prob.ctf.shape[1]
-    item = c * (n * (n // 2 + 1) * 16 + n * n * 8)  # bytes per (orientation, image) pair
-    pairs = bk.batch_size(item, fraction=memory_fraction)
+    if transform not in ("auto", "fft", "pruned", "factored"):
+        raise ValueError(f"transform must be auto, fft, pruned or factored, got {transform!r}")
+    if transform == "auto" and prob.orientation_log_prior is not None:
+        transform = "auto-unfactored"
+    if transform in ("auto", "factored"):  # bytes per (orientation, image) pair and per image's matrices
+        sizing = FactoredTransform(n, prob.shifts, bk, np.float32 if prob.spectra.dtype.itemsize == 8 else np.float64)
+        item = sizing.bytes_per_pair(c)
+        per_image = 0 if prob.ctf.shape[0] == 1 else sizing.bytes_per_kernel_image(c)
+        o_cap = 256
+    else:
+        item, per_image, o_cap = c * (n * (n // 2 + 1) * 16 + n * n * 8), 0, 64
     # with orientation priors each orientation is done alone, for the images whose prior allows it
-    o_step = 1 if prob.orientation_log_prior is not None else max(1, min(mine.stop - mine.start, 64, pairs))
+    o_step = 1 if prob.orientation_log_prior is not None else max(
+        1, min(mine.stop - mine.start, o_cap, bk.batch_size(item + per_image, fraction=memory_fraction)))
+    i_step = bk.batch_size(o_step * item + per_image, fraction=memory_fraction)
     shared_mask = None  # where the CTF kernels and the image spectra can be non-zero (band limit)
     if transform != "fft":
         shared_mask = pruned.support_mask(prob.ctf, bk, (0, 1)) & pruned.support_mask(prob.spectra, bk, 0)
@@ -205,7 +225,6 @@ def integrate(prob: Problem, bk, comm=None, keep_orientations: bool = False, fus
         active = np.arange(prob.n_images)
         if prob.orientation_log_prior is not None:
             active = active[np.isfinite(prob.orientation_log_prior[:, o0:o1]).any(axis=1)]
-        i_step = max(1, pairs // (o1 - o0))
         for i0 in range(0, len(active), i_step):
             images = active[i0:i0 + i_step]
             out = _block(prob, P, images, bk, fused_fn, keep_orientations, o0, tr)
@@ -216,30 +235,37 @@ def integrate(prob: Problem, bk, comm=None, keep_orientations: bool = False, fus
         log.debug("orientations %d-%d of %d done", o0, o1, prob.n_orientations)
     if stats is not None and transforms:
         last = next(reversed(transforms.values()))
-        stats.update(transform=last.name, **({"kept_rows": len(last.u), "kept_columns": len(last.v),
-                                              "flop_per_point": last.cost["pruned_flop"]}
-                                             if last.name == "pruned" else {}))
+        if last.name == "fft":
+            stats.update(transform="fft")
+        else:
+            flop = (last.flop_per_point(last.symmetric) if last.name == "factored" else last.cost["pruned_flop"])
+            stats.update(transform=last.name, kept_rows=len(last.u), kept_columns=len(last.v), flop_per_point=flop,
+                         **({"mirror_symmetric": last.symmetric} if last.name == "factored" else {}))
     return res
 
 
 def _transform_for(kind: str, P, shared_mask, prob: Problem, bk, cache: dict):
-    """The correlation transform for projections P: FFT, or pruned to the rows/columns where the product
-    P K conj(I) can be non-zero (cached per support pattern)."""
+    """The correlation transform for projections P: FFT, or pruned (factored unless ``kind`` is "pruned" or
+    "auto-unfactored") to the rows/columns where the product P K conj(I) can be non-zero (cached per support
+    pattern)."""
     n = P.shape[-2]
     real = np.float32 if P.dtype.itemsize == 8 else np.float64
     if kind == "fft":
         key = "fft"
     else:
         mask = shared_mask & pruned.support_mask(P, bk, 0)
-        if pruned.choose(kind, n, prob.shifts, bk, mask) == "fft":
+        base = "auto" if kind.startswith("auto") else "pruned"
+        if pruned.choose(base, n, prob.shifts, bk, mask) == "fft":
             key, mask = "fft", None
         else:
             rows, cols = mask.any(axis=1), mask.any(axis=0)
-            key = (rows.tobytes(), cols.tobytes())
+            key = (kind in ("auto", "factored"), rows.tobytes(), cols.tobytes())
             mask = rows[:, None] & cols[None]
     if key not in cache:
-        cache[key] = FFTTransform(n, prob.shifts, bk) if key == "fft" else PrunedTransform(n, prob.shifts, bk, real,
-                                                                                           mask)
+        if key == "fft":
+            cache[key] = FFTTransform(n, prob.shifts, bk)
+        else:
+            cache[key] = (FactoredTransform if key[0] else PrunedTransform)(n, prob.shifts, bk, real, mask)
     return cache[key]
 
 

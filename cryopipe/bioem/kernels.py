@@ -6,6 +6,11 @@ correlation image once and writes four numbers per grid point. It returns the sa
 results as the array code in :func:`cryopipe.bioem.integrate._block`. It reads the correlations of either
 transform of :mod:`cryopipe.bioem.pruned` through a value loader: from full N x N images at the displacements'
 flat indices (FFT path), or combined on the fly from the folded transform's four GEMM outputs.
+
+The factored transform (:mod:`cryopipe.bioem.factored`) has its own kernel, :data:`_FACTORED_SOURCE`: its GEMM
+outputs hold the orientations fastest, so a thread takes one grid point (a warp 32 orientations, reading them in
+one transaction) and a contiguous part of the displacements, with a one-pass (online) minimum and sum; the eight
+warps of a block then combine their parts.
 """
 
 from __future__ import annotations
@@ -119,6 +124,101 @@ extern "C" __global__ void NAME(
 """
 _THREADS = 256
 
+_FACTORED_SOURCE = r"""
+__device__ __forceinline__ double factored_value(
+    const T* x1, const T* x2, const T* x3, const T* x4, const int* tab, const T* sgn, const int d,
+    const long long sj_a, const long long sj_b, const long long s_row, const long long off_a,
+    const long long off_b, const int s)
+{
+    // X*[col][kernel][row][ctf][image in kernel][orientation]; off_* hold the kernel, ctf, image, orientation part
+    const int ia = __ldg(tab + s), ib = __ldg(tab + d + s), jc = __ldg(tab + 2 * d + s), js = __ldg(tab + 3 * d + s);
+    const double s_r = (double)__ldg(sgn + s), s_c = (double)__ldg(sgn + d + s);
+    double x = (double)x1[jc * sj_a + ia * s_row + off_a];
+    if (js >= 0) x -= s_c * (double)x2[js * sj_a + ia * s_row + off_a];
+    if (ib >= 0) {
+        double y = (double)x3[jc * sj_b + ib * s_row + off_b];
+        if (js >= 0) y += s_c * (double)x4[js * sj_b + ib * s_row + off_b];
+        x -= s_r * y;
+    }
+    return x;
+}
+
+extern "C" __global__ void NAME(
+    const T* x1, const T* x2, const T* x3, const T* x4, const int* tab, const T* sgn, const int n_a, const int n_b,
+    const int n_per_kernel, const int n_shift, const int n_orient,
+    const double* co, const double* coo, const double* cc, const double* ccc, const double* prior,
+    const int n_img, const int n_ctf, const double n_pix,
+    double* out_max, double* out_sum, int* out_arg, double* out_cco)
+{
+    // block (32 orientations, WARPS displacement parts); grid (orientation blocks, CTF points, images)
+    const double POS_INF = __longlong_as_double(0x7ff0000000000000ULL);
+    const double NEG_INF = __longlong_as_double(0xfff0000000000000ULL);
+    __shared__ double s_e[WARPS][32], s_sum[WARPS][32];
+    __shared__ int s_arg[WARPS][32];
+    const int o = blockIdx.x * 32 + threadIdx.x, c = blockIdx.y, i = blockIdx.z, w = threadIdx.y;
+    const bool live = o < n_orient;
+    const int ik = i / n_per_kernel, ir = i - ik * n_per_kernel;
+    const long long s_row = (long long)n_ctf * n_per_kernel * n_orient;  // one row index (ia or ib)
+    const long long inner = (long long)c * n_per_kernel * n_orient + (long long)ir * n_orient + (live ? o : 0);
+    const long long off_a = (long long)ik * n_a * s_row + inner, off_b = (long long)ik * n_b * s_row + inner;
+    const long long n_k = (long long)n_img / n_per_kernel;
+    const long long sj_a = n_k * n_a * s_row, sj_b = n_k * n_b * s_row;
+    const long long g = ((long long)(live ? o : 0) * n_img + i) * n_ctf + c;  // (B, ni, C) order
+    const double vco = co[i], vcoo = coo[i], vcc = cc[g], vccc = ccc[g];
+    const double dd = n_pix * vccc - vcc * vcc;
+    const bool ok_d = live && dd > 0.0;
+    const double a0 = vcoo * vccc, a1 = 2.0 * vco * vcc, a2 = vcoo * vcc * vcc + vco * vco * vccc;
+    const double half = 0.5 * (n_pix - 3.0);
+
+    // one pass over this warp's displacements: the smallest positive e (the best l) and the sum of
+    // (e_min / e)^half, rescaled when the minimum moves; terms below exp(-746) relative to the running minimum
+    // are 0 in double relative to the final one too, and are skipped without their log
+    const int per = (n_shift + WARPS - 1) / WARPS, s0 = w * per, s1 = min(n_shift, s0 + per);
+    double e_min = POS_INF, sum = 0.0;
+    int arg = n_shift;
+    if (ok_d) {
+        for (int s = s0; s < s1; ++s) {
+            const double x = factored_value(x1, x2, x3, x4, tab, sgn, n_shift, sj_a, sj_b, s_row, off_a, off_b, s);
+            const double e = n_pix * (a0 - x * x) + a1 * x - a2;
+            if (!(e > 0.0)) continue;
+            if (e < e_min) {
+                sum = e_min < POS_INF ? sum * exp(-half * log(e_min / e)) + 1.0 : 1.0;
+                e_min = e;
+                arg = s;
+            } else if (half * (e - e_min) <= 746.0 * e) {
+                sum += exp(-half * log(e / e_min));
+            }
+        }
+    }
+    s_e[w][threadIdx.x] = e_min;
+    s_sum[w][threadIdx.x] = sum;
+    s_arg[w][threadIdx.x] = arg;
+    __syncthreads();
+    if (w != 0 || !live) return;
+    double e_all = POS_INF;
+    int a_all = n_shift;
+    for (int k = 0; k < WARPS; ++k) {  // parts in displacement order: the first minimum wins ties
+        if (s_arg[k][threadIdx.x] < n_shift && s_e[k][threadIdx.x] < e_all) {
+            e_all = s_e[k][threadIdx.x];
+            a_all = s_arg[k][threadIdx.x];
+        }
+    }
+    double total = 0.0;
+    for (int k = 0; k < WARPS; ++k) {
+        const int t = threadIdx.x;
+        if (s_arg[k][t] < n_shift) total += s_sum[k][t] * exp(-half * log(s_e[k][t] / e_all));
+    }
+    const bool found = a_all < n_shift;
+    const double base = ok_d ? (0.5 * n_pix - 2.0) * log((n_pix - 2.0) * dd) + prior[g] : 0.0;
+    out_max[g] = found ? -half * log(e_all) + base : NEG_INF;
+    out_sum[g] = total;
+    out_arg[g] = found ? a_all : 0;
+    out_cco[g] = found ? factored_value(x1, x2, x3, x4, tab, sgn, n_shift, sj_a, sj_b, s_row, off_a, off_b, a_all)
+                       : 0.0;
+}
+"""
+_WARPS = 8
+
 
 def kernel_source(loader: str, dtype_name: str) -> str:
     """CUDA source of the reduction kernel reading values through ``loader`` ('fft' or 'folded', see
@@ -131,7 +231,11 @@ def kernel_source(loader: str, dtype_name: str) -> str:
 
 @functools.cache
 def _kernel(xp, loader: str, dtype_name: str):
-    return xp.RawKernel(kernel_source(loader, dtype_name), f"bioem_reduce_{loader}_{dtype_name}")
+    name = f"bioem_reduce_{loader}_{dtype_name}"
+    if loader == "factored":
+        src = _FACTORED_SOURCE.replace("NAME", name).replace("WARPS", str(_WARPS))
+        return xp.RawKernel(f"typedef {dtype_name} T;\n" + src, name)
+    return xp.RawKernel(kernel_source(loader, dtype_name), name)
 
 
 def fused_reduction(bk):
@@ -148,9 +252,12 @@ def fused_reduction(bk):
         co1, coo1 = (xp.ascontiguousarray(a.reshape(-1), dtype=xp.float64) for a in (co, coo))
         mx, sm, cco = (xp.empty((b, ni, c), dtype=xp.float64) for _ in range(3))
         arg = xp.empty((b, ni, c), dtype=xp.int32)
-        _kernel(xp, loader, name)((b * ni * c,), (_THREADS,),
-                                  (*args, xp.int32(transform.n_shifts), co1, coo1, f64[0], f64[1], f64[2],
-                                   xp.int32(ni), xp.int32(c), xp.float64(n_pix), mx, sm, arg, cco))
+        sums = (co1, coo1, f64[0], f64[1], f64[2], xp.int32(ni), xp.int32(c), xp.float64(n_pix), mx, sm, arg, cco)
+        if loader == "factored":
+            _kernel(xp, loader, name)((-(-b // 32), c, ni), (32, _WARPS),
+                                      (*args, xp.int32(transform.n_shifts), xp.int32(b), *sums))
+        else:
+            _kernel(xp, loader, name)((b * ni * c,), (_THREADS,), (*args, xp.int32(transform.n_shifts), *sums))
         tot = xp.where(mx > -xp.inf, mx + xp.log(xp.where(sm > 0, sm, 1.0)), -xp.inf)
         lt = xp.moveaxis(tot, 1, 0).reshape(ni, -1)
         mt = xp.moveaxis(mx, 1, 0).reshape(ni, -1)
