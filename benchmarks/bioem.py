@@ -147,6 +147,8 @@ def _factored_breakdown_us(bk, tr: FactoredTransform, prob: Problem, batch_image
     fused = fused_reduction(bk) if bk.is_gpu else None
     out = {"CTF matrices": lambda: (setattr(tr, "_cached", None), tr.matrices(K)),
            "operands (Q, folded)": lambda: tr.operands(P, K, conj, shared), "GEMMs": lambda: tr.gemms(*ops),
+           "row GEMMs alone": lambda: [bk.xp.matmul(m, q[t]) for m, q in ((ops[0], ops[2]), (ops[1], ops[3]))
+                                       for t in (0, 1)],
            "whole block": lambda: _block(prob, P, images, bk, fused, False, 0, tr)}
     if fused is not None:
         xp, parts = bk.xp, tr.gemms(*ops)

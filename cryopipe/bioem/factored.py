@@ -37,9 +37,67 @@ points and the orientations. No fold pass per grid point.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from cryopipe.bioem.pruned import ALIGN, _fold, _row_pairs, cost_model
+
+_OPERAND_SOURCE = r"""
+extern "C" __global__ void NAME(
+    const T2* P, const T2* cI, const int* rows_p, const int* rows_q, const int* mode, const int* cols,
+    const int n_o, const int nv, const int n, const int h, const int k_tot, const int nk, const int nr, T* out)
+{
+    // block (32, 8): a tile of 32 orientations x 32 kept columns for one operand row r (blockIdx.y) and image
+    // (blockIdx.z); reads run along the columns, writes along the orientations (the GEMM layout), through shared
+    // memory. mode[r]: 0 Qs = Q[p] + Q[q] (Q[p] alone when q = p), 1 Qd = Q[p] - Q[q], -1 zero padding.
+    __shared__ T t_re[32][33], t_im[32][33];
+    const int tiles_o = (n_o + 31) / 32;
+    const int o0 = (blockIdx.x % tiles_o) * 32, v0 = (blockIdx.x / tiles_o) * 32;
+    const int r = blockIdx.y, i = blockIdx.z, md = mode[r];
+    const int p = md >= 0 ? rows_p[r] : 0, q = md >= 0 ? rows_q[r] : 0;
+    const int v = v0 + threadIdx.x;
+    const bool v_ok = v < nv && md >= 0;
+    const int col = v_ok ? cols[v] : 0;
+    T2 ip = {0, 0}, iq = {0, 0};
+    if (v_ok) { ip = cI[((long long)i * n + p) * h + col]; iq = cI[((long long)i * n + q) * h + col]; }
+    for (int k = threadIdx.y; k < 32; k += 8) {
+        const int o = o0 + k;
+        T re = 0, im = 0;
+        if (v_ok && o < n_o) {
+            const T2 a = P[((long long)o * n + p) * h + col];
+            re = a.x * ip.x - a.y * ip.y;
+            im = a.x * ip.y + a.y * ip.x;
+            if (q != p) {
+                const T2 b = P[((long long)o * n + q) * h + col];
+                const T re2 = b.x * iq.x - b.y * iq.y, im2 = b.x * iq.y + b.y * iq.x;
+                re = md == 0 ? re + re2 : re - re2;
+                im = md == 0 ? im + im2 : im - im2;
+            }
+        }
+        t_re[threadIdx.x][k] = re;
+        t_im[threadIdx.x][k] = im;
+    }
+    __syncthreads();
+    const int ik = i / nr, ir = i - ik * nr, o = o0 + threadIdx.x;
+    if (o >= n_o) return;
+    const long long part = (long long)nv * nk * k_tot * nr * n_o;
+    for (int k = threadIdx.y; k < 32; k += 8) {
+        const int vv = v0 + k;
+        if (vv >= nv) break;
+        const long long at = ((((long long)vv * nk + ik) * k_tot + r) * nr + ir) * n_o + o;
+        out[at] = t_re[k][threadIdx.x];
+        out[part + at] = t_im[k][threadIdx.x];
+    }
+}
+"""
+
+
+@functools.cache
+def _operand_kernel(xp, dtype_name: str):
+    name = f"bioem_factored_operand_{dtype_name}"
+    src = f"typedef {dtype_name} T;\ntypedef {dtype_name}2 T2;\n" + _OPERAND_SOURCE.replace("NAME", name)
+    return xp.RawKernel(src, name)
 
 
 def _padded(k: int) -> int:
@@ -83,8 +141,13 @@ class FactoredTransform:
         self.table = np.stack([ia, ib, jc, js]).astype(np.int32)  # (4, D)
         self.signs = np.stack([s_row, s_col])  # (2, D)
         self._table, self._signs = bk.asarray(self.table), bk.asarray(self.signs, dtype=self.real)
+        self.quads, self.members, self.member_signs = _quads(self.table, self.signs)
+        self._quads, self._members = bk.asarray(self.quads), bk.asarray(self.members)
+        self._member_signs = bk.asarray(self.member_signs, dtype=self.real)
         self._ps, self._qs = bk.asarray(ps), bk.asarray(qs)
         self._v = bk.asarray(self.v)
+        self._v32 = bk.asarray(self.v.astype(np.int32))
+        self._row_maps: dict = {}  # GPU operand layouts: row -> (spectrum row p, partner q, mode)
         self._pair = bk.asarray(self.paired)
         self._cached = None  # (kernel array, its matrices) for a kernel set shared by all images
         self.symmetric = None  # whether the last kernels seen were mirror-symmetric
@@ -151,6 +214,10 @@ class FactoredTransform:
         nk = 1 if shared else ni
         nr = ni // nk
         ma, mb, symmetric = self.matrices(K)
+        if self.bk.is_gpu:
+            layouts = ("s", "d") if symmetric else ("sd",)
+            q = [self._operand_gpu(P, conj_spectra, nk, nr, lay) for lay in layouts]
+            return ma, mb, q[0], q[-1], (b, ni, c, nr)
         nv = len(self.v)
         pv, iv = P[..., self._v], conj_spectra[..., self._v]  # (B, N, V), (ni, N, V)
         qp = pv[None, :, self._ps] * iv[:, None, self._ps]  # (ni, B, P_s, V)
@@ -170,6 +237,28 @@ class FactoredTransform:
             return ma, mb, q_s, q_d, (b, ni, c, nr)
         q = xp.concatenate([q_s, q_d], axis=3)
         return ma, mb, q, q, (b, ni, c, nr)
+
+    def _operand_gpu(self, P, conj_spectra, nk: int, nr: int, layout: str):
+        """The GPU kernel's operand (2, V, nk, k, nr B) for ``layout`` 's' (Qs rows), 'd' (Qd) or 'sd' (both)."""
+        xp = self.bk.xp
+        if layout not in self._row_maps:
+            rp, rq, mode = [], [], []
+            for part in layout:
+                k, idx = (self.k_s, np.arange(self.n_s)) if part == "s" else (self.k_d, self.paired)
+                rp += list(self.ps[idx]) + [0] * (k - len(idx))
+                rq += list(self.qs[idx]) + [0] * (k - len(idx))
+                mode += [0 if part == "s" else 1] * len(idx) + [-1] * (k - len(idx))
+            self._row_maps[layout] = tuple(self.bk.asarray(np.asarray(a, dtype=np.int32)) for a in (rp, rq, mode))
+        rp, rq, mode = self._row_maps[layout]
+        b, nv, k_tot = len(P), len(self.v), len(mode)
+        out = xp.empty((2, nv, nk, k_tot, nr * b), dtype=self.real)
+        name = "float" if self.real == np.float32 else "double"
+        grid = (-(-b // 32) * -(-nv // 32), k_tot, nk * nr)
+        _operand_kernel(xp, name)(grid, (32, 8), (xp.ascontiguousarray(P), xp.ascontiguousarray(conj_spectra), rp,
+                                                  rq, mode, self._v32, xp.int32(b), xp.int32(nv), xp.int32(self.n),
+                                                  xp.int32(P.shape[-1]), xp.int32(k_tot), xp.int32(nk),
+                                                  xp.int32(nr), out))
+        return out
 
     def gemms(self, ma, mb, qa, qb, dims):
         """Row then column GEMMs on :meth:`operands` -> (dims, (X1, X2, X3, X4)) as :meth:`correlate`."""
@@ -220,6 +309,28 @@ class FactoredTransform:
         """('factored', arguments of the reduction kernel's value load) for :mod:`cryopipe.bioem.kernels`."""
         xp = self.bk.xp
         (b, ni, c, nr), xs = parts
-        return "factored", (*(xp.ascontiguousarray(x) for x in xs), self._table, self._signs, xp.int32(self.n_a),
+        return "factored", (*(xp.ascontiguousarray(x) for x in xs), self._table, self._signs, self._quads,
+                            self._members, self._member_signs, xp.int32(self.quads.shape[1]), xp.int32(self.n_a),
                             xp.int32(self.n_b), xp.int32(nr))
+
+
+def _quads(table: np.ndarray, signs: np.ndarray):
+    """Group the displacements by the four X entries they read: table (4, D) = (ia, ib, jc, js), signs (2, D).
+
+    Returns quads (4, Q) int32 (the shared ia, ib, jc, js), members (4, Q) int32 displacement indices in
+    increasing order (-1 pads), member signs (8, Q): s_row of members 0..3, then s_col of members 0..3.
+    Distinct displacements give at most 4 per quad (+-r and +-c' fold to the same k)."""
+    keys, inverse = np.unique(table.T, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    order = np.argsort(inverse, kind="stable")  # by quad, then by displacement index
+    counts = np.bincount(inverse, minlength=len(keys))
+    if counts.max(initial=0) > 4:
+        raise ValueError("displacements repeat: more than 4 share one folded row and column")
+    slot = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
+    members = np.full((4, len(keys)), -1, dtype=np.int32)
+    msgn = np.zeros((8, len(keys)))
+    members[slot, inverse[order]] = order
+    msgn[slot, inverse[order]] = signs[0, order]
+    msgn[4 + slot, inverse[order]] = signs[1, order]
+    return np.ascontiguousarray(keys.T, dtype=np.int32), members, msgn
 

@@ -186,8 +186,9 @@ def integrate(prob: Problem, bk, comm=None, keep_orientations: bool = False, fus
     fused : use the GPU kernel for the displacement reduction (default: on the GPU). transform : "fft" (one
     inverse FFT per grid point), "pruned" (the inverse DFT at the displacements only, as GEMMs, exploiting
     exact zeros of the spectra outside a band), "factored" (the same with the CTF in the GEMMs' matrices,
-    batching up to 256 orientations) or "auto" (fft or pruned by the cost model of :mod:`cryopipe.bioem.pruned`,
-    pruned as factored unless there are orientation priors); all give the same numbers to rounding.
+    batching up to 256 orientations, 1,024 with per-image CTF kernels) or "auto" (fft or pruned by the cost
+    model of :mod:`cryopipe.bioem.pruned`, pruned as factored unless there are orientation priors); all give the
+    same numbers to rounding.
     stats : a dict that receives the transform used and its counts.
     Returns this rank's :class:`Result` (combine ranks with :func:`reduce_ranks`).
     """
@@ -207,7 +208,8 @@ def integrate(prob: Problem, bk, comm=None, keep_orientations: bool = False, fus
         sizing = FactoredTransform(n, prob.shifts, bk, np.float32 if prob.spectra.dtype.itemsize == 8 else np.float64)
         item = sizing.bytes_per_pair(c)
         per_image = 0 if prob.ctf.shape[0] == 1 else sizing.bytes_per_kernel_image(c)
-        o_cap = 256
+        # per-image kernels: their matrices are rebuilt for every block, so the blocks hold more orientations
+        o_cap = 256 if prob.ctf.shape[0] == 1 else 1024
     else:
         item, per_image, o_cap = c * (n * (n // 2 + 1) * 16 + n * n * 8), 0, 64
     # with orientation priors each orientation is done alone, for the images whose prior allows it

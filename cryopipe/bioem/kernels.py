@@ -9,8 +9,9 @@ flat indices (FFT path), or combined on the fly from the folded transform's four
 
 The factored transform (:mod:`cryopipe.bioem.factored`) has its own kernel, :data:`_FACTORED_SOURCE`: its GEMM
 outputs hold the orientations fastest, so a thread takes one grid point (a warp 32 orientations, reading them in
-one transaction) and a contiguous part of the displacements, with a one-pass (online) minimum and sum; the eight
-warps of a block then combine their parts.
+one transaction) and a part of the displacements, with a one-pass (online) minimum and sum; the eight warps of
+a block then combine their parts. The displacements come in quads (+-r, +-c') that share their four loaded
+numbers, so each number is read once per grid point, not once per displacement.
 """
 
 from __future__ import annotations
@@ -144,13 +145,16 @@ __device__ __forceinline__ double factored_value(
 }
 
 extern "C" __global__ void NAME(
-    const T* x1, const T* x2, const T* x3, const T* x4, const int* tab, const T* sgn, const int n_a, const int n_b,
+    const T* x1, const T* x2, const T* x3, const T* x4, const int* tab, const T* sgn, const int* quad,
+    const int* member, const T* msgn, const int n_quad, const int n_a, const int n_b,
     const int n_per_kernel, const int n_shift, const int n_orient,
     const double* co, const double* coo, const double* cc, const double* ccc, const double* prior,
     const int n_img, const int n_ctf, const double n_pix,
     double* out_max, double* out_sum, int* out_arg, double* out_cco)
 {
-    // block (32 orientations, WARPS displacement parts); grid (orientation blocks, CTF points, images)
+    // block (32 orientations, WARPS parts of the quads); grid (orientation blocks, CTF points, images).
+    // A quad (ia, ib, jc, js) holds the up to 4 displacements (+-r, +-c') whose values combine the same four
+    // numbers X1[jc, ia], X2[js, ia], X3[jc, ib], X4[js, ib]: loaded once, used by each member.
     const double POS_INF = __longlong_as_double(0x7ff0000000000000ULL);
     const double NEG_INF = __longlong_as_double(0xfff0000000000000ULL);
     __shared__ double s_e[WARPS][32], s_sum[WARPS][32];
@@ -170,23 +174,37 @@ extern "C" __global__ void NAME(
     const double a0 = vcoo * vccc, a1 = 2.0 * vco * vcc, a2 = vcoo * vcc * vcc + vco * vco * vccc;
     const double half = 0.5 * (n_pix - 3.0);
 
-    // one pass over this warp's displacements: the smallest positive e (the best l) and the sum of
-    // (e_min / e)^half, rescaled when the minimum moves; terms below exp(-746) relative to the running minimum
-    // are 0 in double relative to the final one too, and are skipped without their log
-    const int per = (n_shift + WARPS - 1) / WARPS, s0 = w * per, s1 = min(n_shift, s0 + per);
+    // one pass over this warp's quads: the smallest positive e (the best l; ties to the lowest displacement
+    // index, as the loop order of the array code) and the sum of (e_min / e)^half, rescaled when the minimum
+    // moves; terms below exp(-746) relative to the running minimum are 0 in double relative to the final one
+    // too, and are skipped without their log
+    const int per = (n_quad + WARPS - 1) / WARPS, q0 = w * per, q1 = min(n_quad, q0 + per);
     double e_min = POS_INF, sum = 0.0;
     int arg = n_shift;
     if (ok_d) {
-        for (int s = s0; s < s1; ++s) {
-            const double x = factored_value(x1, x2, x3, x4, tab, sgn, n_shift, sj_a, sj_b, s_row, off_a, off_b, s);
-            const double e = n_pix * (a0 - x * x) + a1 * x - a2;
-            if (!(e > 0.0)) continue;
-            if (e < e_min) {
-                sum = e_min < POS_INF ? sum * exp(-half * log(e_min / e)) + 1.0 : 1.0;
-                e_min = e;
-                arg = s;
-            } else if (half * (e - e_min) <= 746.0 * e) {
-                sum += exp(-half * log(e / e_min));
+        for (int q = q0; q < q1; ++q) {
+            const int ia = __ldg(quad + q), ib = __ldg(quad + n_quad + q);
+            const int jc = __ldg(quad + 2 * n_quad + q), js = __ldg(quad + 3 * n_quad + q);
+            const double v1 = (double)x1[jc * sj_a + ia * s_row + off_a];
+            const double v2 = js >= 0 ? (double)x2[js * sj_a + ia * s_row + off_a] : 0.0;
+            const double v3 = ib >= 0 ? (double)x3[jc * sj_b + ib * s_row + off_b] : 0.0;
+            const double v4 = (ib >= 0 && js >= 0) ? (double)x4[js * sj_b + ib * s_row + off_b] : 0.0;
+            for (int m = 0; m < 4; ++m) {
+                const int s = __ldg(member + m * n_quad + q);
+                if (s < 0) break;
+                const double s_r = (double)__ldg(msgn + m * n_quad + q);
+                const double s_c = (double)__ldg(msgn + (4 + m) * n_quad + q);
+                const double x = v1 - s_c * v2 - s_r * (v3 + s_c * v4);
+                const double e = n_pix * (a0 - x * x) + a1 * x - a2;
+                if (!(e > 0.0)) continue;
+                if (e < e_min) {
+                    sum = e_min < POS_INF ? sum * exp(-half * log(e_min / e)) + 1.0 : 1.0;
+                    e_min = e;
+                    arg = s;
+                } else {
+                    if (e == e_min && s < arg) arg = s;
+                    if (half * (e - e_min) <= 746.0 * e) sum += exp(-half * log(e / e_min));
+                }
             }
         }
     }
@@ -197,10 +215,11 @@ extern "C" __global__ void NAME(
     if (w != 0 || !live) return;
     double e_all = POS_INF;
     int a_all = n_shift;
-    for (int k = 0; k < WARPS; ++k) {  // parts in displacement order: the first minimum wins ties
-        if (s_arg[k][threadIdx.x] < n_shift && s_e[k][threadIdx.x] < e_all) {
-            e_all = s_e[k][threadIdx.x];
-            a_all = s_arg[k][threadIdx.x];
+    for (int k = 0; k < WARPS; ++k) {
+        const int t = threadIdx.x;
+        if (s_arg[k][t] < n_shift && (s_e[k][t] < e_all || (s_e[k][t] == e_all && s_arg[k][t] < a_all))) {
+            e_all = s_e[k][t];
+            a_all = s_arg[k][t];
         }
     }
     double total = 0.0;

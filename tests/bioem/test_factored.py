@@ -120,3 +120,35 @@ def test_gpu_factored_fused_equals_cpu(astigmatic):
     np.testing.assert_allclose(got.best_l, exact.best_l, rtol=0, atol=0.05)
     for name in ("best_orientation", "best_ctf", "best_shift"):
         np.testing.assert_array_equal(getattr(got, name), getattr(exact, name))
+
+
+def test_displacement_quads_share_their_loads():
+    """The reduction kernel's quads: each displacement once, with the table entries and signs of its own."""
+    tr = FactoredTransform(224, displacements(224, 40, 1), get_backend("cpu"))
+    assert tr.quads.shape == (4, 41 * 41)
+    seen = np.sort(tr.members[tr.members >= 0])
+    np.testing.assert_array_equal(seen, np.arange(81 * 81))
+    for m in range(4):
+        ok = tr.members[m] >= 0
+        s = tr.members[m, ok]
+        np.testing.assert_array_equal(tr.table[:, s], tr.quads[:, ok])
+        np.testing.assert_array_equal(tr.signs[0, s], tr.member_signs[m, ok])
+        np.testing.assert_array_equal(tr.signs[1, s], tr.member_signs[4 + m, ok])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("gpu" not in available_backends(), reason="no CUDA GPU visible to CuPy")
+@pytest.mark.parametrize("n, shift, step, symmetric, shared, radius", [
+    (64, 10, 1, True, True, None), (64, 10, 1, False, False, None), (30, 5, 2, True, False, 7.5),
+    (16, 7, 1, False, True, None)])
+def test_gpu_factored_correlations_equal_irfft2(n, shift, step, symmetric, shared, radius):
+    """The GPU operand kernel (Q in the GEMM layout) and GEMMs in float64 give the host's irfft2."""
+    cpu, gpu = get_backend("cpu"), get_backend("gpu")
+    P, conj, K = _inputs(n, 5, 4, symmetric, shared, radius, seed=n + shift)
+    mask = None if radius is None else band_mask(n, radius)
+    shifts = displacements(n, shift, step)
+    fft = FFTTransform(n, shifts, cpu)
+    want = fft.at_shifts(fft.correlate(P, np.broadcast_to(K, (4, *K.shape[1:])) * conj[:, None]))
+    tr = FactoredTransform(n, shifts, gpu, np.float64, mask)
+    got = gpu.asnumpy(tr.at_shifts(tr.correlate(gpu.asarray(P), gpu.asarray(K), gpu.asarray(conj), shared)))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
