@@ -19,9 +19,10 @@ Cco(d) is only needed at the displacements: ``transform="pruned"`` (see :mod:`cr
 the inverse DFT at those rows and columns only, as folded real GEMMs per batch of grid points, instead of a full
 inverse FFT; ``transform="factored"`` (:mod:`cryopipe.bioem.factored`, the default choice when the pruned DFT is
 cheaper than the FFT and no orientation prior makes each orientation its own batch) does the same sums with the
-CTF moved into the row matrices, batching orientations instead of grid points. The numbers are the same to
-rounding. Sharing the images
-of a rank between the GPU and a CPU backend: :mod:`cryopipe.bioem.split`.
+CTF moved into the row matrices, batching orientations instead of grid points (measured faster than the folded
+transform with mirror-symmetric and with per-image astigmatic kernels alike, benchmarks/RESULTS.md). The
+numbers are the same to rounding. Sharing the images of a rank between the GPU and a CPU backend:
+:mod:`cryopipe.bioem.split`.
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ def integrate(prob: Problem, bk, comm=None, keep_orientations: bool = False, fus
     c = prob.ctf.shape[1]
     if transform not in ("auto", "fft", "pruned", "factored"):
         raise ValueError(f"transform must be auto, fft, pruned or factored, got {transform!r}")
-    if transform == "auto" and prob.orientation_log_prior is not None:
+    if transform == "auto" and prob.orientation_log_prior is not None:  # not orientation by orientation
         transform = "auto-unfactored"
     if transform in ("auto", "factored"):  # bytes per (orientation, image) pair and per image's matrices
         sizing = FactoredTransform(n, prob.shifts, bk, np.float32 if prob.spectra.dtype.itemsize == 8 else np.float64)
@@ -213,8 +214,9 @@ def integrate(prob: Problem, bk, comm=None, keep_orientations: bool = False, fus
     else:
         item, per_image, o_cap = c * (n * (n // 2 + 1) * 16 + n * n * 8), 0, 64
     # with orientation priors each orientation is done alone, for the images whose prior allows it
-    o_step = 1 if prob.orientation_log_prior is not None else max(
-        1, min(mine.stop - mine.start, o_cap, bk.batch_size(item + per_image, fraction=memory_fraction)))
+    budget = bk.free_bytes() * memory_fraction  # one image's matrices and o_step orientations must fit
+    o_step = 1 if prob.orientation_log_prior is not None else int(max(
+        1, min(mine.stop - mine.start, o_cap, (budget - per_image) // item)))
     i_step = bk.batch_size(o_step * item + per_image, fraction=memory_fraction)
     shared_mask = None  # where the CTF kernels and the image spectra can be non-zero (band limit)
     if transform != "fft":

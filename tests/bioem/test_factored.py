@@ -65,15 +65,18 @@ def _per_image_astigmatic(prob, rng, bk):
 @pytest.mark.parametrize("astigmatic", [False, True])
 def test_factored_log_p_equals_fft(astigmatic):
     """Same ln P (1e-9 in float64), maximising grid points and per-orientation sums as the FFT path, with shared
-    symmetric kernels and per-image asymmetric ones; auto picks the factored transform."""
+    symmetric kernels and per-image asymmetric ones; auto picks the factored transform for both."""
     bk = get_backend("cpu")
     prob = synthetic_problem(64, 10, n_orient=5, n_ctf=3, n_images=4)
     if astigmatic:
         prob = _per_image_astigmatic(prob, np.random.default_rng(3), bk)
     a = integrate(prob, bk, transform="fft", keep_orientations=True)
     stats = {}
-    b = integrate(prob, bk, transform="auto", keep_orientations=True, stats=stats)
-    assert stats["transform"] == "factored"
+    b = integrate(prob, bk, transform="factored", keep_orientations=True, stats=stats)
+    assert stats["transform"] == "factored" and stats["mirror_symmetric"] is not astigmatic
+    auto = {}
+    integrate(prob, bk, transform="auto", stats=auto)
+    assert auto["transform"] == "factored"
     assert np.isfinite(a.log_sum).all()
     np.testing.assert_allclose(b.log_sum, a.log_sum, rtol=1e-9, atol=0)
     np.testing.assert_allclose(b.best_l, a.best_l, rtol=1e-9, atol=0)
@@ -112,8 +115,8 @@ def test_gpu_factored_fused_equals_cpu(astigmatic):
     exact = integrate(problem(False, cpu), cpu, transform="fft", keep_orientations=True)
     cpu32 = integrate(problem(True, cpu), cpu, transform="fft")
     stats = {}
-    got = integrate(problem(True, gpu), gpu, transform="auto", keep_orientations=True, stats=stats)
-    assert stats["transform"] == "factored"
+    got = integrate(problem(True, gpu), gpu, transform="factored", keep_orientations=True, stats=stats)
+    assert stats["transform"] == "factored" and stats["mirror_symmetric"] is not astigmatic
     err32 = np.abs(cpu32.log_sum - exact.log_sum).max()
     assert np.abs(got.log_sum - exact.log_sum).max() <= 4 * err32 + 1e-3
     assert np.abs(got.orientation_log_sum - exact.orientation_log_sum).max() <= 8 * err32 + 1e-2
