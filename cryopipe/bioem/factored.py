@@ -41,7 +41,7 @@ import functools
 
 import numpy as np
 
-from cryopipe.bioem.pruned import ALIGN, _fold, _row_pairs, cost_model
+from cryopipe.bioem.pruned import ALIGN, _fold, _row_pairs, cost_model, kept_spectrum
 
 _OPERAND_SOURCE = r"""
 extern "C" __global__ void NAME(
@@ -106,17 +106,13 @@ def _padded(k: int) -> int:
 
 class FactoredTransform:
     """Pruned inverse DFT with the CTF in the row matrices (module docstring). Arguments as
-    :class:`~cryopipe.bioem.pruned.PrunedTransform`; ``max_orientations`` is the batch the caller should use."""
+    :class:`~cryopipe.bioem.pruned.PrunedTransform`."""
 
     name = "factored"
 
     def __init__(self, n: int, shifts: np.ndarray, bk, real=np.float32, band_mask: np.ndarray | None = None):
         self.n, self.bk, self.real, self.n_shifts = n, bk, np.dtype(real), len(shifts)
-        h = n // 2 + 1
-        mask = np.ones((n, h), bool) if band_mask is None else np.asarray(band_mask, bool)
-        kept_rows, kept_cols = mask.any(axis=1), mask.any(axis=0)
-        if not kept_cols.any():
-            kept_cols[0] = True
+        kept_rows, kept_cols = kept_spectrum(n, band_mask)
         self.u, self.v = np.flatnonzero(kept_rows), np.flatnonzero(kept_cols)
         ps, qs, pd, _ = _row_pairs(kept_rows, n)
         self.ps, self.qs = ps, qs

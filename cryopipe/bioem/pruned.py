@@ -79,6 +79,16 @@ def _fold(idx: np.ndarray, n: int):
             np.where(idx > n // 2, -1.0, 1.0))
 
 
+def kept_spectrum(n: int, band_mask: np.ndarray | None):
+    """(kept rows (N,), kept half-spectrum columns (H,)) bool of an (N, H) band mask (None: all); at least one
+    column is kept so that shapes stay valid."""
+    mask = np.ones((n, n // 2 + 1), bool) if band_mask is None else np.asarray(band_mask, bool)
+    kept_rows, kept_cols = mask.any(axis=1), mask.any(axis=0)
+    if not kept_cols.any():
+        kept_cols[0] = True
+    return kept_rows, kept_cols
+
+
 def _row_pairs(kept_rows: np.ndarray, n: int):
     """(p, q) pairs of spectrum rows (q = N - p) with either kept; and those with q != p (the Zd rows)."""
     p = np.arange(n // 2 + 1)
@@ -213,11 +223,7 @@ class PrunedTransform:
 
     def __init__(self, n: int, shifts: np.ndarray, bk, real=np.float32, band_mask: np.ndarray | None = None):
         self.n, self.bk, self.real, self.n_shifts = n, bk, np.dtype(real), len(shifts)
-        h = n // 2 + 1
-        mask = np.ones((n, h), bool) if band_mask is None else np.asarray(band_mask, bool)
-        kept_rows, kept_cols = mask.any(axis=1), mask.any(axis=0)
-        if not kept_cols.any():
-            kept_cols[0] = True
+        kept_rows, kept_cols = kept_spectrum(n, band_mask)
         self.u, self.v = np.flatnonzero(kept_rows), np.flatnonzero(kept_cols)
         self.cost = cost_model(n, shifts, kept_rows, kept_cols)
         ps, qs, pd, qd = _row_pairs(kept_rows, n)

@@ -33,18 +33,23 @@ def _inputs(n, n_ctf, n_images, symmetric, shared, radius, seed):
     return P, conj, K
 
 
+def _case(n, shift, step, symmetric, shared, radius):
+    """Inputs of :func:`_inputs`, the displacements, the band mask and the host irfft2 at the displacements."""
+    P, conj, K = _inputs(n, 5, 4, symmetric, shared, radius, seed=n + shift)
+    mask = None if radius is None else band_mask(n, radius)
+    shifts = displacements(n, shift, step)
+    fft = FFTTransform(n, shifts, get_backend("cpu"))
+    want = fft.at_shifts(fft.correlate(P, np.broadcast_to(K, (4, *K.shape[1:])) * conj[:, None]))
+    return P, conj, K, shifts, mask, want
+
+
 @pytest.mark.parametrize("n, shift, step, symmetric, shared, radius", [
     (64, 10, 1, True, True, None), (64, 10, 1, False, False, None), (30, 5, 2, True, False, None),
     (16, 7, 1, False, True, None), (31, 5, 1, True, True, None), (64, 10, 1, True, False, 12.0),
     (30, 5, 2, False, True, 7.5)])
 def test_factored_correlations_equal_irfft2(n, shift, step, symmetric, shared, radius):
-    bk = get_backend("cpu")
-    P, conj, K = _inputs(n, 5, 4, symmetric, shared, radius, seed=n + shift)
-    mask = None if radius is None else band_mask(n, radius)
-    shifts = displacements(n, shift, step)
-    fft = FFTTransform(n, shifts, bk)
-    want = fft.at_shifts(fft.correlate(P, np.broadcast_to(K, (4, *K.shape[1:])) * conj[:, None]))
-    tr = FactoredTransform(n, shifts, bk, np.float64, mask)
+    P, conj, K, shifts, mask, want = _case(n, shift, step, symmetric, shared, radius)
+    tr = FactoredTransform(n, shifts, get_backend("cpu"), np.float64, mask)
     got = tr.at_shifts(tr.correlate(P, K, conj, shared))
     assert got.shape == want.shape == (3, 4, 5, len(shifts))
     assert tr.matrices(K)[2] is symmetric  # mirror-symmetric kernels take the half-size GEMMs
@@ -146,12 +151,8 @@ def test_displacement_quads_share_their_loads():
     (16, 7, 1, False, True, None)])
 def test_gpu_factored_correlations_equal_irfft2(n, shift, step, symmetric, shared, radius):
     """The GPU operand kernel (Q in the GEMM layout) and GEMMs in float64 give the host's irfft2."""
-    cpu, gpu = get_backend("cpu"), get_backend("gpu")
-    P, conj, K = _inputs(n, 5, 4, symmetric, shared, radius, seed=n + shift)
-    mask = None if radius is None else band_mask(n, radius)
-    shifts = displacements(n, shift, step)
-    fft = FFTTransform(n, shifts, cpu)
-    want = fft.at_shifts(fft.correlate(P, np.broadcast_to(K, (4, *K.shape[1:])) * conj[:, None]))
+    gpu = get_backend("gpu")
+    P, conj, K, shifts, mask, want = _case(n, shift, step, symmetric, shared, radius)
     tr = FactoredTransform(n, shifts, gpu, np.float64, mask)
     got = gpu.asnumpy(tr.at_shifts(tr.correlate(gpu.asarray(P), gpu.asarray(K), gpu.asarray(conj), shared)))
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
