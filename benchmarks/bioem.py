@@ -1,8 +1,8 @@
 """Benchmark of ``cryopipe bioem``'s integration: microseconds per (image x orientation x CTF) grid point.
 
 Workload (the issue's): 224 x 224 px images, 81 x 81 displacements (DISPLACE_CENTER 40 1), 4,608 orientations x
-32 CTF points, a few thousand synthetic images; scale it with the flags. Both correlation transforms of
-:mod:`cryopipe.bioem.pruned` are timed on the same problem and must give the same ln P:
+32 CTF points, a few thousand synthetic images; scale it with the flags. The three correlation transforms
+(``--transform all``, or one of them) are timed on the same problem and must give the same ln P:
 
 * ``fft``: per grid point the product of spectra, one inverse FFT of 224 x 224, the gather of the 81 x 81
   displacements and the closed form, reduced by log-sum-exp. Its floor is the batched inverse real FFT alone.
@@ -18,10 +18,13 @@ CTF kernels (``--ctf-kind``): ``isotropic`` (default: BioEM's model, a defocus s
 kernel set (as the stage does with per-particle defocus estimates).
 
 Printed per transform: us per grid point, FLOPs per grid point (cost model) and the rate they imply, the floor,
-the ratio to the floor; then the largest ln P difference between the two transforms.
+the ratio to the floor, where one block's time goes; then the speed-up and largest ln P difference of each
+pruned transform against the FFT path.
 
     python benchmarks/bioem.py --device gpu --images 64 --orientations 512 --ctf 32   # GPU, 1.05e6 grid points
     python benchmarks/bioem.py --device gpu --images 64 --orientations 512 --ctf 32 --band 56
+    python benchmarks/bioem.py --device gpu --images 1000 --transform factored      # the issue's 1.47e8 points
+    python benchmarks/bioem.py --device gpu --images 128 --orientations 1024 --ctf-kind astigmatic --per-image-ctf
     python benchmarks/bioem.py --small                                               # CPU, a few hundred points
 
 Anchors: BioEM 2.1 takes 109 us per grid point on 2 CPU threads (224 px, 81 x 81 shifts); the paper 9.6 us on a
