@@ -305,9 +305,8 @@ class FactoredTransform:
         """('factored', arguments of the reduction kernel's value load) for :mod:`cryopipe.bioem.kernels`."""
         xp = self.bk.xp
         (b, ni, c, nr), xs = parts
-        return "factored", (*(xp.ascontiguousarray(x) for x in xs), self._table, self._signs, self._quads,
-                            self._members, self._member_signs, xp.int32(self.quads.shape[1]), xp.int32(self.n_a),
-                            xp.int32(self.n_b), xp.int32(nr))
+        return "factored", (*(xp.ascontiguousarray(x) for x in xs), self._quads, self._members, self._member_signs,
+                            xp.int32(self.quads.shape[1]), xp.int32(self.n_a), xp.int32(self.n_b), xp.int32(nr))
 
 
 def _quads(table: np.ndarray, signs: np.ndarray):

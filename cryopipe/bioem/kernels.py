@@ -126,28 +126,9 @@ extern "C" __global__ void NAME(
 _THREADS = 256
 
 _FACTORED_SOURCE = r"""
-__device__ __forceinline__ double factored_value(
-    const T* x1, const T* x2, const T* x3, const T* x4, const int* tab, const T* sgn, const int d,
-    const long long sj_a, const long long sj_b, const long long s_row, const long long off_a,
-    const long long off_b, const int s)
-{
-    // X*[col][kernel][row][ctf][image in kernel][orientation]; off_* hold the kernel, ctf, image, orientation part
-    const int ia = __ldg(tab + s), ib = __ldg(tab + d + s), jc = __ldg(tab + 2 * d + s), js = __ldg(tab + 3 * d + s);
-    const double s_r = (double)__ldg(sgn + s), s_c = (double)__ldg(sgn + d + s);
-    double x = (double)x1[jc * sj_a + ia * s_row + off_a];
-    if (js >= 0) x -= s_c * (double)x2[js * sj_a + ia * s_row + off_a];
-    if (ib >= 0) {
-        double y = (double)x3[jc * sj_b + ib * s_row + off_b];
-        if (js >= 0) y += s_c * (double)x4[js * sj_b + ib * s_row + off_b];
-        x -= s_r * y;
-    }
-    return x;
-}
-
 extern "C" __global__ void NAME(
-    const T* x1, const T* x2, const T* x3, const T* x4, const int* tab, const T* sgn, const int* quad,
-    const int* member, const T* msgn, const int n_quad, const int n_a, const int n_b,
-    const int n_per_kernel, const int n_shift, const int n_orient,
+    const T* x1, const T* x2, const T* x3, const T* x4, const int* quad, const int* member, const T* msgn,
+    const int n_quad, const int n_a, const int n_b, const int n_per_kernel, const int n_shift, const int n_orient,
     const double* co, const double* coo, const double* cc, const double* ccc, const double* prior,
     const int n_img, const int n_ctf, const double n_pix,
     double* out_max, double* out_sum, int* out_arg, double* out_cco)
@@ -157,7 +138,7 @@ extern "C" __global__ void NAME(
     // numbers X1[jc, ia], X2[js, ia], X3[jc, ib], X4[js, ib]: loaded once, used by each member.
     const double POS_INF = __longlong_as_double(0x7ff0000000000000ULL);
     const double NEG_INF = __longlong_as_double(0xfff0000000000000ULL);
-    __shared__ double s_e[WARPS][32], s_sum[WARPS][32];
+    __shared__ double s_e[WARPS][32], s_sum[WARPS][32], s_x[WARPS][32];
     __shared__ int s_arg[WARPS][32];
     const int o = blockIdx.x * 32 + threadIdx.x, c = blockIdx.y, i = blockIdx.z, w = threadIdx.y;
     const bool live = o < n_orient;
@@ -179,7 +160,7 @@ extern "C" __global__ void NAME(
     // moves; terms below exp(-746) relative to the running minimum are 0 in double relative to the final one
     // too, and are skipped without their log
     const int per = (n_quad + WARPS - 1) / WARPS, q0 = w * per, q1 = min(n_quad, q0 + per);
-    double e_min = POS_INF, sum = 0.0;
+    double e_min = POS_INF, sum = 0.0, x_arg = 0.0;  // x_arg: the correlation at arg
     int arg = n_shift;
     if (ok_d) {
         for (int q = q0; q < q1; ++q) {
@@ -201,8 +182,9 @@ extern "C" __global__ void NAME(
                     sum = e_min < POS_INF ? sum * exp(-half * log(e_min / e)) + 1.0 : 1.0;
                     e_min = e;
                     arg = s;
+                    x_arg = x;
                 } else {
-                    if (e == e_min && s < arg) arg = s;
+                    if (e == e_min && s < arg) { arg = s; x_arg = x; }
                     if (half * (e - e_min) <= 746.0 * e) sum += exp(-half * log(e / e_min));
                 }
             }
@@ -211,15 +193,17 @@ extern "C" __global__ void NAME(
     s_e[w][threadIdx.x] = e_min;
     s_sum[w][threadIdx.x] = sum;
     s_arg[w][threadIdx.x] = arg;
+    s_x[w][threadIdx.x] = x_arg;
     __syncthreads();
     if (w != 0 || !live) return;
-    double e_all = POS_INF;
+    double e_all = POS_INF, x_all = 0.0;
     int a_all = n_shift;
     for (int k = 0; k < WARPS; ++k) {
         const int t = threadIdx.x;
         if (s_arg[k][t] < n_shift && (s_e[k][t] < e_all || (s_e[k][t] == e_all && s_arg[k][t] < a_all))) {
             e_all = s_e[k][t];
             a_all = s_arg[k][t];
+            x_all = s_x[k][t];
         }
     }
     double total = 0.0;
@@ -232,8 +216,7 @@ extern "C" __global__ void NAME(
     out_max[g] = found ? -half * log(e_all) + base : NEG_INF;
     out_sum[g] = total;
     out_arg[g] = found ? a_all : 0;
-    out_cco[g] = found ? factored_value(x1, x2, x3, x4, tab, sgn, n_shift, sj_a, sj_b, s_row, off_a, off_b, a_all)
-                       : 0.0;
+    out_cco[g] = found ? x_all : 0.0;
 }
 """
 _WARPS = 8
