@@ -41,7 +41,7 @@ import functools
 
 import numpy as np
 
-from cryopipe.bioem.pruned import ALIGN, _fold, _row_pairs, cost_model, kept_spectrum
+from cryopipe.bioem.pruned import ALIGN, _fold, _row_pairs, kept_spectrum
 
 _OPERAND_SOURCE = r"""
 extern "C" __global__ void NAME(
@@ -122,7 +122,6 @@ class FactoredTransform:
         ka, kb, ia, ib, s_row = _fold(shifts[:, 0], n)
         kc, ks, jc, js, s_col = _fold(shifts[:, 1], n)
         self.n_a, self.n_b, self.n_kc, self.n_ks = len(ka), len(kb), len(kc), len(ks)
-        self.cost = cost_model(n, shifts, kept_rows, kept_cols)
         two_pi = 2.0 * np.pi / n
         self._cos_s = np.cos(two_pi * ((ka[:, None] * ps[None]) % n))  # (n_A, P_s)
         self._cos_d = np.cos(two_pi * ((ka[:, None] * pd[None]) % n))  # (n_A, P_d)

@@ -146,17 +146,17 @@ def _block(prob: Problem, P, images, bk, fused, keep_orientations: bool, o_start
     n = P.shape[-2]
     b, ni = len(P), len(images)
     idx = bk.asarray(images)
-    kidx = idx if prob.ctf.shape[0] > 1 else xp.zeros(ni, dtype=idx.dtype)
-    K = prob.ctf[kidx]  # (ni, C, N, H)
-    c = K.shape[1]
     shared = prob.ctf.shape[0] == 1
-    cc, ccc = (xp.broadcast_to(a, (b, ni, c)) for a in _ctf_sums(P, prob.ctf if shared else K, bk))
+    K = prob.ctf if shared else prob.ctf[idx]  # (1 or ni, C, N, H)
+    c = K.shape[1]
+    cc, ccc = (xp.broadcast_to(a, (b, ni, c)) for a in _ctf_sums(P, K, bk))
     if transform is None:
         transform = FFTTransform(n, prob.shifts, bk)
+    conj = xp.conj(prob.spectra[idx])  # (ni, N, H)
     if transform.name == "factored":  # the CTF goes into its matrices (cached for the shared kernel array)
-        corr = transform.correlate(P, prob.ctf if shared else K, xp.conj(prob.spectra[idx]), shared)
+        corr = transform.correlate(P, K, conj, shared)
     else:
-        corr = transform.correlate(P, K * xp.conj(prob.spectra[idx])[:, None])  # of G (ni, C, N, H)
+        corr = transform.correlate(P, K * conj[:, None])  # of G (ni, C, N, H)
     prior = bk.asarray(prob.ctf_log_prior[images if len(prob.ctf_log_prior) > 1 else np.zeros(ni, int)])
     prior = xp.broadcast_to(prior[None], (b, ni, c))
     if prob.orientation_log_prior is not None:
@@ -203,9 +203,9 @@ def integrate(prob: Problem, bk, comm=None, keep_orientations: bool = False, fus
     c = prob.ctf.shape[1]
     if transform not in ("auto", "fft", "pruned", "factored"):
         raise ValueError(f"transform must be auto, fft, pruned or factored, got {transform!r}")
-    if transform == "auto" and prob.orientation_log_prior is not None:  # not orientation by orientation
-        transform = "auto-unfactored"
-    if transform in ("auto", "factored"):  # bytes per (orientation, image) pair and per image's matrices
+    # the pruned DFT is factored unless orientation priors make each orientation its own batch
+    factored = transform == "factored" or (transform == "auto" and prob.orientation_log_prior is None)
+    if factored:  # bytes per (orientation, image) pair and per image's matrices
         sizing = FactoredTransform(n, prob.shifts, bk, np.float32 if prob.spectra.dtype.itemsize == 8 else np.float64)
         item = sizing.bytes_per_pair(c)
         per_image = 0 if prob.ctf.shape[0] == 1 else sizing.bytes_per_kernel_image(c)
@@ -225,7 +225,7 @@ def integrate(prob: Problem, bk, comm=None, keep_orientations: bool = False, fus
     for o0 in range(mine.start, mine.stop, o_step):
         o1 = min(mine.stop, o0 + o_step)
         P = prob.project(o0, o1)
-        tr = _transform_for(transform, P, shared_mask, prob, bk, transforms)
+        tr = _transform_for(transform, factored, P, shared_mask, prob, bk, transforms)
         active = np.arange(prob.n_images)
         if prob.orientation_log_prior is not None:
             active = active[np.isfinite(prob.orientation_log_prior[:, o0:o1]).any(axis=1)]
@@ -248,22 +248,20 @@ def integrate(prob: Problem, bk, comm=None, keep_orientations: bool = False, fus
     return res
 
 
-def _transform_for(kind: str, P, shared_mask, prob: Problem, bk, cache: dict):
-    """The correlation transform for projections P: FFT, or pruned (factored unless ``kind`` is "pruned" or
-    "auto-unfactored") to the rows/columns where the product P K conj(I) can be non-zero (cached per support
-    pattern)."""
+def _transform_for(kind: str, factored: bool, P, shared_mask, prob: Problem, bk, cache: dict):
+    """The correlation transform of ``kind`` for projections P: FFT, or the pruned DFT (``factored`` or folded)
+    on the rows/columns where the product P K conj(I) can be non-zero (cached per support pattern)."""
     n = P.shape[-2]
     real = np.float32 if P.dtype.itemsize == 8 else np.float64
     if kind == "fft":
         key = "fft"
     else:
         mask = shared_mask & pruned.support_mask(P, bk, 0)
-        base = "auto" if kind.startswith("auto") else "pruned"
-        if pruned.choose(base, n, prob.shifts, bk, mask) == "fft":
+        if pruned.choose("auto" if kind == "auto" else "pruned", n, prob.shifts, bk, mask) == "fft":
             key, mask = "fft", None
         else:
             rows, cols = mask.any(axis=1), mask.any(axis=0)
-            key = (kind in ("auto", "factored"), rows.tobytes(), cols.tobytes())
+            key = (factored, rows.tobytes(), cols.tobytes())
             mask = rows[:, None] & cols[None]
     if key not in cache:
         if key == "fft":
