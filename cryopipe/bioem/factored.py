@@ -41,7 +41,7 @@ import functools
 
 import numpy as np
 
-from cryopipe.bioem.pruned import ALIGN, _fold, _row_pairs, kept_spectrum
+from cryopipe.bioem.pruned import ALIGN, _fold, _row_pairs, combine_at_shifts, kept_spectrum
 
 _OPERAND_SOURCE = r"""
 extern "C" __global__ void NAME(
@@ -281,22 +281,9 @@ class FactoredTransform:
     def at_shifts(self, parts):
         """(B, ni, C, D) correlation at the displacements, in their loop order, from :meth:`correlate`."""
         xp = self.bk.xp
-        (b, ni, c, nr), (x1, x2, x3, x4) = parts
-        ia, ib, jc, js = (self._table[k] for k in range(4))
-        s_row, s_col = (self._signs[k][:, None, None, None, None] for k in (0, 1))
-        has_s = (js >= 0)[:, None, None, None, None]
-        has_b = (ib >= 0)[:, None, None, None, None]
-        js0, ib0 = xp.maximum(js, 0), xp.maximum(ib, 0)
-
-        def pick(x, rows, cols, ok):  # (D, nk, C, nr, B), zero where a sine row or column does not exist
-            if not (x.shape[0] and x.shape[2]):
-                return 0
-            got = x[cols, :, rows]
-            return got if ok is None else xp.where(ok, got, 0)
-
-        out = pick(x1, ia, jc, None) - s_col * pick(x2, ia, js0, has_s)
-        out = out - s_row * (pick(x3, ib0, jc, has_b) + s_col * pick(x4, ib0, js0, has_b & has_s))
-        d = out.shape[0]
+        (b, ni, c, nr), xs = parts
+        out = combine_at_shifts(xs, self._table, self._signs, lambda x, rows, cols: x[cols, :, rows], xp)
+        d = out.shape[0]  # out: (D, nk, C, nr, B)
         out = out.transpose(0, 1, 3, 2, 4).reshape(d, ni, c, b)  # (D, nk nr = ni, C, B)
         return xp.ascontiguousarray(out.transpose(3, 1, 2, 0))
 

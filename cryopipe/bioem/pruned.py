@@ -317,19 +317,8 @@ class PrunedTransform:
     def at_shifts(self, parts):
         """(B, ni, C, D) correlation at the displacements, in their loop order, from :meth:`correlate`."""
         xp = self.bk.xp
-        (b, ni, c), (x1, x2, x3, x4) = parts
-        ia, ib, jc, js = (self._table[k] for k in range(4))
-        s_row, s_col = self._signs[0][:, None], self._signs[1][:, None]
-        has_s, has_b = (js >= 0)[:, None], (ib >= 0)[:, None]
-        js0, ib0 = xp.maximum(js, 0), xp.maximum(ib, 0)
-
-        def pick(x, rows, cols, ok):  # (D, g), zero where a sine row or column does not exist
-            if not (x.shape[0] and x.shape[2]):
-                return 0
-            return x[rows, :, cols] if ok is None else xp.where(ok, x[rows, :, cols], 0)
-
-        out = pick(x1, ia, jc, None) - s_col * pick(x2, ia, js0, has_s)
-        out = out - s_row * (pick(x3, ib0, jc, has_b) + s_col * pick(x4, ib0, js0, has_b & has_s))
+        (b, ni, c), xs = parts
+        out = combine_at_shifts(xs, self._table, self._signs, lambda x, rows, cols: x[rows, :, cols], xp)  # (D, g)
         return xp.ascontiguousarray(out.T).reshape(b, ni, c, -1)
 
     def kernel_args(self, parts):
@@ -339,6 +328,28 @@ class PrunedTransform:
         x1, x2, x3, x4 = (xp.ascontiguousarray(x) for x in xs)
         return "folded", (x1, x2, x3, x4, self._table, self._signs, xp.int64(b * ni * c), xp.int32(self.n_kc),
                           xp.int32(self.n_ks))
+
+
+def combine_at_shifts(xs, table, signs, take, xp):
+    """Correlations at the displacements from a folded transform's (X1, X2, X3, X4):
+    X1 - s_c X2 - s_r (X3 + s_c X4), with X2, X4 zero where the column has no sine and X3, X4 where the row has
+    none. table (4, D) = (ia, ib, jc, js), signs (2, D) = (s_row, s_col) on ``xp``'s device; take(x, rows, cols)
+    gathers x at (D,) row and column indices with the displacement axis first. Returns take's shape."""
+    x1, x2, x3, x4 = xs
+    ia, ib, jc, js = (table[k] for k in range(4))
+    first = take(x1, ia, jc)
+
+    def per_shift(a):  # (D,) -> broadcastable against take's result
+        return a.reshape(-1, *([1] * (first.ndim - 1)))
+
+    s_row, s_col, has_s, has_b = per_shift(signs[0]), per_shift(signs[1]), per_shift(js >= 0), per_shift(ib >= 0)
+    js0, ib0 = xp.maximum(js, 0), xp.maximum(ib, 0)
+
+    def pick(x, rows, cols, ok):
+        return 0 if x.size == 0 else xp.where(ok, take(x, rows, cols), 0)
+
+    out = first - s_col * pick(x2, ia, js0, has_s)
+    return out - s_row * (pick(x3, ib0, jc, has_b) + s_col * pick(x4, ib0, js0, has_b & has_s))
 
 
 def support_mask(a, bk, axes) -> np.ndarray:
