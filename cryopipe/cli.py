@@ -1,12 +1,15 @@
 """The ``cryopipe`` command: one subcommand per stage.
 
 Each stage module exposes ``HELP`` (one line), ``add_arguments(parser)`` and
-``main(args, recorder)``. The CLI parses flags, sets up logging, runs the stage
-in a staging folder inside ``--out`` (``args.out``; ``args.out_final`` is the
-folder the user named, for paths written into files) and, only when it
-succeeds, moves the outputs into place and writes ``provenance.json``. A user's mistake
-(:class:`InputError`) is printed as one line and exits with status 2; the
-staging folder is removed, so earlier outputs stay untouched.
+``main(args, recorder)`` (and ``ITERATIVE = True`` for stages that checkpoint
+iterations). The CLI parses flags, sets up logging, takes the output folder's
+lock, runs the stage in a work folder inside ``--out`` (``args.out``;
+``args.out_final`` is the folder the user named, for paths written into files)
+and, only when it succeeds, publishes the work folder as the whole new result
+and writes ``provenance.json`` (see :mod:`cryopipe.outdir`). A user's mistake
+(:class:`InputError`) is printed as one line and exits with status 2; a staging
+folder is removed, so earlier outputs stay untouched. An iterative stage keeps
+its run folder, and the same command continues from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -14,16 +17,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
+import re
 import shutil
 import sys
 import uuid
 from pathlib import Path
 
-from cryopipe import __version__
+from cryopipe import __version__, outdir
 from cryopipe.errors import InputError
 from cryopipe.parallel import get_comm
 from cryopipe.provenance import Recorder, lineage
+
+log = logging.getLogger("cryopipe")
 
 # stage name -> module providing HELP, add_arguments, main (and optional STAGED = False)
 STAGES = {
@@ -34,6 +39,7 @@ STAGES = {
     "select2d": "cryopipe.select2d.cli",
     "class3d": "cryopipe.class3d.cli",
     "refine3d": "cryopipe.refine3d.cli",
+    "select3d": "cryopipe.select3d.cli",
     "postprocess": "cryopipe.postprocess.cli",
     "bioem": "cryopipe.bioem.cli",
 }
@@ -48,12 +54,9 @@ class _LineageCommand:
 
 
 def _load_stage(name: str):
-    try:
-        return importlib.import_module(STAGES[name])
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("cryopipe."):
-            return None  # stage not built yet
-        raise
+    """The stage's CLI module. A missing dependency or a bug inside it fails loudly (a traceback naming it), so
+    that a stage never silently vanishes from the command."""
+    return importlib.import_module(STAGES[name])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,8 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
     for name in STAGES:
         module = _load_stage(name)
-        if module is None:
-            continue
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -92,16 +93,83 @@ def _setup_logging(verbose: bool, rank: int, size: int) -> None:
     )
 
 
-def _publish(staging: Path, final: Path, recorder: Recorder) -> None:
-    """Move every staged file into ``final`` (replacing older ones) and fix the recorded paths."""
-    for src in sorted(staging.rglob("*")):
-        if src.is_file():
-            dst = final / src.relative_to(staging)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dst)
-    shutil.rmtree(staging, ignore_errors=True)
-    s, f = str(staging.resolve()), str(final.resolve())
-    recorder.outputs = [str(Path(o).resolve()).replace(s, f, 1) for o in recorder.outputs]
+VOLATILE = {"out", "out_final", "device", "verbose", "stage", "scratch_dir", "scratch_quota_gb", "continue_from"}
+
+
+def _run_identity(name: str, args: argparse.Namespace) -> str:
+    """The run-folder key of an iterative stage: its parameters (not where or on what it runs) and its inputs'
+    contents, so that the same command after a kill finds its checkpoints and any change starts afresh."""
+    from cryopipe.em3d.model import parse_continue
+
+    params, inputs = {}, []
+    for key, value in sorted(vars(args).items()):
+        if key in VOLATILE:
+            continue
+        params[key] = value
+        if isinstance(value, Path) and value.is_file():
+            inputs.append(value)
+    if args.continue_from is not None:
+        prefix, _ = parse_continue(args.continue_from)
+        inputs += [Path(f"{prefix}_model.star"), Path(f"{prefix}_data.star")]
+        params["continue_iteration"] = prefix.name
+    return outdir.run_key(name, params, inputs)
+
+
+def _prepare_run_folder(run: Path, args: argparse.Namespace) -> dict:
+    """Fill an iterative stage's run folder: the earlier iterations of an explicit --continue (so the published
+    run is whole), or find the last complete checkpoint of an interrupted run with the same key and continue from
+    it. Returns notes for the record."""
+    from cryopipe.em3d.model import parse_continue, read_model
+
+    run.mkdir(parents=True, exist_ok=True)
+    if args.continue_from is not None:
+        prefix, it = parse_continue(args.continue_from)
+        for src in prefix.parent.glob("run_it*"):
+            m = re.match(r"run_it(\d{3})_", src.name)
+            if m and int(m.group(1)) <= it and src.is_file():
+                outdir.link_or_copy(src, run / src.name)
+        outdir.drop_after(run, it)
+        return {}
+    last = outdir.last_checkpoint(run)
+    while last is not None:
+        try:
+            parse_continue(run / f"run_it{last:03d}")
+            read_model(run / f"run_it{last:03d}")
+            break
+        except InputError as exc:
+            log.warning("checkpoint run_it%03d of the interrupted run is unreadable (%s); trying the one before",
+                        last, exc)
+            last = outdir.last_checkpoint(run, before=last)
+    if last is None:
+        for p in run.iterdir():  # a run killed before its first checkpoint
+            if p.is_file():
+                p.unlink()
+        return {}
+    outdir.drop_after(run, last)
+    log.info("resuming an interrupted run with the same parameters and inputs from its iteration %d (%s)",
+             last, run)
+    args.continue_from = run / f"run_it{last:03d}"
+    args.resumed = True
+    return {"resumed_from_iteration": last}
+
+
+def _start(name: str, module, args: argparse.Namespace, argv: list[str]):
+    """Rank 0: take --out's lock, clear what ended runs left, make the work folder. Returns (lock, work, notes)."""
+    final = Path(args.out)
+    lock = outdir.OutputLock(final, name, ["cryopipe", *argv])
+    try:
+        token = uuid.uuid4().hex[:8]
+        if getattr(module, "ITERATIVE", False):
+            work = final / f".run-{_run_identity(name, args)}"
+            notes = _prepare_run_folder(work, args)
+        else:
+            work, notes = final / f".staging-{token}", {}
+            work.mkdir()
+        outdir.remove_leftovers(final, keep=work)
+        return lock, work, token, notes
+    except BaseException:
+        lock.release()
+        raise
 
 
 def run_stage(name: str, args: argparse.Namespace, argv: list[str]) -> None:
@@ -110,31 +178,53 @@ def run_stage(name: str, args: argparse.Namespace, argv: list[str]) -> None:
     rank, size = comm.Get_rank(), comm.Get_size()
     _setup_logging(getattr(args, "verbose", False), rank, size)
     final = Path(args.out)
-    staged = getattr(module, "STAGED", True)
-    token = comm.bcast(uuid.uuid4().hex[:8] if rank == 0 else None, root=0)
-    work = final / f".staging-{token}" if staged else final
+    args.resumed = False
+    if not hasattr(args, "continue_from"):
+        args.continue_from = None
+    started, error = None, None
     if rank == 0:
-        # a killed earlier run's staging folder is garbage: Snakemake never runs two jobs on one --out
-        for old in final.glob(".staging-*") if staged else ():
-            shutil.rmtree(old, ignore_errors=True)
-        work.mkdir(parents=True, exist_ok=True)
-    comm.Barrier()
-    recorder = Recorder(final, name, {k: v for k, v in vars(args).items() if k not in {"stage", "verbose"}})
+        try:
+            started = _start(name, module, args, argv)
+        except (InputError, OSError) as exc:
+            error = exc
+    error = comm.bcast(error, root=0)
+    if error is not None:
+        raise error
+    lock, work, token, notes = started if rank == 0 else (None, None, None, {})
+    work = comm.bcast(work, root=0)
+    resumed = comm.bcast((args.continue_from, args.resumed), root=0)
+    args.continue_from, args.resumed = resumed
+    recorder = Recorder(final, name, {k: v for k, v in vars(args).items()
+                                      if k not in {"stage", "verbose", "resumed"}
+                                      and not (k == "continue_from" and (v is None or args.resumed))})
     recorder.command = ["cryopipe", *argv]
     recorder.mpi_size = size
+    if notes:
+        recorder.note(**notes)
     args.out = work  # everything is written here ...
     args.out_final = final  # ... and paths written INTO files (STAR image names) refer to here
     try:
         module.main(args, recorder)
         comm.Barrier()
         if rank == 0:
-            if staged:
-                _publish(work, final, recorder)
+            # every file of the work folder is an output (a resumed run's earlier iterations included)
+            recorder.outputs = [str(final / p.relative_to(work)) for p in sorted(work.rglob("*")) if p.is_file()]
+            outdir.publish(work, final, token, keep=[Path(i) for i in recorder.inputs])
             recorder.write()
-    except BaseException:
-        if staged and rank == 0:
+    except OSError as exc:
+        if rank == 0 and not getattr(module, "ITERATIVE", False):
+            shutil.rmtree(work, ignore_errors=True)
+        if exc.filename:
+            exc.filename = outdir.public_name(exc.filename, work, final)
+        raise
+    except BaseException as exc:
+        # an iterative run keeps its checkpoints to continue from, unless the user's input was wrong
+        if rank == 0 and (not getattr(module, "ITERATIVE", False) or isinstance(exc, InputError)):
             shutil.rmtree(work, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,6 +240,14 @@ def main(argv: list[str] | None = None) -> int:
         if get_comm().Get_rank() == 0:  # stages make input errors collective: say it once
             print(f"cryopipe {args.stage}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        status = outdir.STORAGE_ERRNOS.get(exc.errno)
+        if status is None:
+            raise
+        # a read-only, forbidden or full output folder: the run was rolled back; say which file in one line
+        print(f"cryopipe {args.stage}: error: {exc.filename or args.out}: {exc.strerror} (nothing was published; "
+              "earlier outputs are unchanged)", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,7 +15,7 @@ from cryopipe.errors import require
 from cryopipe.parallel import get_comm
 
 HELP = "3D classification: K class maps by regularised-likelihood EM (RELION), checkpoints every iteration"
-STAGED = False  # iteration checkpoints land in --out directly
+ITERATIVE = True  # iterations checkpoint into a run folder; the same command resumes a killed run
 
 _DEFAULTS = Class3DParams()
 
@@ -37,7 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"--maxsig; bounds the fine pass while posteriors are broad) ({_DEFAULTS.max_significant})")
     p.add_argument("--seed", type=int, help=f"random seed of the initial class split ({_DEFAULTS.seed})")
     p.add_argument("--continue", dest="continue_from", type=Path,
-                   help="resume from a checkpoint DIR/run_itNNN (same options; --iterations may grow)")
+                   help="resume from a checkpoint DIR/run_itNNN. Fixed: --particles, --classes, --symmetry, "
+                   "--particle-diameter, --ini-high, --seed (give them unchanged or not at all); "
+                   "--iterations may grow; --offset-range, --offset-step, --healpix-order, --tau2-fudge, "
+                   "--max-significant may change; "
+                   "no --reference (the maps come from the checkpoint). Rerunning a killed run's own command "
+                   "resumes it without this flag")
     add_common(p)
     add_cache_arguments(p)
 
@@ -50,10 +55,11 @@ def main(args: argparse.Namespace, recorder) -> None:
     require(args.continue_from is not None or args.particles is not None, "--particles is required",
             field="--particles")
     with stage_cache(args, recorder, comm) as cache:
-        result = run_class3d(args.particles, args.reference, args.out, params, bk, comm, args.continue_from, cache)
+        reference = None if args.resumed else args.reference  # a resumed run's maps are its own
+        result = run_class3d(args.particles, reference, args.out, params, bk, comm, args.continue_from, cache)
     if comm.Get_rank() == 0:
         recorder.add_input(*(p for p in (args.particles, args.reference) if p is not None))
-        if args.continue_from is not None:
+        if args.continue_from is not None and not args.resumed:  # a resumed run's checkpoints are its own
             prefix, _ = parse_continue(args.continue_from)
             recorder.add_input(f"{prefix}_model.star", f"{prefix}_data.star")
         recorder.add_output(*result["files"])

@@ -16,7 +16,7 @@ from cryopipe.refine3d.run import Refine3DParams, run_refine3d
 
 HELP = ("3D auto-refine: gold-standard half-maps, FSC-driven resolution and auto-sampling (RELION), "
         "checkpoints every iteration")
-STAGED = False  # iteration checkpoints land in --out directly (for --continue)
+ITERATIVE = True  # iterations checkpoint into a run folder; the same command resumes a killed run
 
 _D = Refine3DParams()
 
@@ -43,7 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"({_D.max_significant})")
     p.add_argument("--seed", type=int, help=f"random seed of the half split when rlnRandomSubset is absent ({_D.seed})")
     p.add_argument("--continue", dest="continue_from", type=Path,
-                   help="resume from a checkpoint DIR/run_itNNN (same options; --max-iterations may grow)")
+                   help="resume from a checkpoint DIR/run_itNNN. Fixed: --particles, --symmetry, --particle-diameter, "
+                   "--ini-high, --seed, --low-resol-join-halves, --healpix-order, --auto-local-healpix-order, "
+                   "--offset-range, --offset-step, --tau2-fudge (give them unchanged or not at all); --max-iterations "
+                   "may grow; --max-significant may change; no --reference (the maps come from the checkpoint). "
+                   "Rerunning a killed run's own command resumes it without this flag")
     add_common(p)
     add_cache_arguments(p)
 
@@ -56,10 +60,11 @@ def main(args: argparse.Namespace, recorder) -> None:
     require(args.continue_from is not None or args.particles is not None, "--particles is required",
             field="--particles")
     with stage_cache(args, recorder, comm) as cache:
-        result = run_refine3d(args.particles, args.reference, args.out, params, bk, comm, args.continue_from, cache)
+        reference = None if args.resumed else args.reference  # a resumed run's maps are its own
+        result = run_refine3d(args.particles, reference, args.out, params, bk, comm, args.continue_from, cache)
     if comm.Get_rank() == 0:
         recorder.add_input(*(p for p in (args.particles, args.reference) if p is not None))
-        if args.continue_from is not None:
+        if args.continue_from is not None and not args.resumed:  # a resumed run's checkpoints are its own
             prefix, _ = parse_continue(args.continue_from)
             recorder.add_input(f"{prefix}_model.star", f"{prefix}_data.star")
         recorder.add_output(*result["files"])

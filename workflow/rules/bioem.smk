@@ -9,9 +9,9 @@ BIOEM_PARTICLES = REFINED_PARTICLES or POSED_PARTICLES
 def bioem_orientation_flags(wildcards, input):
     """The orientations BioEM integrates over: a global grid, or each particle's refined one with a prior."""
     if BIO["orientations"] == "refined":
-        return (f"--orientations {input.particles} --orientation-prior {input.particles}"
-                f" --orientation-prior-sigma {BIO['orientation_prior_sigma']}")
-    return f"--orientation-grid {BIO['orientation_grid']}"
+        return ["--orientations", input.particles, "--orientation-prior", input.particles,
+                "--orientation-prior-sigma", str(BIO["orientation_prior_sigma"])]
+    return ["--orientation-grid", str(BIO["orientation_grid"])]
 
 
 def bioem_models():
@@ -41,7 +41,7 @@ if BIOEM_PARTICLES is not None and bioem_models():
             launch=mpi_launch,
             orientations=bioem_orientation_flags,
             shift=BIO["max_shift"],
-            defocus=" ".join(map(str, BIO["defocus_grid"])),
+            defocus=BIO["defocus_grid"],
             device=DEVICE,
         threads: STAGE_THREADS  # BLAS and FFT threads
         resources:
@@ -51,9 +51,9 @@ if BIOEM_PARTICLES is not None and bioem_models():
         log:
             f"{RESULTS}/logs/bioem.log",
         shell:
-            "{params.launch} cryopipe bioem --particles {input.particles} --models {input.models}"
-            " {params.orientations} --displacement {params.shift} 1"
-            " --defocus-grid {params.defocus} --device {params.device} --out {params.out} 2> {log}"
+            "{params.launch:q} cryopipe bioem --particles {input.particles:q} --models {input.models:q}"
+            " {params.orientations:q} --displacement {params.shift:q} 1"
+            " --defocus-grid {params.defocus:q} --device {params.device:q} --out {params.out:q} 2> {log:q}"
 
 
     ALL_TARGETS.append(rules.bioem.output.ranking)

@@ -31,9 +31,9 @@ rule class2d:
     log:
         f"{RESULTS}/logs/class2d.log",
     shell:
-        "{params.launch} cryopipe class2d --particles {input.particles} --classes {params.classes}"
-        " --iterations {params.iterations} {params.box} --shift-range {params.shift} --ctf {params.ctf}"
-        " --mask-diameter {params.mask} --device {params.device} --out {params.out} 2> {log}"
+        "{params.launch:q} cryopipe class2d --particles {input.particles:q} --classes {params.classes:q}"
+        " --iterations {params.iterations:q} {params.box:q} --shift-range {params.shift:q} --ctf {params.ctf:q}"
+        " --mask-diameter {params.mask:q} --device {params.device:q} --out {params.out:q} 2> {log:q}"
 
 
 rule select2d:
@@ -46,14 +46,14 @@ rule select2d:
         figure=report(f"{RESULTS}/select2d/select2d.png", caption="../report/select2d.rst", category="3. 2D classification"),
     params:
         out=f"{RESULTS}/select2d",
-        keep=flag("keep", " ".join(map(str, config["select2d"]["keep"]))),
+        keep=flag("keep", config["select2d"]["keep"]),
         min_size=config["select2d"]["min_size"],
         max_resolution=config["select2d"]["max_resolution"],
     log:
         f"{RESULTS}/logs/select2d.log",
     shell:
-        "cryopipe select2d --particles {input.particles} --classes-star {input.classes} {params.keep}"
-        " --min-size {params.min_size} --max-resolution {params.max_resolution} --out {params.out} 2> {log}"
+        "cryopipe select2d --particles {input.particles:q} --classes-star {input.classes:q} {params.keep:q}"
+        " --min-size {params.min_size:q} --max-resolution {params.max_resolution:q} --out {params.out:q} 2> {log:q}"
 
 
 ALL_TARGETS.append(rules.select2d.output.particles)

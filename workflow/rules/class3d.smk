@@ -26,6 +26,7 @@ else:
             data=f"{C3_LAST}_data.star",
             model=f"{C3_LAST}_model.star",
             maps=expand(f"{C3_LAST}_class{{k:03d}}.mrc", k=range(1, C3["classes"] + 1)),
+            record=f"{RESULTS}/class3d/provenance.json",  # its recorded params rerun the job when they change
             figures=report(
                 [f"{RESULTS}/class3d/class3d_slices.png", f"{RESULTS}/class3d/class3d_progress.png"],
                 caption="../report/class3d.rst",
@@ -52,11 +53,11 @@ else:
         log:
             f"{RESULTS}/logs/class3d.log",
         shell:
-            "{params.launch} cryopipe class3d --particles {input.particles} --reference {input.reference}"
-            " --classes {params.classes} --iterations {params.iterations} --healpix-order {params.order}"
-            " --offset-range {params.offset_range} --offset-step {params.offset_step} --ini-high {params.ini_high}"
-            " --tau2-fudge {params.tau2_fudge} --symmetry {params.symmetry} --particle-diameter {params.diameter}"
-            " --device {params.device} --out {params.out} 2> {log}"
+            "{params.launch:q} cryopipe class3d --particles {input.particles:q} --reference {input.reference:q}"
+            " --classes {params.classes:q} --iterations {params.iterations:q} --healpix-order {params.order:q}"
+            " --offset-range {params.offset_range:q} --offset-step {params.offset_step:q} --ini-high {params.ini_high:q}"
+            " --tau2-fudge {params.tau2_fudge:q} --symmetry {params.symmetry:q} --particle-diameter {params.diameter:q}"
+            " --device {params.device:q} --out {params.out:q} 2> {log:q}"
 
 
     ALL_TARGETS.append(rules.class3d.output.model)

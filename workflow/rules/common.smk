@@ -1,8 +1,9 @@
 # Shared helpers for the rules: input selection, batches, flags. No science here.
 
 import glob
-import shutil
 import os
+import shutil
+import sys
 
 RESULTS = config["results"]
 SIM = config["simulate"]
@@ -10,9 +11,15 @@ USE_SIM = SIM["enabled"]
 DEVICE = config["device"]
 
 
+def config_error(key, message):
+    """Stop with one line naming the config key and exit status 2, as every cryopipe input error does."""
+    sys.stderr.write(f"cryopipe config: error: [{key}]: {message}\n")
+    sys.exit(2)
+
+
 def sim_flags():
-    """`cryopipe simulate` flags from config.simulate (every key but `enabled`)."""
-    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in SIM.items() if k != "enabled")
+    """`cryopipe simulate` flags from config.simulate (every key but `enabled`), as separate arguments."""
+    return [a for k, v in SIM.items() if k != "enabled" for a in (f"--{k.replace('_', '-')}", str(v))]
 
 
 def micrograph_paths():
@@ -21,17 +28,24 @@ def micrograph_paths():
         return [f"{RESULTS}/simulate/micrographs/mic_{i + 1:03d}.mrc" for i in range(SIM.get("micrographs", 16))]
     pattern = config.get("micrographs", {}).get("glob", "")
     if not pattern:
-        raise ValueError("config: micrographs.glob must be set when simulate.enabled is false")
+        config_error("micrographs.glob", "must name your micrographs (e.g. Micrographs/*.mrc) when simulate.enabled "
+                     "is false")
     paths = sorted(glob.glob(pattern))
     if not paths:
-        raise ValueError(f"config: micrographs.glob {pattern!r} matches no file")
+        config_error("micrographs.glob", f"{pattern!r} matches no file (relative to {os.getcwd()})")
     return paths
 
 
 def ctf_star():
     if USE_SIM:
         return f"{RESULTS}/simulate/micrographs_ctf.star"
-    return config["micrographs"]["ctf_star"]
+    path = config["micrographs"].get("ctf_star", "")
+    if not path:
+        config_error("micrographs.ctf_star", "must name the micrographs' CTF STAR (from CTFFIND or RELION) when "
+                     "simulate.enabled is false")
+    if not os.path.isfile(path):
+        config_error("micrographs.ctf_star", f"{path!r}: no such file")
+    return path
 
 
 ALL_TARGETS = []
@@ -50,21 +64,22 @@ def pick_reference():
         return ref
     if USE_SIM:
         return f"{RESULTS}/simulate/maps/conformation_1.mrc"
-    raise ValueError("config: pick.reference must be set when simulate.enabled is false")
+    config_error("pick.reference", "must name a 3D map to pick with when simulate.enabled is false")
 
 
 def flag(name, value):
-    """A CLI flag from a config value: booleans become --name / --no-name, zero means 'not given'."""
+    """CLI arguments from a config value, as a list for `{params.x:q}`: booleans become [--name] or [], zero or
+    empty means 'not given' ([]), a list gives its items after the flag."""
     if isinstance(value, bool):
-        return f"--{name}" if value else ""
-    if value in (0, "", None):
-        return ""
-    return f"--{name} {value}"
+        return [f"--{name}"] if value else []
+    if value in (0, "", None) or value == []:
+        return []
+    return [f"--{name}", *map(str, value if isinstance(value, (list, tuple)) else [value])]
 
 
 def mpi_launch(wildcards, resources):
-    """`{mpi} -n {tasks}` for MPI rules, or nothing when the profile sets no launcher (plain one-rank run)."""
-    return f"{resources.mpi} -n {resources.tasks}" if resources.mpi else ""
+    """[mpi, -n, tasks] for MPI rules, or nothing when the profile sets no launcher (plain one-rank run)."""
+    return [resources.mpi, "-n", str(resources.tasks)] if resources.mpi else []
 
 
 MPI_DEFAULT = "mpiexec" if shutil.which("mpiexec") else ""

@@ -29,10 +29,10 @@ rule pick:
     log:
         f"{RESULTS}/logs/pick_{{batch}}.log",
     shell:
-        "cryopipe pick --micrographs {input.micrographs} --reference {input.reference} {params.angpix}"
-        " --diameter {params.diameter} --directions {params.directions} --angular-step {params.step}"
-        " --lowpass {params.lowpass} --threshold {params.threshold} --device {params.device}"
-        " --out {params.out} 2> {log}"
+        "cryopipe pick --micrographs {input.micrographs:q} --reference {input.reference:q} {params.angpix:q}"
+        " --diameter {params.diameter:q} --directions {params.directions:q} --angular-step {params.step:q}"
+        " --lowpass {params.lowpass:q} --threshold {params.threshold:q} --device {params.device:q}"
+        " --out {params.out:q} 2> {log:q}"
 
 
 rule extract:
@@ -52,9 +52,9 @@ rule extract:
     log:
         f"{RESULTS}/logs/extract_{{batch}}.log",
     shell:
-        "cryopipe extract --picks {input.picks} --ctf {input.ctf} --micrographs {input.micrographs}"
-        " --box {params.box} {params.out_box} {params.invert} --device {params.device}"
-        " --out {params.out} 2> {log}"
+        "cryopipe extract --picks {input.picks:q} --ctf {input.ctf:q} --micrographs {input.micrographs:q}"
+        " --box {params.box:q} {params.out_box:q} {params.invert:q} --device {params.device:q}"
+        " --out {params.out:q} 2> {log:q}"
 
 
 rule gather_particles:
@@ -67,7 +67,19 @@ rule gather_particles:
     log:
         f"{RESULTS}/logs/gather_particles.log",
     shell:
-        "cryopipe extract --gather {input} --out {params.out} 2> {log}"
+        "cryopipe extract --gather {input:q} --out {params.out:q} 2> {log:q}"
 
 
 ALL_TARGETS.append(rules.gather_particles.output.particles)
+
+
+rule pick_all:
+    """Target: every batch picked (`snakemake pick_all`; `pick` itself has a batch wildcard)."""
+    input:
+        expand(f"{RESULTS}/pick/batch_{{batch}}/picks.star", batch=sorted(BATCHES)),
+
+
+rule extract_all:
+    """Target: every batch extracted and gathered (`snakemake extract_all`)."""
+    input:
+        rules.gather_particles.output.particles,

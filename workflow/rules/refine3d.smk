@@ -16,25 +16,13 @@ if class3d_reference() is not None and R3["enabled"]:
             particles=f"{RESULTS}/select3d/particles.star",
             reference=f"{RESULTS}/select3d/reference.mrc",
         params:
+            out=f"{RESULTS}/select3d",
             chosen=R3["class"],
         log:
             f"{RESULTS}/logs/select3d.log",
-        run:
-            import shutil
-
-            from cryopipe.io.atomic import atomic_path
-            from cryopipe.io.star import read_particles, write_table
-
-            table = read_particles(input.data)
-            counts = table["rlnClassNumber"].value_counts()
-            k = int(params.chosen) or int(counts.idxmax())
-            if k not in counts.index:
-                raise ValueError(f"config: refine3d.class {k} has no particles in {input.data}")
-            write_table(output.particles, table[table["rlnClassNumber"] == k])
-            with atomic_path(output.reference) as tmp:
-                shutil.copyfile(input.maps[k - 1], tmp)
-            with open(log[0], "w") as fh:
-                fh.write(f"class {k}: {int(counts[k])} of {len(table)} particles\n")
+        shell:
+            "cryopipe select3d --particles {input.data:q} --maps {input.maps:q} --class {params.chosen:q}"
+            " --out {params.out:q} 2> {log:q}"
 
     rule refine3d:
         input:
@@ -46,6 +34,7 @@ if class3d_reference() is not None and R3["enabled"]:
             map=f"{RESULTS}/refine3d/map.mrc",
             fsc=f"{RESULTS}/refine3d/fsc.star",
             particles=f"{RESULTS}/refine3d/particles.star",
+            record=f"{RESULTS}/refine3d/provenance.json",  # its recorded params rerun the job when they change
             figures=report(
                 [f"{RESULTS}/refine3d/refine3d_progress.png", f"{RESULTS}/refine3d/refine3d_slices.png"],
                 caption="../report/refine3d.rst",
@@ -72,12 +61,12 @@ if class3d_reference() is not None and R3["enabled"]:
         log:
             f"{RESULTS}/logs/refine3d.log",
         shell:
-            "{params.launch} cryopipe refine3d --particles {input.particles} --reference {input.reference}"
-            " --ini-high {params.ini_high} --healpix-order {params.order} --auto-local-healpix-order"
-            " {params.local_order} --offset-range {params.offset_range} --offset-step {params.offset_step}"
-            " --symmetry {params.symmetry} --particle-diameter {params.diameter} --low-resol-join-halves"
-            " {params.join} --max-iterations {params.iterations} --device {params.device} --out {params.out}"
-            " 2> {log}"
+            "{params.launch:q} cryopipe refine3d --particles {input.particles:q} --reference {input.reference:q}"
+            " --ini-high {params.ini_high:q} --healpix-order {params.order:q} --auto-local-healpix-order"
+            " {params.local_order:q} --offset-range {params.offset_range:q} --offset-step {params.offset_step:q}"
+            " --symmetry {params.symmetry:q} --particle-diameter {params.diameter:q} --low-resol-join-halves"
+            " {params.join:q} --max-iterations {params.iterations:q} --device {params.device:q} --out {params.out:q}"
+            " 2> {log:q}"
 
     rule postprocess:
         input:
@@ -100,13 +89,13 @@ if class3d_reference() is not None and R3["enabled"]:
             dilate=PP["extend"],
             edge=PP["soft_edge"],
             fit_low=PP["fit_low"],
-            bfactor="" if PP["bfactor"] == "auto" else f"--bfactor {PP['bfactor']}",
+            bfactor=[] if PP["bfactor"] == "auto" else ["--bfactor", str(PP["bfactor"])],
         log:
             f"{RESULTS}/logs/postprocess.log",
         shell:
-            "cryopipe postprocess --half1 {input.half1} --half2 {input.half2} {params.mask}"
-            " --mask-lowpass {params.lowpass} --mask-threshold {params.threshold} --extend {params.dilate}"
-            " --soft-edge {params.edge} --fit-low {params.fit_low} {params.bfactor} --out {params.out} 2> {log}"
+            "cryopipe postprocess --half1 {input.half1:q} --half2 {input.half2:q} {params.mask:q}"
+            " --mask-lowpass {params.lowpass:q} --mask-threshold {params.threshold:q} --extend {params.dilate:q}"
+            " --soft-edge {params.edge:q} --fit-low {params.fit_low:q} {params.bfactor:q} --out {params.out:q} 2> {log:q}"
 
     ALL_TARGETS.append(rules.postprocess.output.star)
     REFINED_PARTICLES = rules.refine3d.output.particles

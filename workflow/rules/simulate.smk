@@ -20,7 +20,7 @@ rule simulate:
     log:
         f"{RESULTS}/logs/simulate.log",
     shell:
-        "cryopipe simulate --out {params.out} {params.flags} 2> {log}"
+        "cryopipe simulate --out {params.out:q} {params.flags:q} 2> {log:q}"
 
 
 if USE_SIM:
