@@ -17,6 +17,26 @@ def config_error(key, message):
     sys.exit(2)
 
 
+STAR_UNSAFE = {'"': "a double quote", "'": "a single quote", "\t": "a tab", "\n": "a line break"}
+
+
+def check_star_safe(key, path):
+    """Paths end up in STAR files, whose readers (RELION's, starfile) cannot take quotes or line breaks in a value."""
+    for char, name in STAR_UNSAFE.items():
+        if char in str(path):
+            config_error(key, f"{str(path)!r} contains {name}, which a STAR file cannot hold; rename it")
+    return path
+
+
+for _key, _value in [("results", config["results"]), ("micrographs.glob", config.get("micrographs", {}).get("glob", "")),
+                     ("micrographs.ctf_star", config.get("micrographs", {}).get("ctf_star", "")),
+                     ("pick.reference", config["pick"]["reference"]),
+                     ("class3d.reference", config["class3d"]["reference"]),
+                     ("refine3d.reference", config["refine3d"]["reference"]),
+                     *(("bioem.models", m) for m in config["bioem"]["models"])]:
+    check_star_safe(_key, _value)
+
+
 def sim_flags():
     """`cryopipe simulate` flags from config.simulate (every key but `enabled`), as separate arguments."""
     return [a for k, v in SIM.items() if k != "enabled" for a in (f"--{k.replace('_', '-')}", str(v))]
@@ -33,7 +53,7 @@ def micrograph_paths():
     paths = sorted(glob.glob(pattern))
     if not paths:
         config_error("micrographs.glob", f"{pattern!r} matches no file (relative to {os.getcwd()})")
-    return paths
+    return [check_star_safe("micrographs.glob", p) for p in paths]
 
 
 def ctf_star():
