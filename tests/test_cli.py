@@ -47,7 +47,7 @@ def test_bad_parameter_exits_2_with_one_line_and_keeps_old_outputs(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
-        "cryopipe simulate: error: [angpix]: pixel size must be positive, got -1.0"
+        "cryopipe simulate: error: [--angpix]: pixel size must be positive, got -1.0"
     )
     assert "Traceback" not in proc.stderr
     np.testing.assert_array_equal(read_mrc(out / "micrographs/mic_001.mrc")[0], before)

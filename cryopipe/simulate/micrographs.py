@@ -59,15 +59,15 @@ class SimulateParams:
     ice_gradient_every: int = 4  # every k-th micrograph gets an ice gradient (0: none)
 
     def validate(self) -> None:
-        require(self.micrographs >= 1, "must be >= 1", field="micrographs")
-        require(self.angpix > 0, f"pixel size must be positive, got {self.angpix}", field="angpix")
-        require(self.size_px >= 2 * self.map_box, "micrograph must be at least twice the map box", field="size_px")
-        require(self.size_px % 2 == 0 and self.map_box % 2 == 0, "sizes must be even", field="size_px/map_box")
-        require(self.snr > 0, f"SNR must be positive, got {self.snr}", field="snr")
-        require(0 <= self.fraction_conformation_1 <= 1, "must be in [0, 1]", field="fraction_conformation_1")
-        require(0 < self.defocus_min_A <= self.defocus_max_A, "need 0 < min <= max", field="defocus_min_A/max_A")
-        require(self.diameter_A / self.angpix < self.map_box, "particle must fit the map box", field="diameter_A")
-        require(0 <= self.amplitude_contrast < 1, "must be in [0, 1)", field="amplitude_contrast")
+        require(self.micrographs >= 1, "must be >= 1", field="--micrographs")
+        require(self.angpix > 0, f"pixel size must be positive, got {self.angpix}", field="--angpix")
+        require(self.size_px >= 2 * self.map_box, "micrograph must be at least twice the map box", field="--size-px")
+        require(self.size_px % 2 == 0 and self.map_box % 2 == 0, "sizes must be even", field="--size-px/--map-box")
+        require(self.snr > 0, f"SNR must be positive, got {self.snr}", field="--snr")
+        require(0 <= self.fraction_conformation_1 <= 1, "must be in [0, 1]", field="--fraction-conformation-1")
+        require(0 < self.defocus_min_A <= self.defocus_max_A, "need 0 < min <= max", field="--defocus-min-A/--defocus-max-A")
+        require(self.diameter_A / self.angpix < self.map_box, "particle must fit the map box", field="--diameter-A")
+        require(0 <= self.amplitude_contrast < 1, "must be in [0, 1)", field="--amplitude-contrast")
 
 
 def _positions(rng: np.random.Generator, n: int, size: int, margin: int, min_dist: float) -> np.ndarray:
