@@ -4,7 +4,17 @@ Every ``cryopipe`` command writes ``provenance.json`` in its output folder (rank
 only, atomically, and only on success). A record holds the command line, the
 resolved parameters, cryopipe's version and git commit, every input and output
 with size and sha256, host, device, MPI size, start/end, wall time and peak memory.
-:func:`lineage` walks records from a file back to the raw inputs.
+
+Files are named relative to the record's own folder (``"../extract/particles.star"``,
+``"micrographs/mic_001.mrc"``) and by checksum, so a copied or moved results tree keeps
+its lineage: a record's paths are resolved against wherever the record now lies, and
+the sha256 is the proof that a file is the one recorded. Records written before this
+(absolute paths) are still read; when such a record has moved, its paths are re-anchored
+at its new place once one of its outputs is found there by name and checksum.
+
+:func:`lineage` walks records from a file back to the raw inputs and checks every file
+on the way against the records: the one that made it ("CHANGED since it was made") and
+the one that used it ("CHANGED since it was used").
 """
 
 from __future__ import annotations
@@ -42,6 +52,11 @@ def file_entry(path: str | os.PathLike) -> dict:
     """{path (absolute), size (bytes), sha256} of an existing file."""
     p = Path(path).resolve()
     return {"path": str(p), "size": p.stat().st_size, "sha256": sha256(p)}
+
+
+def _relative(entry: dict, folder: str) -> dict:
+    """``entry`` with its path relative to ``folder`` (both resolved), as records store it."""
+    return {**entry, "path": os.path.relpath(entry["path"], folder)}
 
 
 def _file_entries(paths) -> list[dict]:
@@ -122,6 +137,8 @@ class Recorder:
         self.extra.update(_jsonable(items))
 
     def write(self) -> dict:
+        """Write the record (paths relative to its folder, sizes, checksums) and return it."""
+        folder = str(self.path.parent.resolve())
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         rec = {
             "stage": self.stage,
@@ -130,8 +147,8 @@ class Recorder:
             "parameters": self.params,
             "cryopipe": code_version(),
             "python": platform.python_version(),
-            "inputs": _file_entries(self.inputs),
-            "outputs": _file_entries(self.outputs),
+            "inputs": [_relative(e, folder) for e in _file_entries(self.inputs)],
+            "outputs": [_relative(e, folder) for e in _file_entries(self.outputs)],
             "host": platform.node(),
             "device": self.device,
             "mpi_size": self.mpi_size,
@@ -145,52 +162,152 @@ class Recorder:
         return rec
 
 
-def find_producer(path: str | os.PathLike) -> tuple[dict, Path] | None:
-    """The record (and its file) that lists ``path`` as an output, searching the file's folder and parents."""
-    target = Path(path).resolve()
-    for folder in [target.parent, *target.parent.parents][:4]:
-        for rec_path in sorted(folder.glob("provenance*.json")):
+class _Records:
+    """Reads records and checksums once per lineage walk, and knows where each record's files are now."""
+
+    def __init__(self):
+        self._records: dict[Path, dict | None] = {}
+        self._outputs: dict[Path, list[tuple[dict, Path]]] = {}
+        self._sha: dict[Path, str | None] = {}
+        self._moved: dict[Path, Path] = {}  # old-style record -> the folder it was written in
+
+    def record(self, rec_path: Path) -> dict | None:
+        if rec_path not in self._records:
             try:
                 rec = json.loads(rec_path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            if any(o["path"] == str(target) for o in rec.get("outputs", [])):
-                return rec, rec_path
-    return None
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                rec = None
+            self._records[rec_path] = rec if isinstance(rec, dict) else None
+        return self._records[rec_path]
+
+    def sha(self, path: Path) -> str | None:
+        """The file's sha256 now, or None when it is missing."""
+        if path not in self._sha:
+            self._sha[path] = sha256(path) if path.is_file() else None
+        return self._sha[path]
+
+    def path(self, entry: dict, rec_path: Path) -> Path:
+        """Where the file of a record's entry is now. ``rec_path`` is resolved."""
+        raw = Path(entry["path"])
+        folder = rec_path.parent
+        if not raw.is_absolute():  # relative to the record's folder
+            return Path(os.path.normpath(folder / raw))
+        raw = Path(os.path.normpath(raw))
+        old = self._moved.get(rec_path)
+        if old is None:
+            return raw
+        moved = Path(os.path.normpath(folder / os.path.relpath(raw, old)))
+        if raw.is_relative_to(old) or moved.exists() or not raw.exists():
+            return moved
+        return raw  # an input outside the moved tree (raw data elsewhere) that is still where it was
+
+    def outputs(self, rec_path: Path) -> list[tuple[dict, Path]]:
+        if rec_path not in self._outputs:
+            rec = self.record(rec_path) or {}
+            entries = [e for e in rec.get("outputs", []) if isinstance(e, dict) and "path" in e]
+            self._outputs[rec_path] = [(e, self.path(e, rec_path)) for e in entries]
+        return self._outputs[rec_path]
+
+    def producer(self, target: Path) -> tuple[dict, Path, dict] | None:
+        """(record, record file, output entry) of the record that made ``target`` (resolved), searching its folder
+        and parents. A record naming the file's path matches; with several, the one whose checksum equals the
+        file's wins. An old record with absolute paths that was moved matches when the end of its path and the
+        checksum agree, and its other paths are then re-anchored at its new place."""
+        direct: list[tuple[dict, Path, dict]] = []
+        moved: list[tuple[dict, Path, dict, Path]] = []
+        for folder in [target.parent, *target.parent.parents][:4]:
+            tail = target.relative_to(folder).parts
+            for rec_path in sorted(folder.glob("provenance*.json")):
+                rec = self.record(rec_path)
+                if rec is None:
+                    continue
+                for entry, where in self.outputs(rec_path):
+                    if where == target:
+                        direct.append((rec, rec_path, entry))
+                    elif rec_path not in self._moved and Path(entry["path"]).is_absolute():
+                        old = Path(entry["path"]).parts
+                        if len(old) > len(tail) and old[-len(tail):] == tail:
+                            moved.append((rec, rec_path, entry, Path(*old[: -len(tail)])))
+        if not moved and len(direct) < 2:
+            return direct[0] if direct else None
+        actual = self.sha(target)
+        for rec, rec_path, entry in direct:
+            if entry.get("sha256") == actual:
+                return rec, rec_path, entry
+        for rec, rec_path, entry, old in moved:
+            if actual is not None and entry.get("sha256") == actual:
+                self._moved[rec_path] = old
+                self._outputs.pop(rec_path, None)
+                return rec, rec_path, entry
+        return direct[0] if direct else None
+
+
+def find_producer(path: str | os.PathLike) -> tuple[dict, Path] | None:
+    """The record (and its file) that lists ``path`` as an output, searching the file's folder and parents.
+
+    Record paths are resolved relative to the record's folder (old records: absolute); when several records name
+    the file, or an old record has moved, the one whose checksum equals the file's is chosen."""
+    found = _Records().producer(Path(path).resolve())
+    return None if found is None else found[:2]
 
 
 def lineage(path: str | os.PathLike) -> list[str]:
-    """Lines describing how ``path`` was made, back to raw inputs (depth-first, each record once)."""
+    """Lines describing how ``path`` was made, back to raw inputs (depth-first, each record's inputs once).
+
+    Every file on the way is checked: against the checksum its producer recorded ("CHANGED since it was made")
+    and the one recorded by the record that used it ("CHANGED since it was used"); a file that is gone is
+    "MISSING" (its producer is still followed). Paths under the current folder are shown relative to it."""
     p = Path(path)
     if not p.exists():
         raise InputError("file not found", path)
+    records = _Records()
+    cwd = Path.cwd().resolve()
     lines: list[str] = []
-    seen: set[str] = set()
+    seen: set[Path] = set()
+    flagged: dict[str, set[Path]] = {"changed": set(), "missing": set()}
 
-    def walk(file: Path, depth: int, expected_sha: str | None) -> None:
+    def show(f: Path) -> str:
+        return str(f.relative_to(cwd)) if f.is_relative_to(cwd) else str(f)
+
+    def walk(file: Path, depth: int, used_sha: str | None) -> None:
         pad = "  " * depth
-        actual = sha256(file) if file.exists() else None
-        state = "" if expected_sha is None or actual == expected_sha else "  [CHANGED since it was used]"
+        actual = records.sha(file)
+        found = records.producer(file)
+        flags = []
         if actual is None:
-            state = "  [MISSING]"
-        found = find_producer(file) if file.exists() else None
+            flags.append("[MISSING]")
+            flagged["missing"].add(file)
+        else:
+            if found is not None and found[2].get("sha256") not in (None, actual):
+                flags.append("[CHANGED since it was made]")
+            if used_sha is not None and used_sha != actual:
+                flags.append("[CHANGED since it was used]")
+            if flags:
+                flagged["changed"].add(file)
+        head = f"{pad}{show(file)}  sha256:{(actual or '-')[:12]}"
+        state = "".join(f"  {f}" for f in flags)
         if found is None:
-            lines.append(f"{pad}{file}  sha256:{(actual or '-')[:12]}  (raw input){state}")
+            lines.append(f"{head}  (raw input){state}")
             return
-        rec, rec_path = found
-        code = rec["cryopipe"]
+        rec, rec_path, _ = found
+        if rec_path in seen:
+            lines.append(f"{head}{state}\n{pad}  <- {rec.get('stage', '?')}, record {show(rec_path)} (see above)")
+            return
+        seen.add(rec_path)
+        code = rec.get("cryopipe") or {}
         lines.append(
-            f"{pad}{file}  sha256:{actual[:12]}{state}\n{pad}  <- {rec['stage']} "
-            f"(cryopipe {code['version']} {str(code.get('commit') or 'no-git')[:10]}"
-            f"{' dirty' if code.get('dirty') else ''}, {rec['end']}, {rec['host']}, {rec['device']})\n"
-            f"{pad}     $ {' '.join(rec['command'])}\n{pad}     record: {rec_path}"
+            f"{head}{state}\n{pad}  <- {rec.get('stage', '?')} "
+            f"(cryopipe {code.get('version', '?')} {str(code.get('commit') or 'no-git')[:10]}"
+            f"{' dirty' if code.get('dirty') else ''}, {rec.get('end', '?')}, {rec.get('host', '?')}, "
+            f"{rec.get('device', '?')})\n"
+            f"{pad}     $ {' '.join(map(str, rec.get('command', [])))}\n{pad}     record: {show(rec_path)}"
         )
-        if str(rec_path) in seen:
-            lines.append(f"{pad}     (inputs listed above)")
-            return
-        seen.add(str(rec_path))
-        for inp in rec["inputs"]:
-            walk(Path(inp["path"]), depth + 1, inp["sha256"])
+        for inp in rec.get("inputs", []):
+            if isinstance(inp, dict) and "path" in inp:
+                walk(records.path(inp, rec_path), depth + 1, inp.get("sha256"))
 
     walk(p.resolve(), 0, None)
+    if flagged["changed"] or flagged["missing"]:
+        lines.append(f"WARNING: {len(flagged['changed'])} file(s) changed after they were made or used, "
+                     f"{len(flagged['missing'])} missing (marked above): this lineage no longer describes them")
     return lines

@@ -24,10 +24,11 @@ def test_record_lists_inputs_outputs_with_checksums(tmp_path):
     rec = json.loads((tmp_path / "sim/provenance.json").read_text())
     assert rec["stage"] == "simulate" and rec["mpi_size"] == 1
     assert rec["parameters"]["size_px"] == 256
-    outputs = {o["path"]: o for o in rec["outputs"]}
+    outputs = {o["path"]: o for o in rec["outputs"]}  # paths relative to the record's folder
     mic = str((tmp_path / "sim/micrographs/mic_001.mrc").resolve())
-    assert outputs[mic]["sha256"] == sha256(mic)
-    assert len(rec["outputs"]) > 2 and all(o["sha256"] == sha256(o["path"]) for o in rec["outputs"])
+    assert outputs["micrographs/mic_001.mrc"]["sha256"] == sha256(mic)
+    assert len(rec["outputs"]) > 2
+    assert all(o["sha256"] == sha256(tmp_path / "sim" / o["path"]) for o in rec["outputs"])
     assert rec["cryopipe"]["version"] and rec["wall_time_s"] >= 0 and rec["peak_memory_mib"] > 0
     for key in ["command", "host", "device", "start", "end"]:
         assert rec[key]
