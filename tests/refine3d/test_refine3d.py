@@ -210,11 +210,13 @@ def test_converges_with_local_searches(tmp_path_factory, tmp_path):
 
 def test_continue_equals_uninterrupted(small, tmp_path, monkeypatch):
     """--continue from iteration 1 of a 3-iteration run (into another folder) reproduces iterations 2 and 3 (the
-    final one) exactly."""
+    final one) exactly, and the new folder holds the whole run."""
     ref, star = str(small["reference"]), str(small["star"])
     assert _cli(["--particles", star, "--reference", ref, *_flags(tmp_path / "a", 3)], monkeypatch) == 0
     assert _cli(["--continue", str(tmp_path / "a" / "run_it001"), *_flags(tmp_path / "b", 3)[:4]], monkeypatch) == 0
-    assert not (tmp_path / "b" / "run_it001_model.star").exists()
+    # the published run is whole: the iteration it continued from comes along, unchanged
+    first = [(tmp_path / x / "run_it001_model.star").read_bytes() for x in "ab"]
+    assert first[0] == first[1]
     a, b = read_model(tmp_path / "a" / "run_it003", halves=True), read_model(tmp_path / "b" / "run_it003", halves=True)
     np.testing.assert_array_equal(a.maps, b.maps)
     np.testing.assert_array_equal(a.sigma2, b.sigma2)
