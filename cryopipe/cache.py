@@ -17,21 +17,53 @@ A stage that reads on every pass would instead :meth:`StackCache.prefetch` and r
 
 Layout under ``<scratch>/cryopipe-cache-<uid>/`` (mode 0700; a folder owned by someone else disables
 the cache): ``objects/<sha256><suffix>`` are the copies, named by the sha256 of their content (the
-checksum provenance records use), so identical stacks share one copy; ``refs/<key>.json`` maps a
-source version (real path, size, mtime) to its object, so a later job finds it without reading the
-source; ``locks/`` hold flock(2) locks. A copy is written to ``objects/<key>.part`` (space reserved up
-front), hashed as it streams, and renamed into place only when complete and the source has not
-changed meanwhile: a job killed mid-copy leaves a ``.part`` that nothing trusts and the next copier
-replaces. The per-source lock makes concurrent jobs copy a file once; the others wait for it in the
-background and then verify it.
+checksum provenance records use), so identical stacks share one copy; ``refs/<key>.json`` (one per
+source, ``key`` from its real path) records the identity the source had when its bytes were last
+hashed, the object those bytes are and when that was checked (``checked_ns``); ``locks/`` hold flock(2)
+locks. A copy is written to ``objects/<key>.part`` (space reserved up front), hashed as it streams,
+and linked into place under its sha256 only when complete and the source has not changed meanwhile
+(its identity, below, is the same after the copy as before): a job killed mid-copy leaves a ``.part``
+that nothing trusts and the next copier replaces; an object of that content already there (another
+path, or an earlier version of this one) is verified and kept. The per-source lock makes concurrent
+jobs copy a file once; the others wait for it in the background and then check it.
 
-Every object is verified (size and full sha256, about 1.7 GB/s from local disk with SHA extensions:
-cheap next to reading from shared storage, and a corrupted or truncated copy is caught whatever bytes
-changed) by each job before its first use; a bad one is deleted and copied again. Objects a live job
-uses are held with a shared lock; when space is short (``quota_bytes``, or the disk's free space less
-a reserve) the least recently used unheld objects are evicted, and a stack that still does not fit is
-read from shared storage (partial caching). Nothing here raises for lack of space: the cache only
-ever makes reads faster.
+When a copy is used. A source version's identity is its full stat: (st_dev, st_ino, st_size,
+st_mtime_ns, st_ctime_ns), taken through a fresh open of the source (nothing is read; on NFS the open
+makes the client revalidate the attributes with the server). The ctime cannot be set from user space:
+any write, truncate or utime/``touch`` sets it to the current time, so a stack rewritten in place,
+with its size kept and its mtime put back (``touch -d``, ``os.utime``) or not, has a new identity.
+A job uses the object a ref names without reading the source when the source's identity is exactly
+the recorded one, all five fields, and the object is intact (its own bytes, read from local disk,
+hash to its name; a copy that does not is ``corrupt``: deleted and copied again). When any field
+differs the ref is not trusted: the job reads the source once, hashing it and comparing it with the
+object byte for byte. The same content (a ``touch``, a rewrite with the same bytes) is a hit: the copy
+is used and the ref gets the new identity, so the next job reads nothing. Other content is ``stale``:
+the ref is dropped, the stack is read from shared storage and copied again. An identity recorded less
+than ``RACY_NS`` (2 s) after the source's ctime is checked again the same way by the next job (as git
+does with "racily clean" index entries): a write landing in the same timestamp tick as the recording
+(1 s on file systems with whole-second timestamps) would leave the identity as it was.
+
+What can still fool it: a change the stat does not show. Root setting the clock back between two
+writes (a later write can then get an earlier write's ctime, with the same size and inode); and NFS
+clients that cache attributes without revalidating them at open (mounted ``nocto``): a write from
+another host may then not show in stat for up to the attribute cache time (``actimeo``), but such a
+client reads stale data pages of the file too, so a job reading the source directly would get the old
+content as well. The sha256 that a producing stage's
+``provenance.json`` records for a stack is not used as a key: it says what the file was when the
+record was written, not what it is now, which is what the rewrite in place changes.
+
+Costs. A job whose stacks are all cached with unchanged identities reads nothing from shared storage
+(``source_bytes_hashed`` 0): one open and stat per stack there, and a local read of each copy it uses
+to verify it (sha256, ~1.7 GB/s). A source whose identity changed is read once (hashed, and compared
+with the copy at local-read speed) by the job that finds it so, which records the new identity. A
+stack not cached yet costs what an uncached job does: the job reads the source while a background copy
+(hashing as it streams) reads it once more for the jobs that follow. Within one job a source is
+checked once (when it is adopted or staged); later :meth:`path_for` calls answer from memory, so a
+job's stacks stay at the version checked at its start. Objects a live job uses are held with a shared
+lock; when space is short (``quota_bytes``, or the disk's free space less a reserve) the least
+recently used unheld objects are evicted, and a stack that still does not fit is read from shared
+storage (partial caching). Nothing here raises for lack of space: the cache only ever makes reads
+faster.
 """
 
 from __future__ import annotations
@@ -57,6 +89,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 8 << 20
 RESERVE_BYTES = 1 << 30  # free space left on the scratch disk (or 5 % of it, if smaller)
+RACY_NS = 2 * 10**9  # an identity recorded within this of the source's ctime is checked again (timestamp ticks)
 
 
 class _ClosedError(Exception):
@@ -118,6 +151,27 @@ def _sha256_fd(fd: int, stop: threading.Event) -> str:
     return h.hexdigest()
 
 
+def _source_stat(src: str) -> os.stat_result:
+    """The stat of ``src`` through a fresh open (nothing is read): on NFS an open revalidates the attributes with
+    the server (close-to-open), where a plain stat may answer from the client's attribute cache."""
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def _identity(st: os.stat_result) -> list[int]:
+    """A source version: device, inode, size, mtime and ctime (a list, as the ref's JSON holds it)."""
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _racy(ref: dict, st: os.stat_result) -> bool:
+    """Whether the identity in ``ref`` was recorded too soon after the source's last change to rule out a write
+    within the same timestamp tick (which would leave the ctime as it was)."""
+    return st.st_ctime_ns + RACY_NS > ref.get("checked_ns", 0)
+
+
 class StackCache:
     """Stage files on node-local scratch in the background; see the module docstring."""
 
@@ -130,8 +184,8 @@ class StackCache:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._queue: queue.Queue = queue.Queue()
-        self._stats = dict(hits=0, copies=0, bytes_copied=0, corrupt=0, not_cached=0, evicted=0,
-                           staging_s=0.0, reads_cached=0, reads_source=0)
+        self._stats = dict(hits=0, copies=0, bytes_copied=0, corrupt=0, stale=0, not_cached=0, evicted=0,
+                           source_bytes_hashed=0, staging_s=0.0, reads_cached=0, reads_source=0)
         self.enabled = quota_bytes != 0 and self._prepare()
         self._thread = threading.Thread(target=self._work, name="stack-cache", daemon=True)
         if self.enabled:
@@ -271,14 +325,14 @@ class StackCache:
             self._queue.task_done()
 
     def _stage(self, src: str, copy: bool = True) -> Path | None:
-        """The verified object of ``src``, copied first if needed (under the source's lock). ``copy=False``: only
-        one already there, verified under a shared lock (jobs, or ranks, starting together verify at once), and
-        BlockingIOError rather than waiting for another job's copy."""
-        st = os.stat(src)
-        ident = f"{os.path.realpath(src)}\0{st.st_size}\0{st.st_mtime_ns}"
-        key = hashlib.sha256(ident.encode()).hexdigest()[:32]
+        """The object holding ``src``'s current content, copied first if needed (under the source's lock).
+        ``copy=False``: only one already there, checked under a shared lock (jobs, or ranks, starting together
+        check at once), and BlockingIOError rather than waiting for another job's copy."""
+        key = hashlib.sha256(os.path.realpath(src).encode()).hexdigest()[:32]  # names the ref and the lock
         with _flock(self.root / "locks" / f"{key}.lock", self._stop, wait=copy, shared=not copy):
-            return self._lookup(key, st.st_size) or (self._copy(src, key, st) if copy else None)
+            checked_ns = time.time_ns()  # before the stat: a write after it gets a later ctime (see RACY_NS)
+            st = _source_stat(src)
+            return self._lookup(src, key, st, checked_ns) or (self._copy(src, key, st, checked_ns) if copy else None)
 
     def _hold(self, obj: Path) -> int | None:
         """Open ``obj`` with a shared lock (so no job evicts it while in use); None when it is gone."""
@@ -295,37 +349,96 @@ class StackCache:
         os.close(fd)
         return None
 
-    def _lookup(self, key: str, size: int) -> Path | None:
-        """The verified object of source version ``key``; a corrupted one is deleted (None)."""
+    def _lookup(self, src: str, key: str, st: os.stat_result, checked_ns: int) -> Path | None:
+        """The object the ref of ``key`` names, if it holds ``src``'s current content (see the module docstring).
+        The source's identity is the one recorded (and was not recorded within RACY_NS of its ctime): only the
+        object's own bytes are checked, locally. Otherwise the source is read once, hashed and compared with the
+        object; the same content is used and its identity recorded. Else None and the ref is dropped: a stale ref
+        (source changed; the object stays for whatever else has that content) or a corrupted object (deleted)."""
         ref_path = self.root / "refs" / f"{key}.json"
         try:
             ref = json.loads(ref_path.read_text())
-        except (OSError, ValueError):
+            obj, digest = self.root / "objects" / ref["object"], ref["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        obj = self.root / "objects" / ref["object"]
         fd = self._hold(obj)
         if fd is None:
             return None
+        ident = _identity(st)
+        trusted = ref.get("identity") == ident and not _racy(ref, st)
         try:
-            good = os.fstat(fd).st_size == size == ref["size"] and _sha256_fd(fd, self._stop) == ref["sha256"]
+            if trusted:
+                same = intact = self._intact(fd, ref, digest)
+            else:
+                same = self._matches_source(src, fd, digest, st.st_size)
+                intact = same or self._intact(fd, ref, digest)
+                if same and _identity(_source_stat(src)) != ident:
+                    os.close(fd)
+                    log.warning("stack cache: %s changed while being checked; reading it from shared storage", src)
+                    return None
         except BaseException:
             os.close(fd)
             raise
-        if good:
+        if same:
+            if not trusted:  # the source has the object's content: the next job need not read it
+                self._write_ref(key, {**ref, "identity": ident, "checked_ns": checked_ns})
             self._held.append(fd)
             os.utime(obj)  # least recently used goes first
             with self._lock:
                 self._stats["hits"] += 1
             return obj
         os.close(fd)
-        log.warning("stack cache: %s is corrupted; copying again", obj)
-        with self._lock:
-            self._stats["corrupt"] += 1
-        obj.unlink(missing_ok=True)
         ref_path.unlink(missing_ok=True)
+        if intact:
+            log.warning("stack cache: %s no longer has the content of its copy (rewritten in place?); "
+                        "reading it from shared storage", src)
+            with self._lock:
+                self._stats["stale"] += 1
+        else:
+            log.warning("stack cache: %s is corrupted; copying again", obj)
+            with self._lock:
+                self._stats["corrupt"] += 1
+            obj.unlink(missing_ok=True)
         return None
 
-    def _copy(self, src: str, key: str, st: os.stat_result) -> Path | None:
+    def _intact(self, fd: int, ref: dict, digest: str) -> bool:
+        """Whether the object open as ``fd`` has its recorded size and its bytes hash to its name (a local read)."""
+        return os.fstat(fd).st_size == ref.get("size") and _sha256_fd(fd, self._stop) == digest
+
+    def _write_ref(self, key: str, ref: dict) -> None:
+        """Replace the ref of ``key`` atomically (jobs holding the shared lock may write it at once)."""
+        fd, tmp = tempfile.mkstemp(prefix=f"{key}.", suffix=".part", dir=self.root / "refs")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(ref))
+            os.replace(tmp, self.root / "refs" / f"{key}.json")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _matches_source(self, src: str, fd: int, digest: str, size: int) -> bool:
+        """Whether the object open as ``fd`` has exactly ``src``'s bytes and they hash to ``digest``: one read of
+        the source (hashed) and of the object (compared), stopping at the first difference."""
+        if os.fstat(fd).st_size != size:
+            return False
+        h, offset = hashlib.sha256(), 0
+        try:
+            with open(src, "rb") as fin:
+                if os.fstat(fin.fileno()).st_size != size:
+                    return False
+                while block := fin.read(CHUNK):
+                    if self._stop.is_set():
+                        raise _ClosedError
+                    if os.pread(fd, len(block), offset) != block:
+                        return False
+                    h.update(block)
+                    offset += len(block)
+        finally:
+            with self._lock:
+                self._stats["source_bytes_hashed"] += offset
+        return offset == size and h.hexdigest() == digest
+
+    def _copy(self, src: str, key: str, st: os.stat_result, checked_ns: int) -> Path | None:
         part = self.root / "objects" / f"{key}.part"
         with _flock(self.root / "locks" / "space.lock", self._stop):
             if not self._make_room(st.st_size, part):
@@ -345,21 +458,18 @@ class StackCache:
             with os.fdopen(fd, "wb") as fout, open(src, "rb") as fin:
                 digest = _copy_hashing(fin, fout, self._stop)
                 copied = fout.tell()
-            now = os.stat(src)
-            if (copied, now.st_size, now.st_mtime_ns) != (st.st_size, st.st_size, st.st_mtime_ns):
+            with self._lock:
+                self._stats["source_bytes_hashed"] += copied
+            if copied != st.st_size or _identity(_source_stat(src)) != _identity(st):  # size, mtime, ctime, inode
                 log.warning("stack cache: %s changed while being copied; not cached", src)
                 part.unlink()
                 return None
-            obj = self.root / "objects" / f"{digest}{Path(src).suffix}"
-            os.replace(part, obj)
+            obj, fd = self._place(part, digest, copied, Path(src).suffix)
         except BaseException:
             part.unlink(missing_ok=True)
             raise
-        ref = {"object": obj.name, "sha256": digest, "size": copied, "source": os.path.realpath(src)}
-        tmp = self.root / "refs" / f"{key}.json.part"
-        tmp.write_text(json.dumps(ref))
-        os.replace(tmp, self.root / "refs" / f"{key}.json")
-        fd = self._hold(obj)
+        self._write_ref(key, {"object": obj.name, "sha256": digest, "size": copied, "source": os.path.realpath(src),
+                              "identity": _identity(st), "checked_ns": checked_ns})
         if fd is None:
             return None
         self._held.append(fd)
@@ -367,6 +477,36 @@ class StackCache:
             self._stats["copies"] += 1
             self._stats["bytes_copied"] += copied
         return obj
+
+    def _place(self, part: Path, digest: str, size: int, suffix: str) -> tuple[Path, int | None]:
+        """Put the finished copy ``part`` in place as the object of ``digest`` and hold it. An object of that
+        content already there (another source, or an earlier version of this one) is kept if it verifies: jobs
+        reading it keep their file; a corrupted one is replaced."""
+        obj = self.root / "objects" / f"{digest}{suffix}"
+        try:
+            os.link(part, obj)
+        except FileExistsError:
+            fd = self._hold(obj)
+            if fd is not None:
+                try:
+                    good = os.fstat(fd).st_size == size and _sha256_fd(fd, self._stop) == digest
+                except BaseException:
+                    os.close(fd)
+                    raise
+                if good:
+                    part.unlink()
+                    os.utime(obj)
+                    return obj, fd
+                os.close(fd)
+                log.warning("stack cache: %s is corrupted; replacing it", obj)
+                with self._lock:
+                    self._stats["corrupt"] += 1
+            os.replace(part, obj)
+        except OSError:  # a scratch file system without hard links
+            os.replace(part, obj)
+        else:
+            part.unlink()
+        return obj, self._hold(obj)
 
     def _make_room(self, size: int, part: Path) -> bool:
         """Evict least recently used unheld objects (and abandoned .part files) until ``size`` more fits."""

@@ -1,6 +1,7 @@
 """Node-local stack cache: jobs are separate processes sharing one scratch folder, as on a node."""
 
 import argparse
+import builtins
 import json
 import os
 import signal
@@ -12,13 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cryopipe.cache import StackCache, add_arguments, default_scratch_dir
+from cryopipe import cache as cache_module
+from cryopipe.cache import RACY_NS, StackCache, add_arguments, default_scratch_dir
+from cryopipe.provenance import Recorder
 
 MB = 1 << 20
 
 JOB = """
 import json, sys
-from cryopipe.cache import StackCache, add_arguments, default_scratch_dir
+from cryopipe import cache as cache_module
+from cryopipe.cache import RACY_NS, StackCache, add_arguments, default_scratch_dir
 
 scratch, quota, *files = sys.argv[1:]
 with StackCache(scratch, None if quota == "none" else int(quota)) as cache:
@@ -111,6 +115,134 @@ def test_corrupted_copy_is_detected_and_copied_again(tmp_path, stacks, damage):
     again = job(tmp_path / "scratch", src)
     assert (again["stats"]["corrupt"], again["stats"]["copies"], again["stats"]["hits"]) == (1, 1, 0)
     assert Path(again["paths"][0]).read_bytes() == src.read_bytes()
+
+
+def rewrite_in_place_keeping_mtime(path: Path, offset: int) -> bytes:
+    """Overwrite 4 KiB of ``path`` at ``offset`` (same file, same size), put its mtime back; the new content."""
+    st = path.stat()
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        old = fh.read(4096)
+        fh.seek(offset)
+        fh.write(bytes(b ^ 0xFF for b in old))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("record", [False, True], ids=["no-record", "producer-record"])
+def test_stack_rewritten_in_place_with_its_mtime_kept_is_not_served_stale(tmp_path, stacks, record):
+    scratch, src = tmp_path / "scratch", stacks("a.mrcs", 3)
+    if record:  # the producing stage's provenance.json lists the stack, sha256 and size: it is of the old content
+        rec = Recorder(src.parent, "test", {})
+        rec.add_output(src)
+        rec.write()
+        os.utime(rec.path, ns=(src.stat().st_mtime_ns + 10**9,) * 2)  # written after the stack, as a stage does
+    old = src.read_bytes()
+    first = job(scratch, src)
+    assert Path(first["paths"][0]).read_bytes() == old
+    new = rewrite_in_place_keeping_mtime(src, 3 * MB // 2)
+    assert new != old
+    second = job(scratch, src)
+    assert Path(second["paths"][0]).read_bytes() == new
+    assert (second["stats"]["stale"], second["stats"]["hits"], second["stats"]["corrupt"]) == (1, 0, 0)
+    assert second["stats"]["copies"] == 1 and second["stats"]["source_bytes_hashed"] >= 3 * MB
+    third = job(scratch, src)  # the new content's copy is used from now on; the old one is left for LRU eviction
+    assert Path(third["paths"][0]).read_bytes() == new
+    assert (third["stats"]["hits"], third["stats"]["stale"], third["stats"]["copies"]) == (1, 0, 0)
+    assert job(scratch, src, quota=0)["paths"] == [str(src)]
+
+
+def ref_of(scratch: Path) -> dict:
+    (ref,) = (objects(scratch).parent / "refs").glob("*.json")
+    return json.loads(ref.read_text())
+
+
+def identity(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def let_timestamps_settle() -> None:
+    """Wait until what was just written is older than RACY_NS: an identity recorded now is trusted as it is."""
+    time.sleep(RACY_NS / 1e9 + 0.05)
+
+
+def test_job_with_unchanged_stacks_reads_nothing_from_shared_storage(tmp_path, stacks, monkeypatch):
+    scratch, files = tmp_path / "scratch", [stacks("a.mrcs", 3), stacks("b.mrcs", 1)]
+    let_timestamps_settle()  # the stacks were written a while ago, as a producing stage's are
+    first = job(scratch, *files)  # another job on this node copied them
+    assert (first["stats"]["copies"], first["stats"]["source_bytes_hashed"]) == (2, 4 * MB)
+    sources, data_opens, stat_opens = {str(f) for f in files}, [], []
+    real_open, real_os_open = builtins.open, os.open
+
+    def counting_open(file, *args, **kwargs):  # what the cache reads files with
+        if os.fspath(file) in sources:
+            data_opens.append(os.fspath(file))
+        return real_open(file, *args, **kwargs)
+
+    def counting_os_open(path, *args, **kwargs):  # the open through which a source's identity is taken
+        if os.fspath(path) in sources:
+            stat_opens.append(os.fspath(path))
+        return real_os_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "open", counting_open, raising=False)
+    monkeypatch.setattr(os, "open", counting_os_open)
+    with StackCache(scratch) as cache:  # the second job, as a stage runs it
+        cache.adopt(files)
+        paths = [cache.path_for(f) for f in files]
+        cache.wait()
+        stats = cache.stats()
+    monkeypatch.undo()
+    assert paths == [Path(p) for p in first["paths"]] and [p.read_bytes() for p in paths] == [
+        f.read_bytes() for f in files]
+    assert (stats["hits"], stats["copies"], stats["stale"], stats["corrupt"], stats["reads_cached"]) == (2, 0, 0, 0, 2)
+    assert stats["source_bytes_hashed"] == 0
+    assert data_opens == []  # no source was opened for reading its bytes...
+    assert sorted(stat_opens) == sorted(sources)  # ...only once each, to take its identity (nothing read)
+
+
+def test_utime_alone_is_checked_once_and_keeps_the_copy(tmp_path, stacks):
+    scratch, src = tmp_path / "scratch", stacks("a.mrcs", 3)
+    first = job(scratch, src)
+    recorded = ref_of(scratch)
+    assert recorded["identity"] == identity(src)
+    st = src.stat()
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))  # content, size and mtime as they were; ctime is now
+    assert identity(src)[:4] == recorded["identity"][:4] and identity(src)[4] != recorded["identity"][4]
+    let_timestamps_settle()
+    second = job(scratch, src)  # the ctime differs: the source is hashed once, matches, and the copy is kept
+    assert second["paths"] == first["paths"] and Path(second["paths"][0]).read_bytes() == src.read_bytes()
+    assert (second["stats"]["hits"], second["stats"]["copies"], second["stats"]["bytes_copied"],
+            second["stats"]["stale"], second["stats"]["corrupt"]) == (1, 0, 0, 0, 0)
+    assert second["stats"]["source_bytes_hashed"] == 3 * MB
+    updated = ref_of(scratch)
+    assert updated["identity"] == identity(src) and updated["object"] == recorded["object"]
+    third = job(scratch, src)
+    assert third["paths"] == first["paths"]
+    assert (third["stats"]["hits"], third["stats"]["copies"], third["stats"]["source_bytes_hashed"]) == (1, 0, 0)
+
+
+def test_identity_recorded_right_after_a_change_is_checked_again(tmp_path, stacks):
+    """Within RACY_NS of the source's last change, a write in the same timestamp tick could keep its identity:
+    the next job hashes the source rather than trusting the ref (and records it again)."""
+    scratch, src = tmp_path / "scratch", stacks("a.mrcs", 2)
+    job(scratch, src)  # the stack was written a moment ago
+    assert identity(src)[4] + RACY_NS > ref_of(scratch)["checked_ns"]
+    second = job(scratch, src)
+    assert (second["stats"]["hits"], second["stats"]["copies"], second["stats"]["source_bytes_hashed"]) == (
+        1, 0, 2 * MB)
+
+
+def test_identical_stacks_share_one_copy(tmp_path, stacks):
+    scratch, a = tmp_path / "scratch", stacks("a.mrcs", 2)
+    b = a.with_name("b.mrcs")
+    b.write_bytes(a.read_bytes())
+    one, two = job(scratch, a), job(scratch, b)
+    assert two["paths"] == one["paths"] and Path(two["paths"][0]).read_bytes() == b.read_bytes()
+    assert (two["stats"]["hits"], two["stats"]["corrupt"]) == (0, 0)  # b was read once, and matched a's copy
+    assert [p.suffix for p in objects(scratch).iterdir()] == [".mrcs"]
+    assert job(scratch, b)["stats"]["hits"] == 1
 
 
 def test_small_quota_caches_what_fits_and_reads_the_rest_from_shared_storage(tmp_path, stacks):

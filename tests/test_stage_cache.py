@@ -1,12 +1,17 @@
 """The particle stages read their stacks through the node-local cache: the second job on a node reads the
 copy, a damaged copy is never used, and errors name the user's file, not the copy."""
 
+import builtins
+import os
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from cryopipe import cache as cache_module
 from cryopipe.bioem import stage as bioem_stage
-from cryopipe.cache import StackCache
+from cryopipe.cache import RACY_NS, StackCache
 from cryopipe.em3d.particles import load_particles
 from cryopipe.errors import InputError
 from cryopipe.io.mrc import write_mrc
@@ -45,6 +50,25 @@ def test_second_job_reads_the_node_copy_and_gets_the_same_images(particles, tmp_
     assert (s2["reads_cached"], s2["reads_source"], s2["hits"], s2["copies"]) == (3, 0, 3, 0)
     np.testing.assert_array_equal(first, plain)
     np.testing.assert_array_equal(second, plain)
+
+
+def test_second_job_reads_no_stack_from_shared_storage_through_the_cache(particles, tmp_path, monkeypatch):
+    time.sleep(RACY_NS / 1e9 + 0.05)  # the stacks were written a while ago, as the extract stage's are
+    _job(tmp_path / "scratch", particles)
+    data = tmp_path / "data"
+    opened, real_open = [], builtins.open
+
+    def counting_open(file, *args, **kwargs):  # what the cache reads (hashes, copies) a source with
+        if os.path.dirname(os.path.abspath(file)) == str(data):
+            opened.append(os.fspath(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "open", counting_open, raising=False)
+    images, stats = _job(tmp_path / "scratch", particles)
+    monkeypatch.undo()
+    assert opened == []  # (the stage itself still reads each stack's MRC header from shared storage)
+    assert (stats["hits"], stats["reads_cached"], stats["source_bytes_hashed"], stats["copies"]) == (3, 3, 0, 0)
+    np.testing.assert_array_equal(images, load_particles(particles, use_ctf=False).spectra)
 
 
 def test_a_rank_stages_only_the_stacks_it_reads(particles, tmp_path):
@@ -89,3 +113,39 @@ def test_bioem_particles_through_the_cache(particles, tmp_path):
             cache.wait()
         assert cache.stats()["hits"] == expected_hits
         np.testing.assert_array_equal(ds.images, plain)
+
+
+LOADERS = {"em3d": lambda star, cache: load_particles(star, use_ctf=False, cache=cache).spectra,
+           "bioem": lambda star, cache: bioem_stage.load_particles(star, cache=cache).images}
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_stack_rewritten_in_place_with_its_mtime_kept_gives_the_new_images(particles, tmp_path, rng, loader):
+    load = LOADERS[loader]
+
+    def job():
+        with StackCache(tmp_path / "scratch") as cache:
+            images = load(particles, cache)
+            cache.wait()
+        return images, cache.stats()
+
+    before, _ = job()  # the node now holds copies of the three stacks
+    stack = tmp_path / "data" / "stack1.mrcs"
+    st = stack.stat()
+    fresh = tmp_path / "fresh.mrcs"
+    write_mrc(fresh, rng.normal(size=(10, 32, 32)).astype(np.float32), 2.0, stack=True)
+    assert fresh.stat().st_size == st.st_size
+    with open(stack, "r+b") as fh:  # in place: the same file, the same size...
+        fh.write(fresh.read_bytes())
+    os.utime(stack, ns=(st.st_atime_ns, st.st_mtime_ns))  # ...and the same mtime
+    assert (stack.stat().st_ino, stack.stat().st_size, stack.stat().st_mtime_ns) == (st.st_ino, st.st_size,
+                                                                                     st.st_mtime_ns)
+    with StackCache(tmp_path / "off", quota_bytes=0) as off:  # --scratch-quota-gb 0
+        expected = load(particles, off)
+    assert not np.array_equal(expected, before)
+    after, stats = job()
+    np.testing.assert_array_equal(after, expected)
+    assert (stats["stale"], stats["hits"], stats["corrupt"], stats["copies"]) == (1, 2, 0, 1)
+    again, stats = job()
+    np.testing.assert_array_equal(again, expected)
+    assert (stats["hits"], stats["stale"], stats["reads_cached"]) == (3, 0, 3)
