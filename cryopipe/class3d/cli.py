@@ -58,6 +58,7 @@ def main(args: argparse.Namespace, recorder) -> None:
         reference = None if args.resumed else args.reference  # a resumed run's maps are its own
         result = run_class3d(args.particles, reference, args.out, params, bk, comm, args.continue_from, cache)
     if comm.Get_rank() == 0:
+        _link_final(args.out, result["model"].iteration)
         recorder.add_input(*(p for p in (args.particles, args.reference) if p is not None))
         if args.continue_from is not None and not args.resumed:  # a resumed run's checkpoints are its own
             prefix, _ = parse_continue(args.continue_from)
@@ -67,3 +68,13 @@ def main(args: argparse.Namespace, recorder) -> None:
         recorder.note(classes=int(model.maps.shape[0]), iteration=model.iteration,
                       class_distribution=[round(float(x), 4) for x in model.pdf_class],
                       resolution_A=[round(float(x), 2) for x in model.resolution_A])
+
+
+def _link_final(out: Path, iteration: int) -> None:
+    """``run_{data,model}.star`` and ``run_classKKK.mrc``: the last iteration's files under names that do not
+    depend on the iteration count (links, no copies), so a workflow can name the result whatever the count."""
+    from cryopipe.outdir import link_or_copy
+
+    prefix = f"run_it{iteration:03d}_"
+    for src in sorted(Path(out).glob(f"{prefix}*")):
+        link_or_copy(src, src.with_name("run_" + src.name[len(prefix):]))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,18 @@ def test_tiny_workflow_runs_end_to_end_with_provenance(tmp_path):
     # nothing left to do: a second run is a no-op
     again = _snakemake(tmp_path, "--configfile", str(tmp_path / "tiny.yaml"), "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # fewer class3d iterations: the old run's run_it001 exists, but its record's parameters say 2, so it reruns
+    (tmp_path / "fewer.yaml").write_text(TINY.replace("class3d:\n  iterations: 2", "class3d:\n  iterations: 1"))
+    plan = _snakemake(tmp_path, "--configfile", str(tmp_path / "fewer.yaml"), "-n")
+    assert plan.returncode == 0 and re.search(r"^class3d\s+1$", plan.stdout, flags=re.M), plan.stdout[-2000:]
+    # the whole chain has its lineage: postprocess's map goes back through select3d and refine3d to the micrographs
+    trail = subprocess.run([Path(sys.executable).parent / "cryopipe", "lineage",
+                            str(tmp_path / "results/postprocess/map_sharpened.mrc")],
+                           capture_output=True, text=True, check=True).stdout
+    for stage in ("postprocess", "refine3d", "select3d", "class3d", "select2d", "class2d", "extract", "pick",
+                  "simulate"):
+        assert f"<- {stage}" in trail, (stage, trail[-3000:])
+    assert "CHANGED" not in trail and "MISSING" not in trail
 
 
 @pytest.mark.parametrize(

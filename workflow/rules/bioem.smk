@@ -40,9 +40,9 @@ if BIOEM_PARTICLES is not None and bioem_models():
             out=f"{RESULTS}/bioem",
             launch=mpi_launch,
             orientations=bioem_orientation_flags,
-            shift=BIO["max_shift"],
-            defocus=BIO["defocus_grid"],
-            device=DEVICE,
+            shift=arg("displacement", BIO["max_shift"]),
+            defocus=arg("defocus-grid", BIO["defocus_grid"]),
+            device=arg("device", DEVICE),
         threads: STAGE_THREADS  # BLAS and FFT threads
         resources:
             mpi=MPI_DEFAULT,
@@ -52,8 +52,8 @@ if BIOEM_PARTICLES is not None and bioem_models():
             f"{RESULTS}/logs/bioem.log",
         shell:
             "{params.launch:q} cryopipe bioem --particles {input.particles:q} --models {input.models:q}"
-            " {params.orientations:q} --displacement {params.shift:q} 1"
-            " --defocus-grid {params.defocus:q} --device {params.device:q} --out {params.out:q} 2> {log:q}"
+            " {params.orientations:q} {params.shift:q} 1"
+            " {params.defocus:q} {params.device:q} --out {params.out:q} 2> {log:q}"
 
 
     ALL_TARGETS.append(rules.bioem.output.ranking)

@@ -16,13 +16,13 @@ rule class2d:
     params:
         out=f"{RESULTS}/class2d",
         launch=mpi_launch,
-        classes=config["class2d"]["classes"],
-        iterations=config["class2d"]["iterations"],
+        classes=arg("classes", config["class2d"]["classes"]),
+        iterations=arg("iterations", config["class2d"]["iterations"]),
         box=flag("box", config["class2d"]["box"]),
-        shift=config["class2d"]["shift_range"],
-        ctf=config["class2d"]["ctf"],
-        mask=round(1.1 * config["particle_diameter"]),
-        device=DEVICE,
+        shift=arg("shift-range", config["class2d"]["shift_range"]),
+        ctf=arg("ctf", config["class2d"]["ctf"]),
+        mask=arg("mask-diameter", round(1.1 * config["particle_diameter"])),
+        device=arg("device", DEVICE),
     threads: STAGE_THREADS  # BLAS and FFT threads
     resources:
         mpi=MPI_DEFAULT,
@@ -31,9 +31,9 @@ rule class2d:
     log:
         f"{RESULTS}/logs/class2d.log",
     shell:
-        "{params.launch:q} cryopipe class2d --particles {input.particles:q} --classes {params.classes:q}"
-        " --iterations {params.iterations:q} {params.box:q} --shift-range {params.shift:q} --ctf {params.ctf:q}"
-        " --mask-diameter {params.mask:q} --device {params.device:q} --out {params.out:q} 2> {log:q}"
+        "{params.launch:q} cryopipe class2d --particles {input.particles:q} {params.classes:q}"
+        " {params.iterations:q} {params.box:q} {params.shift:q} {params.ctf:q}"
+        " {params.mask:q} {params.device:q} --out {params.out:q} 2> {log:q}"
 
 
 rule select2d:
@@ -47,13 +47,13 @@ rule select2d:
     params:
         out=f"{RESULTS}/select2d",
         keep=flag("keep", config["select2d"]["keep"]),
-        min_size=config["select2d"]["min_size"],
-        max_resolution=config["select2d"]["max_resolution"],
+        min_size=arg("min-size", config["select2d"]["min_size"]),
+        max_resolution=arg("max-resolution", config["select2d"]["max_resolution"]),
     log:
         f"{RESULTS}/logs/select2d.log",
     shell:
         "cryopipe select2d --particles {input.particles:q} --classes-star {input.classes:q} {params.keep:q}"
-        " --min-size {params.min_size:q} --max-resolution {params.max_resolution:q} --out {params.out:q} 2> {log:q}"
+        " {params.min_size:q} {params.max_resolution:q} --out {params.out:q} 2> {log:q}"
 
 
 ALL_TARGETS.append(rules.select2d.output.particles)

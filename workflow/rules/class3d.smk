@@ -1,7 +1,6 @@
 # 3D classification (RELION-style regularised likelihood EM) of the selected particles.
 
 C3 = config["class3d"]
-C3_LAST = f"{RESULTS}/class3d/run_it{C3['iterations']:03d}"
 
 
 def class3d_reference():
@@ -23,9 +22,11 @@ else:
             particles=rules.select2d.output.particles,
             reference=class3d_reference(),
         output:
-            data=f"{C3_LAST}_data.star",
-            model=f"{C3_LAST}_model.star",
-            maps=expand(f"{C3_LAST}_class{{k:03d}}.mrc", k=range(1, C3["classes"] + 1)),
+            # the last iteration under names independent of the count: every run writes them, so Snakemake
+            # holds their metadata and a changed parameter (iterations included) reruns the job
+            data=f"{RESULTS}/class3d/run_data.star",
+            model=f"{RESULTS}/class3d/run_model.star",
+            maps=expand(f"{RESULTS}/class3d/run_class{{k:03d}}.mrc", k=range(1, C3["classes"] + 1)),
             record=f"{RESULTS}/class3d/provenance.json",  # its recorded params rerun the job when they change
             figures=report(
                 [f"{RESULTS}/class3d/class3d_slices.png", f"{RESULTS}/class3d/class3d_progress.png"],
@@ -35,16 +36,16 @@ else:
         params:
             out=f"{RESULTS}/class3d",
             launch=mpi_launch,
-            classes=C3["classes"],
-            iterations=C3["iterations"],
-            order=C3["healpix_order"],
-            offset_range=C3["offset_range"],
-            offset_step=C3["offset_step"],
-            ini_high=C3["ini_high"],
-            tau2_fudge=C3["tau2_fudge"],
-            symmetry=C3["symmetry"],
-            diameter=config["particle_diameter"],
-            device=DEVICE,
+            classes=arg("classes", C3["classes"]),
+            iterations=arg("iterations", C3["iterations"]),
+            order=arg("healpix-order", C3["healpix_order"]),
+            offset_range=arg("offset-range", C3["offset_range"]),
+            offset_step=arg("offset-step", C3["offset_step"]),
+            ini_high=arg("ini-high", C3["ini_high"]),
+            tau2_fudge=arg("tau2-fudge", C3["tau2_fudge"]),
+            symmetry=arg("symmetry", C3["symmetry"]),
+            diameter=arg("particle-diameter", config["particle_diameter"]),
+            device=arg("device", DEVICE),
         threads: STAGE_THREADS  # BLAS and FFT threads
         resources:
             mpi=MPI_DEFAULT,
@@ -54,10 +55,10 @@ else:
             f"{RESULTS}/logs/class3d.log",
         shell:
             "{params.launch:q} cryopipe class3d --particles {input.particles:q} --reference {input.reference:q}"
-            " --classes {params.classes:q} --iterations {params.iterations:q} --healpix-order {params.order:q}"
-            " --offset-range {params.offset_range:q} --offset-step {params.offset_step:q} --ini-high {params.ini_high:q}"
-            " --tau2-fudge {params.tau2_fudge:q} --symmetry {params.symmetry:q} --particle-diameter {params.diameter:q}"
-            " --device {params.device:q} --out {params.out:q} 2> {log:q}"
+            " {params.classes:q} {params.iterations:q} {params.order:q}"
+            " {params.offset_range:q} {params.offset_step:q} {params.ini_high:q}"
+            " {params.tau2_fudge:q} {params.symmetry:q} {params.diameter:q}"
+            " {params.device:q} --out {params.out:q} 2> {log:q}"
 
 
     ALL_TARGETS.append(rules.class3d.output.model)

@@ -97,6 +97,13 @@ def flag(name, value):
     return [f"--{name}", *map(str, value if isinstance(value, (list, tuple)) else [value])]
 
 
+def arg(name, value):
+    """[--name, value] (a list value gives its items after the flag), for `{params.x:q}`. A parameter holds its
+    flag name too: Snakemake compares a job's parameters as a SET of values, so bare values (say iterations 2
+    and classes 2) could change places unnoticed; a flag with its value cannot."""
+    return [f"--{name}", *map(str, value if isinstance(value, (list, tuple)) else [value])]
+
+
 def mpi_launch(wildcards, resources):
     """[mpi, -n, tasks] for MPI rules, or nothing when the profile sets no launcher (plain one-rank run)."""
     return [resources.mpi, "-n", str(resources.tasks)] if resources.mpi else []

@@ -17,12 +17,12 @@ rule pick:
     params:
         out=lambda w: f"{RESULTS}/pick/batch_{w.batch}",
         angpix=flag("angpix", config["micrographs"].get("angpix", 0) if not USE_SIM else 0),
-        diameter=config["particle_diameter"],
-        directions=config["pick"]["directions"],
-        step=config["pick"]["angular_step"],
-        lowpass=config["pick"]["lowpass"],
-        threshold=config["pick"]["threshold"],
-        device=DEVICE,
+        diameter=arg("diameter", config["particle_diameter"]),
+        directions=arg("directions", config["pick"]["directions"]),
+        step=arg("angular-step", config["pick"]["angular_step"]),
+        lowpass=arg("lowpass", config["pick"]["lowpass"]),
+        threshold=arg("threshold", config["pick"]["threshold"]),
+        device=arg("device", DEVICE),
     threads: 4
     resources:
         gpu=1 if DEVICE == "gpu" else 0,
@@ -30,8 +30,8 @@ rule pick:
         f"{RESULTS}/logs/pick_{{batch}}.log",
     shell:
         "cryopipe pick --micrographs {input.micrographs:q} --reference {input.reference:q} {params.angpix:q}"
-        " --diameter {params.diameter:q} --directions {params.directions:q} --angular-step {params.step:q}"
-        " --lowpass {params.lowpass:q} --threshold {params.threshold:q} --device {params.device:q}"
+        " {params.diameter:q} {params.directions:q} {params.step:q}"
+        " {params.lowpass:q} {params.threshold:q} {params.device:q}"
         " --out {params.out:q} 2> {log:q}"
 
 
@@ -44,16 +44,16 @@ rule extract:
         particles=f"{RESULTS}/extract/batch_{{batch}}/particles.star",
     params:
         out=lambda w: f"{RESULTS}/extract/batch_{w.batch}",
-        box=config["extract"]["box"],
+        box=arg("box", config["extract"]["box"]),
         out_box=flag("out-box", config["extract"]["out_box"]),
         invert=flag("invert", config["extract"]["invert"]),
-        device=DEVICE,
+        device=arg("device", DEVICE),
     threads: 2
     log:
         f"{RESULTS}/logs/extract_{{batch}}.log",
     shell:
         "cryopipe extract --picks {input.picks:q} --ctf {input.ctf:q} --micrographs {input.micrographs:q}"
-        " --box {params.box:q} {params.out_box:q} {params.invert:q} --device {params.device:q}"
+        " {params.box:q} {params.out_box:q} {params.invert:q} {params.device:q}"
         " --out {params.out:q} 2> {log:q}"
 
 

@@ -17,11 +17,11 @@ if class3d_reference() is not None and R3["enabled"]:
             reference=f"{RESULTS}/select3d/reference.mrc",
         params:
             out=f"{RESULTS}/select3d",
-            chosen=R3["class"],
+            chosen=arg("class", R3["class"]),
         log:
             f"{RESULTS}/logs/select3d.log",
         shell:
-            "cryopipe select3d --particles {input.data:q} --maps {input.maps:q} --class {params.chosen:q}"
+            "cryopipe select3d --particles {input.data:q} --maps {input.maps:q} {params.chosen:q}"
             " --out {params.out:q} 2> {log:q}"
 
     rule refine3d:
@@ -43,16 +43,16 @@ if class3d_reference() is not None and R3["enabled"]:
         params:
             out=f"{RESULTS}/refine3d",
             launch=mpi_launch,
-            ini_high=R3["ini_high"],
-            order=R3["healpix_order"],
-            local_order=R3["auto_local_healpix_order"],
-            offset_range=R3["offset_range"],
-            offset_step=R3["offset_step"],
-            symmetry=R3["symmetry"],
-            join=R3["low_resol_join_halves"],
-            iterations=R3["max_iterations"],
-            diameter=config["particle_diameter"],
-            device=DEVICE,
+            ini_high=arg("ini-high", R3["ini_high"]),
+            order=arg("healpix-order", R3["healpix_order"]),
+            local_order=arg("auto-local-healpix-order", R3["auto_local_healpix_order"]),
+            offset_range=arg("offset-range", R3["offset_range"]),
+            offset_step=arg("offset-step", R3["offset_step"]),
+            symmetry=arg("symmetry", R3["symmetry"]),
+            join=arg("low-resol-join-halves", R3["low_resol_join_halves"]),
+            iterations=arg("max-iterations", R3["max_iterations"]),
+            diameter=arg("particle-diameter", config["particle_diameter"]),
+            device=arg("device", DEVICE),
         threads: STAGE_THREADS  # BLAS and FFT threads
         resources:
             mpi=MPI_DEFAULT,
@@ -62,10 +62,10 @@ if class3d_reference() is not None and R3["enabled"]:
             f"{RESULTS}/logs/refine3d.log",
         shell:
             "{params.launch:q} cryopipe refine3d --particles {input.particles:q} --reference {input.reference:q}"
-            " --ini-high {params.ini_high:q} --healpix-order {params.order:q} --auto-local-healpix-order"
-            " {params.local_order:q} --offset-range {params.offset_range:q} --offset-step {params.offset_step:q}"
-            " --symmetry {params.symmetry:q} --particle-diameter {params.diameter:q} --low-resol-join-halves"
-            " {params.join:q} --max-iterations {params.iterations:q} --device {params.device:q} --out {params.out:q}"
+            " {params.ini_high:q} {params.order:q} "
+            " {params.local_order:q} {params.offset_range:q} {params.offset_step:q}"
+            " {params.symmetry:q} {params.diameter:q} "
+            " {params.join:q} {params.iterations:q} {params.device:q} --out {params.out:q}"
             " 2> {log:q}"
 
     rule postprocess:
@@ -84,18 +84,18 @@ if class3d_reference() is not None and R3["enabled"]:
         params:
             out=f"{RESULTS}/postprocess",
             mask=flag("mask", PP["mask"]),
-            lowpass=PP["mask_lowpass"],
-            threshold=PP["mask_threshold"],
-            dilate=PP["extend"],
-            edge=PP["soft_edge"],
-            fit_low=PP["fit_low"],
+            lowpass=arg("mask-lowpass", PP["mask_lowpass"]),
+            threshold=arg("mask-threshold", PP["mask_threshold"]),
+            dilate=arg("extend", PP["extend"]),
+            edge=arg("soft-edge", PP["soft_edge"]),
+            fit_low=arg("fit-low", PP["fit_low"]),
             bfactor=[] if PP["bfactor"] == "auto" else ["--bfactor", str(PP["bfactor"])],
         log:
             f"{RESULTS}/logs/postprocess.log",
         shell:
             "cryopipe postprocess --half1 {input.half1:q} --half2 {input.half2:q} {params.mask:q}"
-            " --mask-lowpass {params.lowpass:q} --mask-threshold {params.threshold:q} --extend {params.dilate:q}"
-            " --soft-edge {params.edge:q} --fit-low {params.fit_low:q} {params.bfactor:q} --out {params.out:q} 2> {log:q}"
+            " {params.lowpass:q} {params.threshold:q} {params.dilate:q}"
+            " {params.edge:q} {params.fit_low:q} {params.bfactor:q} --out {params.out:q} 2> {log:q}"
 
     ALL_TARGETS.append(rules.postprocess.output.star)
     REFINED_PARTICLES = rules.refine3d.output.particles
