@@ -34,7 +34,7 @@ from cryopipe.ctf import CTFParams, ctf_2d
 from cryopipe.errors import InputError, require
 from cryopipe.geometry import euler_to_matrix, matrix_to_euler, rotation_angle_between, so3_grid
 from cryopipe.io.models import read_model
-from cryopipe.io.mrc import read_mrc
+from cryopipe.io.mrc import check_pixel_size, read_mrc
 from cryopipe.io.star import parse_image_name, read_particles, read_table
 
 log = logging.getLogger(__name__)
@@ -140,42 +140,54 @@ def load_particles(path, cache: StackCache | None = None) -> ParticleSet:
     """Particles of a RELION STAR file (rlnImageName, rlnImagePixelSize), images as float64 img[y, x].
 
     ``cache``: read the stacks from their node-local copies where there are some, and stage the others
-    (:mod:`cryopipe.cache`)."""
+    (:mod:`cryopipe.cache`). A pixel size more than 1% from a stack's MRC header is an InputError (a header
+    holding 0 or 1.0 is taken as unset: the STAR file's value is used, and that is logged)."""
     table = read_particles(path, required=("rlnImageName",))
+    require(len(table) > 0, "holds no particles", path, "data_particles")
     if "rlnImagePixelSize" not in table.columns:
         raise InputError("pixel size missing: need rlnImagePixelSize in data_optics", path, "rlnImagePixelSize")
     angpix = float(table["rlnImagePixelSize"].iloc[0])
     require(angpix > 0 and np.allclose(table["rlnImagePixelSize"], angpix), "pixel sizes must be positive and equal",
             path, "rlnImagePixelSize")
     index, stacks = parse_image_name(table["rlnImageName"], path)
-    images = None
+    images, unset = None, 0
     cache = cache or StackCache.disabled()
     cache.adopt(dict.fromkeys(stacks))
     for stack in dict.fromkeys(stacks):
         rows = np.flatnonzero(np.asarray(stacks) == stack)
-        data, _ = cache.read(stack, read_mrc, indices=index[rows], require_square=True)
+        data, header_angpix = cache.read(stack, read_mrc, indices=index[rows], require_square=True)
+        unset += not check_pixel_size(angpix, header_angpix, path, stack)
         if images is None:
             images = np.empty((len(table), *data.shape[-2:]))
         if data.shape[-2:] != images.shape[-2:]:
             raise InputError("all particle images must have the same box", stack, "nx/ny")
         images[rows] = data
+    if unset:
+        log.warning("%d of %d stacks hold no pixel size in their MRC header (0 or 1.0): using the STAR file's "
+                    "%g A/px (%s)", unset, len(set(stacks)), angpix, path)
     require(images.shape[-1] % 2 == 0, "particle box must be even", path, "rlnImageSize")
     return ParticleSet(images, angpix, table.reset_index(drop=True), str(path))
 
 
-def read_structural_model(path, angpix: float, params: RankParams):
-    """A model file -> :class:`MapModel` (MRC, pixel size must match), or :class:`PointModel`: PDB/mmCIF atoms
-    (``params.shape``, electrons = atomic number) or residues (spheres), BioEM text model (spheres)."""
+def read_structural_model(path, angpix: float, params: RankParams, box: int | None = None):
+    """A model file -> :class:`MapModel` (MRC: a cube, pixel size must match, and its box, when ``box`` is
+    given, that of the particles; :func:`compute_log_p` checks the box too), or :class:`PointModel`: PDB/mmCIF
+    atoms (``params.shape``, electrons = atomic number) or residues (spheres), BioEM text model (spheres)."""
     path = str(path)
     low = path.lower()
     if low.endswith((".mrc", ".map")):
         vol, map_angpix = read_mrc(path)
-        if vol.ndim != 3:
-            raise InputError("a map model must be a 3D map", path, "nz")
+        if vol.ndim != 3 or not vol.shape[0] == vol.shape[1] == vol.shape[2]:
+            raise InputError(f"a map model must be a cubic 3D map, got {'x'.join(map(str, vol.shape))} voxels", path,
+                             "nx/ny/nz")
+        if box is not None and vol.shape[0] != box:
+            raise InputError(f"map model box {vol.shape[0]} px differs from the particles' box {box} px", path, "box")
         if map_angpix is None or abs(map_angpix - angpix) > 1e-3 * angpix:
             raise InputError(f"model pixel size {map_angpix} A differs from the particles' {angpix} A", path,
                              "voxel size")
-        return MapModel(vol, angpix)
+        model = MapModel(vol, angpix)
+        model.source = path  # named by compute_log_p's box check
+        return model
     if low.endswith((".pdb", ".cif", ".mmcif", ".ent")):
         if params.points == "residue":
             model = compat.read_pdb_residues(path)
@@ -305,6 +317,10 @@ def compute_log_p(model, ds: ParticleSet, params: RankParams, bk, comm=None) -> 
     xp = bk.xp
     real, cplx = _dtypes(params, bk)
     n = ds.box
+    if isinstance(model, MapModel) and model.volume.shape != (n, n, n):
+        raise InputError(f"map model box {'x'.join(map(str, model.volume.shape))} px differs from the particles' "
+                         f"box {n} px (resample the map to the particles' box and pixel size)",
+                         getattr(model, "source", None), "box")
     rotations = _orientation_grid(params, ds)
     shifts = _shift_grid(params, n)
     kernels, ctf_lp, grid = _ctf_setup(params, ds, bk, real)

@@ -46,7 +46,7 @@ from cryopipe.class2d.polar import PolarGrid, transform_images
 from cryopipe.ctf import CTFParams, ctf_2d, phase_flip
 from cryopipe.errors import InputError, require
 from cryopipe.fourier import backend_of, fourier_crop, normalise_background, soft_circular_mask
-from cryopipe.io.mrc import read_mrc, read_mrc_header, write_mrc
+from cryopipe.io.mrc import check_pixel_size, read_mrc, read_mrc_header, write_mrc
 from cryopipe.io.star import parse_image_name, read_particles, write_star, write_table
 from cryopipe.parallel import SerialComm, split_range
 
@@ -185,9 +185,10 @@ def load_particles(star: str | os.PathLike, params: Class2DParams, bk: Backend |
     (:mod:`cryopipe.cache`).
 
     Returns the whole table (every rank reads it; rlnImageName rewritten so that the stacks resolve from
-    the working directory) and the rank's :class:`ParticleStack`. InputErrors: missing columns or files,
-    particles of different box or pixel sizes, fewer particles than classes, a shift range that does not
-    fit the box, a working box larger than the particles'.
+    the working directory) and the rank's :class:`ParticleStack`. InputErrors: no particles, missing columns
+    or files, particles of different box or pixel sizes, a pixel size that differs by more than 1% from a
+    stack's MRC header (a header holding 0 or 1.0 is taken as unset and logged), fewer particles than classes,
+    a shift range that does not fit the box, a working box larger than the particles'.
     """
     bk = bk or get_backend("auto")
     comm = comm or SerialComm()
@@ -196,8 +197,11 @@ def load_particles(star: str | os.PathLike, params: Class2DParams, bk: Backend |
     if params.ctf != "none":
         required += ["rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage", "rlnSphericalAberration",
                      "rlnAmplitudeContrast"]
-    table = read_particles(star, required)
+    table = read_particles(star, required=["rlnImageName"])
     n = len(table)
+    require(n > 0, "holds no particles", star, "data_particles")  # before the columns an empty batch may lack
+    for column in required:
+        require(column in table.columns, f"required column {column} missing", star, column)
     require(params.classes <= n, f"{params.classes} classes asked for, but only {n} particles", star, "--classes")
     sizes = np.unique(table["rlnImagePixelSize"].to_numpy())
     require(np.ptp(sizes) < 1e-4, f"particles of different pixel sizes {sorted(sizes)}", star, "rlnImagePixelSize")
@@ -206,12 +210,17 @@ def load_particles(star: str | os.PathLike, params: Class2DParams, bk: Backend |
         require(len(boxes) == 1, f"particles of different box sizes {boxes} px", star, "rlnImageSize")
     index, stacks = parse_image_name(table["rlnImageName"], star)
     table["rlnImageName"] = [f"{i + 1:06d}@{os.path.normpath(s)}" for i, s in zip(index, stacks, strict=True)]
-    box0 = None
+    box0, unset = None, 0
     for path in dict.fromkeys(stacks):
-        _, ny, nx = read_mrc_header(path).shape
+        header = read_mrc_header(path)
+        _, ny, nx = header.shape
         require(ny == nx, f"images must be square, got {ny}x{nx}", path, "nx/ny")
         require(box0 is None or nx == box0, f"particles of different box sizes ({box0} and {nx} px)", path, "nx")
         box0 = nx
+        unset += not check_pixel_size(float(sizes[0]), header.angpix, star, path)
+    if unset:
+        log.warning("%d of %d stacks hold no pixel size in their MRC header (0 or 1.0): using the STAR file's "
+                    "%g A/px (%s)", unset, len(set(stacks)), sizes[0], star)
     if "rlnImageSize" in table.columns:
         require(int(table["rlnImageSize"].iloc[0]) == box0, f"rlnImageSize {int(table['rlnImageSize'].iloc[0])} "
                 f"differs from the stacks' box {box0}", star, "rlnImageSize")

@@ -29,7 +29,7 @@ from cryopipe.em3d.runner import (
     update_table,
 )
 from cryopipe.em3d.sampling import OrientationGrid, translation_grid
-from cryopipe.errors import require
+from cryopipe.errors import InputError, require
 from cryopipe.fourier import lowpass
 from cryopipe.geometry import symmetry_operators
 from cryopipe.io.mrc import read_mrc
@@ -38,6 +38,8 @@ from cryopipe.parallel import share_round_robin, split_range
 
 log = logging.getLogger(__name__)
 
+MIN_PER_CLASS = 2  # particles per class below which class3d refuses to run (one per half set)
+WARN_PER_CLASS = 20  # ... and below which it warns
 FIXED = ("particles", "classes", "symmetry", "particle_diameter", "ini_high", "seed")
 TABLE_COLUMNS = ("rlnClassNumber", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
                  "rlnOriginYAngst", "rlnLogLikeliContribution", "rlnMaxValueProbDistribution",
@@ -60,7 +62,10 @@ class Class3DParams:
     seed: int = 0
     max_significant: int = 500
 
-    def validate(self) -> None:
+    def validate(self, particles=None) -> None:
+        """Check the options; with ``particles`` (a loaded ParticleSet) also against the data: at least
+        MIN_PER_CLASS particles per class (a warning below WARN_PER_CLASS) and a particle diameter that fits
+        the box."""
         require(int(self.classes) == self.classes and self.classes >= 1, f"K must be >= 1, got {self.classes}",
                 field="--classes")
         require(self.iterations >= 1, "must be >= 1", field="--iterations")
@@ -70,6 +75,20 @@ class Class3DParams:
                 field="--particle-diameter")
         require(self.max_significant >= 1, "must be >= 1", field="--max-significant")
         symmetry_operators(self.symmetry)
+        if particles is None:
+            return
+        n, k = len(particles), int(self.classes)
+        require(n >= MIN_PER_CLASS * k, f"at least {MIN_PER_CLASS} particles per class are needed "
+                f"({MIN_PER_CLASS * k} for K = {k}: each class map is reconstructed from two half sets), the file "
+                f"holds {n}", particles.path, "--classes")
+        if n < WARN_PER_CLASS * k:
+            log.warning("only %.1f particles per class on average (%d particles, K = %d): the class maps will be "
+                        "mostly noise", n / k, n, k)
+        size_A = particles.box * particles.angpix
+        if self.particle_diameter is not None and self.particle_diameter > size_A:
+            raise InputError(f"particle diameter {self.particle_diameter:g} A is larger than the box "
+                             f"({particles.box} px x {particles.angpix:g} A/px = {size_A:g} A) of the particles in "
+                             "this file", particles.path, "--particle-diameter")
 
 
 def resolution_increment(box: int) -> int:
@@ -108,7 +127,7 @@ def run_class3d(particles_path, reference_path, out: Path, params: Class3DParams
         require(reference_path is not None, "--reference is required", field="--reference")
         particles = load_particles(particles_path, share=(rank, size), cache=cache)
         start = 0
-    params.validate()
+    params.validate(particles)
     absolute_image_names(particles)
     n, box, angpix = len(particles), particles.box, particles.angpix
     mine = np.arange(n)[split_range(n, rank, size)]

@@ -117,37 +117,129 @@ def write_model(prefix: Path, model: Model, halves: bool = False) -> list[Path]:
 
 
 def parse_continue(path) -> tuple[Path, int]:
-    """``DIR/run_itNNN`` (or any of its files) -> (prefix, NNN); InputError if it names no checkpoint."""
+    """``DIR/run_itNNN`` (or any of its files) -> (prefix, NNN); InputError if it names no checkpoint, or one
+    whose ``_model.star`` is unreadable or cut short, or whose maps are missing (see :func:`read_checkpoint`)."""
     m = re.match(r"^(.*run_it(\d{3}))(_.*)?$", os.fspath(path))
     if not m or not Path(f"{m[1]}_model.star").exists() or not Path(f"{m[1]}_data.star").exists():
         raise InputError("not a checkpoint (expected DIR/run_itNNN with _model.star and _data.star)", path,
                          "--continue")
+    _, maps = read_checkpoint(Path(m[1]))
+    for map_path in maps:
+        if not map_path.exists():
+            raise InputError(f"map named by the checkpoint {m[1]}_model.star is missing", map_path,
+                             "rlnReferenceImage")
     return Path(m[1]), int(m[2])
 
 
-def read_model(prefix: Path, halves: bool = False) -> Model:
-    """Read a model written by :func:`write_model`."""
-    blocks = read_star(f"{prefix}_model.star")
-    general = blocks["model_general"].iloc[0].to_dict()
-    k = int(general["rlnNrClasses"])
-    maps = np.stack([read_mrc(p)[0] for p in map_names(prefix, k, halves)])
-    classes = blocks["model_classes"]
+_GENERAL_KEYS = ("rlnOriginalImageSize", "rlnPixelSize", "rlnNrClasses", "rlnNrGroups", "rlnSigmaOffsetsAngst",
+                 "cpIteration", "cpNextRmax")
+_CUT_SHORT = "(the file is cut short or damaged: was the job killed while writing it?)"
+
+
+def _numbers(star: Path, name: str, table: pd.DataFrame, column: str, rows: int) -> np.ndarray:
+    """Column ``column`` of block ``name`` as float64, checked to hold ``rows`` finite numbers."""
+    if column not in table.columns:
+        raise InputError(f"column missing in data_{name} {_CUT_SHORT}", star, column)
+    values = pd.to_numeric(table[column], errors="coerce").to_numpy(np.float64)
+    if len(values) != rows:
+        raise InputError(f"data_{name} holds {len(values)} rows, expected {rows} {_CUT_SHORT}", star, f"data_{name}")
+    if not np.isfinite(values).all():
+        raise InputError(f"missing, non-numeric, NaN or Inf value in data_{name} {_CUT_SHORT}", star, column)
+    return values
+
+
+def read_checkpoint(prefix: Path, halves: bool = False) -> tuple[dict, list[Path]]:
+    """The checked contents of ``{prefix}_model.star`` and the map files it names (not read; ``halves`` names
+    them, as :func:`map_names`, only for a model STAR without rlnReferenceImage).
+
+    Returns ({"general": model_general as a dict, plus "classes", "class_K", "group_G", "curves" as
+    {column: float64 array}}, [map paths]). Everything :func:`read_model` needs is checked to be there, complete
+    and finite: a file cut short (a job killed while writing it), a missing block, row or column is an
+    :class:`InputError` naming the file and the block or field.
+    """
+    star = Path(f"{prefix}_model.star")
+    if not star.exists():
+        raise InputError("file not found", star)
+    with open(star, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(size - 1, 0))
+        if size == 0 or f.read(1) != b"\n":
+            raise InputError(f"does not end with a line break {_CUT_SHORT}", star)
+    blocks = read_star(star)
+
+    def block(name: str) -> pd.DataFrame:
+        if name not in blocks:
+            raise InputError(f"block data_{name} missing {_CUT_SHORT}", star, f"data_{name}")
+        return blocks[name]
+
+    table = block("model_general")
+    if len(table) != 1:
+        raise InputError(f"data_model_general must hold one row, holds {len(table)} {_CUT_SHORT}", star,
+                         "data_model_general")
+    values = {key: _numbers(star, "model_general", table, key, 1)[0] for key in _GENERAL_KEYS}
+    general = table.iloc[0].to_dict()
+    general.update(values)
+    box, k, groups = (int(values[key]) for key in ("rlnOriginalImageSize", "rlnNrClasses", "rlnNrGroups"))
+    if box < 2 or k < 1 or groups < 1 or values["rlnPixelSize"] <= 0:
+        raise InputError(f"impossible model_general (box {box}, {k} classes, {groups} groups, pixel size "
+                         f"{values['rlnPixelSize']}) {_CUT_SHORT}", star, "data_model_general")
+    nsh = box // 2 + 1
+    out = {"general": general}
+    classes = block("model_classes")
+    out["classes"] = {c: _numbers(star, "model_classes", classes, c, k)
+                      for c in ("rlnClassDistribution", "rlnEstimatedResolution")}
+    for c in range(k):
+        name = f"model_class_{c + 1}"
+        out[name] = {col: _numbers(star, name, block(name), col, nsh) for col in ("rlnSsnrMap", "rlnReferenceTau2")}
+    for g in range(groups):
+        name = f"model_group_{g + 1}"
+        out[name] = {"rlnSigma2Noise": _numbers(star, name, block(name), "rlnSigma2Noise", nsh)}
     curves = blocks.get("model_curves")
-    extra = {} if curves is None else {c: curves[c].to_numpy(np.float64) for c in curves if c != "rlnSpectralIndex"}
+    if curves is not None:
+        _numbers(star, "model_curves", curves, "rlnSpectralIndex", nsh)
+    out["curves"] = {} if curves is None else {col: _numbers(star, "model_curves", curves, col, nsh)
+                                               for col in curves.columns if col != "rlnSpectralIndex"}
+    if "rlnReferenceImage" in classes.columns:
+        maps = [Path(n) if os.path.isabs(str(n)) else star.parent / str(n) for n in classes["rlnReferenceImage"]]
+    else:
+        maps = map_names(prefix, k, halves)
+    return out, maps
+
+
+def read_model(prefix: Path, halves: bool = False) -> Model:
+    """Read a model written by :func:`write_model`.
+
+    The maps are the files the checkpoint names (model_classes' rlnReferenceImage, in its folder); ``halves``
+    only names them for a model STAR without that column. A checkpoint cut short, a missing map or one of
+    another box is an :class:`InputError` naming the file (see :func:`read_checkpoint`).
+    """
+    prefix = Path(prefix)
+    blocks, maps = read_checkpoint(prefix, halves)
+    general = blocks["general"]
+    k, box = int(general["rlnNrClasses"]), int(general["rlnOriginalImageSize"])
+    star = Path(f"{prefix}_model.star")
+    volumes = []
+    for path in maps:
+        if not path.exists():
+            raise InputError(f"map named by the checkpoint {star} is missing", path, "rlnReferenceImage")
+        vol, _ = read_mrc(path)
+        if vol.shape != (box, box, box):
+            raise InputError(f"map is {vol.shape}, the checkpoint's box is {box}", path, "box")
+        volumes.append(vol)
     return Model(
-        maps=maps,
-        pdf_class=classes["rlnClassDistribution"].to_numpy(np.float64),
-        sigma2=np.stack([blocks[f"model_group_{g + 1}"]["rlnSigma2Noise"].to_numpy(np.float64)
-                         for g in range(int(general["rlnNrGroups"]))]),
-        tau2=np.stack([blocks[f"model_class_{c + 1}"]["rlnReferenceTau2"].to_numpy(np.float64) for c in range(k)]),
-        ssnr=np.stack([blocks[f"model_class_{c + 1}"]["rlnSsnrMap"].to_numpy(np.float64) for c in range(k)]),
-        resolution_A=classes["rlnEstimatedResolution"].to_numpy(np.float64),
+        maps=np.stack(volumes),
+        pdf_class=blocks["classes"]["rlnClassDistribution"],
+        sigma2=np.stack([blocks[f"model_group_{g + 1}"]["rlnSigma2Noise"] for g in range(int(general["rlnNrGroups"]))]),
+        tau2=np.stack([blocks[f"model_class_{c + 1}"]["rlnReferenceTau2"] for c in range(k)]),
+        ssnr=np.stack([blocks[f"model_class_{c + 1}"]["rlnSsnrMap"] for c in range(k)]),
+        resolution_A=blocks["classes"]["rlnEstimatedResolution"],
         sigma_offset_px=float(general["rlnSigmaOffsetsAngst"]) / float(general["rlnPixelSize"]),
         r_max=int(general["cpNextRmax"]),
         iteration=int(general["cpIteration"]),
         angpix=float(general["rlnPixelSize"]),
         options={key[3:]: value for key, value in general.items() if key.startswith("cp_")},
-        extra=extra,
+        extra=blocks["curves"],
     )
 
 

@@ -6,6 +6,7 @@ complex64 (n, N, N//2+1); E-step batches move the Fourier pixels they need to th
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -16,9 +17,11 @@ from cryopipe.backend import get_backend
 from cryopipe.cache import StackCache
 from cryopipe.ctf import CTFParams
 from cryopipe.errors import InputError, require
-from cryopipe.io.mrc import read_mrc, read_mrc_header
+from cryopipe.io.mrc import check_pixel_size, read_mrc, read_mrc_header
 from cryopipe.io.star import parse_image_name, read_particles
 from cryopipe.parallel import split_range
+
+log = logging.getLogger(__name__)
 
 CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage", "rlnSphericalAberration",
                "rlnAmplitudeContrast")
@@ -71,7 +74,9 @@ def load_particles(path: str | os.PathLike, use_ctf: bool = True, share: tuple[i
     rank needs from their node-local copies where there are some, and stage the others (:mod:`cryopipe.cache`).
 
     Raises InputError for missing columns (rlnImageName; the CTF columns when ``use_ctf``), a missing pixel
-    size, non-square images, stacks whose box disagrees with rlnImageSize, or NaNs.
+    size, a pixel size that differs by more than 1% from a stack's MRC header (a header holding 0 or 1.0 is
+    taken as unset: the STAR file's value is used, and that is logged), non-square images, stacks whose box
+    disagrees with rlnImageSize or with each other, or NaNs.
     """
     path = os.fspath(path)
     table = read_particles(path, required=("rlnImageName",)).reset_index(drop=True)
@@ -94,6 +99,15 @@ def load_particles(path: str | os.PathLike, use_ctf: bool = True, share: tuple[i
         wanted[split_range(len(table), *share)] = True
     _, ny, box = read_mrc_header(stacks[0]).shape
     require(ny == box, f"images must be square, got {ny}x{box}", stacks[0], "nx/ny")
+    unset = 0
+    for stack in dict.fromkeys(stacks):  # every rank checks every header, so that all raise the same error
+        header = read_mrc_header(stack)
+        require(header.shape[1:] == (box, box), f"images are {header.shape[1]}x{header.shape[2]}, those of "
+                f"{stacks[0]} {box}x{box}", stack, "nx/ny")
+        unset += not check_pixel_size(float(angpix[0]), header.angpix, path, stack)
+    if unset:
+        log.warning("%d of %d stacks hold no pixel size in their MRC header (0 or 1.0): using the STAR file's "
+                    "%g A/px (%s)", unset, len(set(stacks)), angpix[0], path)
     images = np.zeros((len(table), box, box // 2 + 1), dtype=np.complex64)
     cache = cache or StackCache.disabled()
     cache.adopt(dict.fromkeys(np.asarray(stacks, dtype=object)[wanted]))

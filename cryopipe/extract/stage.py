@@ -9,6 +9,11 @@ Outputs: ``<out>/Particles/<micrograph stem>.mrcs`` (one stack per micrograph) a
 (RELION 3.1: ``data_optics`` with rlnImagePixelSize, rlnImageSize, rlnImageDimensionality = 2 and the CTF
 STAR's voltage, Cs, amplitude contrast; ``data_particles`` with rlnImageName = ``NNNNNN@<stack>`` (1-based),
 rlnMicrographName, rlnCoordinateX/Y, the picks' other columns and the micrograph's CTF columns).
+
+Empty data: no particle at all (an empty picks file, or every pick too close to an edge) is an InputError naming
+the picks file. A micrograph without picks is a logged warning; so is a batch (``mics``) that yields no particle
+while the picks file holds picks of other micrographs: it writes a ``particles.star`` with the batch's
+``data_optics`` and an empty ``data_particles``, which :func:`gather_particles` skips.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from tqdm import tqdm
 
 from cryopipe.errors import InputError, require
 from cryopipe.fourier import fourier_crop, normalise_background
-from cryopipe.io.mrc import read_mrc, write_mrc
+from cryopipe.io.mrc import UNSET_PIXEL_SIZES, check_pixel_size, read_mrc, read_mrc_header, write_mrc
 from cryopipe.io.star import OPTICS_COLUMNS, parse_image_name, read_star, write_star
 from cryopipe.pick.stage import Micrograph
 
@@ -158,6 +163,7 @@ def extract_particles(
     params.validate()
     out = Path(out)
     root = Path(names_root) if names_root is not None else out
+    require(len(picks) > 0, "holds no picks: nothing to extract", picks_path, "data_particles")
     if mics is None:
         base = Path(picks_path).parent if picks_path else Path(".")
         mics = [Micrograph(n, n if os.path.exists(n) or os.path.isabs(n) else str(base / n))
@@ -171,23 +177,25 @@ def extract_particles(
     pick_of = _match([m.name for m in mics], pick_names)
     ctf_cols = [c for c in ctf.columns if c.startswith(CTF_PREFIXES) and c != "rlnCtfImage"]
     drop = {"rlnImageName", "rlnMicrographName", "rlnOpticsGroup", *OPTICS_COLUMNS, *ctf_cols}
-    tables, outputs, skipped = [], [], 0
+    tables, outputs, skipped, picked, unset = [], [], 0, 0, 0
     optics_rows = {}
     for mic in tqdm(mics, desc="extract", unit="mic", disable=None):
         group = groups[pick_names[pick_of[mic.name]]] if pick_of[mic.name] is not None else picks.iloc[:0]
         if len(group) == 0:
-            log.info("%s: no picks", mic.name)
+            log.warning("%s: no picks in %s, no particles from this micrograph", mic.name, picks_path or "the picks")
             continue
+        picked += len(group)
         ctf_row = ctf.iloc[ctf_rows[mic.name]]
         image, header_apix = read_mrc(mic.path)
-        apix = angpix or ctf_row.get("rlnMicrographPixelSize") or header_apix
-        require(apix is not None and apix > 0, "pixel size unknown: not in --angpix, the CTF STAR or the header",
-                mic.path, "angpix")
+        apix, known = _pixel_size(mic, ctf_row, angpix, header_apix, ctf_path)
+        unset += not known
         windows, inside = extract_windows(image, group["rlnCoordinateX"], group["rlnCoordinateY"], params.box_px)
         skipped += int((~inside).sum())
         if (~inside).any():
             log.info("%s: %d of %d particles too close to the edge, skipped", mic.name, (~inside).sum(), len(group))
         if not inside.any():
+            log.warning("%s: all %d picks too close to the edge for a %d px box, no particles from this micrograph",
+                        mic.name, len(group), params.box_px)
             continue
         stack_path = out / "Particles" / f"{mic.stem}.mrcs"
         out_apix = float(apix) * params.box_px / params.out_box
@@ -201,20 +209,30 @@ def extract_particles(
         table.insert(1, "rlnMicrographName", mic.name)
         table = table.assign(**{c: ctf_row[c] for c in ctf_cols}, rlnOpticsGroup=opt)
         tables.append(table)
-        previous = optics_rows.setdefault(opt, {
-            "rlnOpticsGroup": opt,
-            **{c: ctf_row[c] for c in OPTICS_COPY if c in ctf_row.index},
-            "rlnMicrographOriginalPixelSize": float(ctf_row.get("rlnMicrographOriginalPixelSize", apix)),
-            "rlnImagePixelSize": out_apix, "rlnImageSize": params.out_box, "rlnImageDimensionality": 2,
-        })
+        previous = optics_rows.setdefault(opt, _optics_row(ctf_row, apix, params))
         require(abs(previous["rlnImagePixelSize"] - out_apix) < 1e-4, "micrographs of one optics group have "
                 "different pixel sizes", mic.path, "angpix")
+    if unset:
+        log.warning("%d micrographs hold no pixel size in their MRC header (0 or 1.0): using the CTF STAR file's "
+                    "rlnMicrographPixelSize", unset)
+    if not tables:
+        everything = {pick_names[i] for i in pick_of.values() if i is not None} == set(pick_names)
+        why = (f"all {picked} picks lie too close to a micrograph edge for a {params.box_px} px box" if picked else
+               "no pick belongs to these micrographs (rlnMicrographName)")
+        # every pick of the file was tried: the whole data set is empty, which no later stage can use
+        require(not everything, f"no particle to extract: {why}", picks_path,
+                "rlnCoordinateX/Y" if picked else "rlnMicrographName")
+        log.warning("no particles in this batch of %d micrographs (%s): writing an empty particles.star, which "
+                    "--gather skips", len(mics), why)
+        for mic in mics:  # the batch's optics groups, so that the empty STAR merges with the others
+            ctf_row = ctf.iloc[ctf_rows[mic.name]]
+            apix, _ = _pixel_size(mic, ctf_row, angpix, read_mrc_header(mic.path).angpix, ctf_path)
+            optics_rows.setdefault(int(ctf_row.get("rlnOpticsGroup", 1)), _optics_row(ctf_row, apix, params))
     particles = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
         {"rlnImageName": pd.Series(dtype=str), "rlnMicrographName": pd.Series(dtype=str),
          "rlnCoordinateX": pd.Series(dtype=float), "rlnCoordinateY": pd.Series(dtype=float),
          "rlnOpticsGroup": pd.Series(dtype=int)})
-    optics = pd.DataFrame([optics_rows[k] for k in sorted(optics_rows)]) if optics_rows else pd.DataFrame(
-        {"rlnOpticsGroup": [1], "rlnImageSize": [params.out_box], "rlnImageDimensionality": [2]})
+    optics = pd.DataFrame([optics_rows[k] for k in sorted(optics_rows)])
     if "rlnOpticsGroupName" not in optics:
         optics.insert(1, "rlnOpticsGroupName", [f"opticsGroup{g}" for g in optics["rlnOpticsGroup"]])
     write_star(out / "particles.star", {"optics": optics, "particles": particles})
@@ -224,11 +242,40 @@ def extract_particles(
     return ExtractResult(particles, outputs, notes)
 
 
+def _pixel_size(mic: Micrograph, ctf_row: pd.Series, angpix: float | None, header_apix: float | None,
+                ctf_path) -> tuple[float, bool]:
+    """A micrograph's pixel size: --angpix, else the CTF STAR's rlnMicrographPixelSize (checked against the MRC
+    header: more than 1% apart is an InputError), else the header. Returns (pixel size, False when the STAR's
+    value was used because the header holds none)."""
+    if angpix:
+        if header_apix and abs(header_apix - angpix) > 0.01 * angpix and header_apix not in UNSET_PIXEL_SIZES:
+            log.warning("%s: --angpix %g A/px overrides the %g A/px of the MRC header", mic.name, angpix, header_apix)
+        return float(angpix), True
+    star_apix = ctf_row.get("rlnMicrographPixelSize")
+    if star_apix is not None and star_apix > 0:
+        return float(star_apix), check_pixel_size(float(star_apix), header_apix, ctf_path, mic.path,
+                                                  "rlnMicrographPixelSize")
+    require(header_apix is not None and header_apix > 0,
+            "pixel size unknown: not in --angpix, the CTF STAR or the header", mic.path, "angpix")
+    return float(header_apix), True
+
+
+def _optics_row(ctf_row: pd.Series, apix: float, params: ExtractParams) -> dict:
+    """The data_optics row of the particles of a micrograph (its CTF row) of pixel size ``apix``."""
+    opt = int(ctf_row.get("rlnOpticsGroup", 1))
+    return {"rlnOpticsGroup": opt, **{c: ctf_row[c] for c in OPTICS_COPY if c in ctf_row.index},
+            "rlnMicrographOriginalPixelSize": float(ctf_row.get("rlnMicrographOriginalPixelSize", apix)),
+            "rlnImagePixelSize": float(apix) * params.box_px / params.out_box, "rlnImageSize": params.out_box,
+            "rlnImageDimensionality": 2}
+
+
 def gather_particles(stars: list, out_star: Path) -> pd.DataFrame:
     """Merge per-batch particle STARs into ``out_star`` with one ``data_optics`` table; returns the particles.
 
     Optics groups are matched by rlnOpticsGroup and must agree between inputs. Image names are kept, except
     that a stack found only relative to its STAR file's folder is rewritten relative to the working directory.
+    A batch without particles (its STAR has data_optics and an empty data_particles) is skipped with a warning;
+    when every batch is empty, that is an InputError.
     """
     require(len(stars) > 0, "nothing to gather", field="--gather")
     optics, parts = {}, []
@@ -241,10 +288,16 @@ def gather_particles(stars: list, out_star: Path) -> pd.DataFrame:
                 raise InputError(f"optics group {g} differs from the one in an earlier file", star, "data_optics")
             optics.setdefault(g, row)
         p = blocks["particles"]
-        if len(p):
-            idx, stacks = parse_image_name(p["rlnImageName"], star)
-            p = p.assign(rlnImageName=[f"{i + 1:06d}@{os.path.normpath(s)}" for i, s in zip(idx, stacks, strict=True)])
-        parts.append(p)
+        if not len(p):
+            log.warning("%s: no particles (a batch whose micrographs had none), skipped", star)
+            continue
+        idx, stacks = parse_image_name(p["rlnImageName"], star)
+        parts.append(p.assign(rlnImageName=[f"{i + 1:06d}@{os.path.normpath(s)}"
+                                            for i, s in zip(idx, stacks, strict=True)]))
+    if not parts:
+        names = ", ".join(str(s) for s in stars[:3]) + (f" and {len(stars) - 3} more" if len(stars) > 3 else "")
+        raise InputError(f"no particles in any of the {len(stars)} STAR files to gather (every batch was empty: "
+                         "check the picks)", names, "data_particles")
     particles = pd.concat(parts, ignore_index=True)
     write_star(out_star, {"optics": pd.DataFrame([optics[g] for g in sorted(optics)]), "particles": particles})
     return particles

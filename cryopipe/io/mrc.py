@@ -44,6 +44,27 @@ def _angpix(mrc) -> float | None:
     return size if size > 0 else None
 
 
+UNSET_PIXEL_SIZES = (0.0, 1.0)  # what many MRC writers leave in a header whose pixel size was never set
+PIXEL_SIZE_TOLERANCE = 0.01  # relative
+
+
+def check_pixel_size(star_angpix: float, header_angpix: float | None, star, stack,
+                     field: str = "rlnImagePixelSize") -> bool:
+    """Compare a STAR file's pixel size with the one in an MRC header of the images it names.
+
+    Returns True when they agree within 1%, False when the header holds none (0, or 1.0, which many MRC
+    writers leave when the pixel size is unset: the STAR file's value is to be trusted, and the caller logs
+    that, once); raises :class:`InputError` naming the STAR file ``star`` and its ``field`` when they differ.
+    """
+    header = 0.0 if header_angpix is None else float(header_angpix)
+    if abs(header - star_angpix) <= PIXEL_SIZE_TOLERANCE * star_angpix:
+        return True
+    if header in UNSET_PIXEL_SIZES:
+        return False
+    raise InputError(f"{star_angpix:g} A/px differs from the {header:g} A/px in the MRC header of {os.fspath(stack)} "
+                     f"by more than {PIXEL_SIZE_TOLERANCE:.0%} (fix the STAR file or the header)", star, field)
+
+
 def read_mrc_header(path: str | os.PathLike) -> MrcHeader:
     """Header facts of an MRC/MRCS file without reading the data."""
     with _open(path) as mrc:

@@ -101,6 +101,11 @@ def postprocess(half1_path, half2_path, out: Path, params: PostprocessParams, fi
     require(h1.shape == h2.shape, f"half-maps differ in shape {h1.shape} vs {h2.shape}", half2_path, "shape")
     require(angpix is not None and angpix2 is not None and abs(angpix - angpix2) < 1e-3 * angpix,
             f"half-maps differ in pixel size ({angpix} vs {angpix2} A)", half2_path, "angpix")
+    for half, path in ((h1, half1_path), (h2, half2_path)):
+        require(float(half.max()) > float(half.min()), f"map holds no signal: every voxel is {float(half.min()):g}",
+                path, "data")
+    require(not np.array_equal(h1, h2), f"half-maps are identical (the same data as {half1_path}): give the two "
+            "half-maps refined independently from the two random halves of the particles", half2_path, "data")
     n = h1.shape[0]
     h1, h2 = h1.astype(np.float64), h2.astype(np.float64)
     if params.mask is not None:
@@ -109,6 +114,7 @@ def postprocess(half1_path, half2_path, out: Path, params: PostprocessParams, fi
                 "shape")
         require(mask.min() >= -1e-3 and mask.max() <= 1 + 1e-3, "mask values must lie in [0, 1]", params.mask,
                 "data")
+        require(mask.max() > 0, "mask is empty (every voxel is 0)", params.mask, "data")
     else:
         mask = make_mask(0.5 * (h1 + h2), angpix, params)
     fsc_unmasked = np.asarray(fsc(h1, h2))
@@ -122,6 +128,12 @@ def postprocess(half1_path, half2_path, out: Path, params: PostprocessParams, fi
     tail = np.arange(len(corrected)) >= rand_shell + 2
     corrected[tail] = (fsc_masked[tail] - fsc_random[tail]) / np.maximum(1 - fsc_random[tail], 1e-6)
     resolution = resolution_at(corrected, n, angpix, 0.143)
+    require(resolution < n * angpix, "the half-maps do not correlate even at the lowest frequency (corrected FSC "
+            "below 0.143 from shell 1 on): not two halves of one reconstruction"
+            + ("" if params.mask is None else ", or the mask misses the density"), half2_path, "data")
+    if fsc_unmasked[1:].min() > 0.99:
+        log.warning("the half-maps agree up to Nyquist (unmasked FSC > 0.99 in every shell): were they refined "
+                    "independently? The resolution (%.2f A) is then meaningless", resolution)
     average = 0.5 * (h1 + h2)
     weight = np.sqrt(np.clip(2 * corrected / (1 + corrected), 0.0, 1.0))
     shells = np.minimum(_shells(n), n // 2)

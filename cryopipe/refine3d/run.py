@@ -48,7 +48,7 @@ from cryopipe.em3d.runner import (
     update_table,
 )
 from cryopipe.em3d.sampling import OrientationGrid, translation_grid
-from cryopipe.errors import require
+from cryopipe.errors import InputError, require
 from cryopipe.fourier import lowpass, resolution_at
 from cryopipe.geometry import euler_to_matrix, symmetry_operators
 from cryopipe.io.atomic import atomic_path
@@ -64,6 +64,7 @@ TABLE_COLUMNS = ("rlnClassNumber", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi",
                  "rlnOriginYAngst", "rlnLogLikeliContribution", "rlnMaxValueProbDistribution",
                  "rlnNrOfSignificantSamples", "rlnRandomSubset")
 FSC_THRESHOLD = 0.143
+MIN_PER_HALF = 2  # particles in each gold-standard half set below which refine3d refuses to run
 
 
 @dataclass
@@ -83,7 +84,10 @@ class Refine3DParams:
     seed: int = 0
     max_significant: int = 500
 
-    def validate(self) -> None:
+    def validate(self, particles=None) -> None:
+        """Check the options; with ``particles`` (a loaded ParticleSet) also against the data: at least
+        MIN_PER_HALF particles in each random half set (rlnRandomSubset when given, else the balanced split)
+        and a particle diameter that fits the box."""
         require(self.ini_high > 0, "must be positive", field="--ini-high")
         require(int(self.healpix_order) == self.healpix_order and 0 <= self.healpix_order <= 7,
                 f"must be 0..7, got {self.healpix_order}", field="--healpix-order")
@@ -97,6 +101,24 @@ class Refine3DParams:
         require(self.tau2_fudge > 0, "must be positive", field="--tau2-fudge")
         require(self.max_significant >= 1, "must be >= 1", field="--max-significant")
         symmetry_operators(self.symmetry)
+        if particles is None:
+            return
+        table, n = particles.table, len(particles)
+        if "rlnRandomSubset" in table.columns:
+            subset = table["rlnRandomSubset"].to_numpy()
+            valid = bool(np.isin(subset, (1, 2)).all())  # when not, random_subsets says what is wrong
+            halves, field = (int((subset == 1).sum()), int((subset == 2).sum())), "rlnRandomSubset"
+        else:
+            valid, halves, field = True, (n // 2, n - n // 2), "data_particles"
+        if valid:
+            require(min(halves) >= MIN_PER_HALF, f"gold-standard refinement needs at least {MIN_PER_HALF} particles "
+                    f"in each random half set, the file holds {halves[0]} in half 1 and {halves[1]} in half 2",
+                    particles.path, field)
+        size_A = particles.box * particles.angpix
+        if self.particle_diameter is not None and self.particle_diameter > size_A:
+            raise InputError(f"particle diameter {self.particle_diameter:g} A is larger than the box "
+                             f"({particles.box} px x {particles.angpix:g} A/px = {size_A:g} A) of the particles in "
+                             "this file", particles.path, "--particle-diameter")
 
 
 def resolution_increment(box: int) -> int:
@@ -152,7 +174,7 @@ def run_refine3d(particles_path, reference_path, out: Path, params: Refine3DPara
         particles = load_particles(particles_path, share=(rank, size), cache=cache)
         start = 0
         state = None
-    params.validate()
+    params.validate(particles)
     absolute_image_names(particles)
     n, box, angpix = len(particles), particles.box, particles.angpix
     diameter = float(params.particle_diameter or 0.9 * box * angpix)
@@ -217,10 +239,12 @@ def run_refine3d(particles_path, reference_path, out: Path, params: Refine3DPara
                       r_max=int(min(box // 2, shell + resolution_increment(box))), iteration=it, angpix=angpix,
                       options={**options, **state.to_options(), "finished": int(finished)},
                       extra={"rlnGoldStandardFsc": fsc_curve})
+        # no previous orientations (the input had none): the angle above is only a sentinel for AutoSampling
+        changes = f"{angle:.2f} deg {offset:.3f} px" if prev_rot is not None else "-- (first iteration)"
         log.info("iteration %d%s: E-step limit %d px (%.1f A), order %d (%s), gold-standard resolution %.2f A, "
-                 "changes %.2f deg %.3f px, %.1f s", it, " (final)" if final else "", estep_r,
+                 "changes %s, %.1f s", it, " (final)" if final else "", estep_r,
                  box * angpix / max(estep_r, 1), search.grid.order, "local" if state.local else "global",
-                 resolution, angle, offset, time.perf_counter() - t0)
+                 resolution, changes, time.perf_counter() - t0)
         if rank == 0:
             writer.submit(out, it, model, particles, halves=True)
             if final:

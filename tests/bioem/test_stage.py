@@ -70,3 +70,45 @@ def test_unphysical_defocus_grid_and_empty_orientations_are_input_errors(demo, t
     starfile.write({"particles": starfile.read(star)["particles"].iloc[:0]}, empty)
     assert _cli([*argv, "--orientations", str(empty)]) == 2
     assert not (tmp_path / "o" / "logp.star").exists()
+
+
+def test_map_model_of_another_box_is_one_clear_line(demo, tmp_path, capsys):
+    """A map model whose box differs from the particles' (32 vs 64 px) is refused naming the model file."""
+    from cryopipe.io.mrc import write_mrc
+
+    star, _models, _truth = demo
+    small = tmp_path / "small_map.mrc"
+    write_mrc(small, np.random.default_rng(0).random((32, 32, 32)).astype(np.float32), 2.5)
+    out = tmp_path / "o"
+    status = _cli(["--particles", str(star), "--models", str(small), "--out", str(out), "--device", "cpu"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("cryopipe bioem")]
+    assert status == 2 and len(err) == 1, err
+    assert f"{small} [box]: map model box 32x32x32 px differs from the particles' box 64 px" in err[0]
+    assert not (out / "logp.star").exists()
+
+
+def test_star_pixel_size_contradicting_the_stack_header_is_an_input_error(demo, tmp_path, caplog):
+    """rlnImagePixelSize 3.0 for stacks whose MRC header says 2.5 A/px: refused, naming the STAR file."""
+    import mrcfile
+
+    from cryopipe.io.star import parse_image_name
+
+    star, _models, _truth = demo
+    blocks = starfile.read(star, always_dict=True)
+    index, stacks = parse_image_name(blocks["particles"]["rlnImageName"], star)
+    blocks["particles"]["rlnImageName"] = [f"{i + 1}@{s}" for i, s in zip(index, stacks, strict=True)]
+    blocks["optics"]["rlnImagePixelSize"] = 3.0
+    wrong = tmp_path / "wrong_angpix.star"
+    starfile.write(blocks, wrong)
+    with pytest.raises(InputError, match=r"3 A/px differs from the 2.5 A/px in the MRC header of .*particles.mrcs") \
+            as exc:
+        stage.load_particles(wrong)
+    assert (exc.value.path, exc.value.field) == (str(wrong), "rlnImagePixelSize")
+    # a header holding 0 (unset): the STAR's 3.0 A/px is used, and the log says so
+    (tmp_path / "stack.mrcs").write_bytes(open(stacks[0], "rb").read())
+    with mrcfile.open(tmp_path / "stack.mrcs", "r+") as mrc:
+        mrc.voxel_size = 0.0
+    blocks["particles"]["rlnImageName"] = [f"{i + 1}@{tmp_path / 'stack.mrcs'}" for i in index]
+    starfile.write(blocks, wrong, overwrite=True)
+    assert stage.load_particles(wrong).angpix == 3.0
+    assert "1 of 1 stacks hold no pixel size in their MRC header" in caplog.text

@@ -25,10 +25,14 @@ def test_model_round_trip_is_exact(tmp_path, rng):
     np.testing.assert_array_equal(back.extra["rlnFourierShellCorrelation"], model.extra["rlnFourierShellCorrelation"])
 
 
-def test_continue_needs_a_checkpoint(tmp_path):
+def test_continue_needs_a_checkpoint(tmp_path, rng):
     with pytest.raises(InputError, match="not a checkpoint"):
         parse_continue(tmp_path / "run_it004")
-    (tmp_path / "run_it004_model.star").write_text("")
+    n = 8
+    model = Model(maps=rng.standard_normal((1, n, n, n)).astype(np.float32), pdf_class=np.ones(1),
+                  sigma2=np.ones((1, n // 2 + 1)), tau2=np.ones((1, n // 2 + 1)), ssnr=np.ones((1, n // 2 + 1)),
+                  resolution_A=np.array([20.0]), sigma_offset_px=1.0, r_max=3, iteration=4, angpix=4.0)
+    write_model(tmp_path / "run_it004", model)
     (tmp_path / "run_it004_data.star").write_text("")
     assert parse_continue(tmp_path / "run_it004_class001.mrc") == (tmp_path / "run_it004", 4)
 
