@@ -65,6 +65,9 @@ def project(tmp_path_factory):
     p["cmd"]["class3d"] = ["class3d", "--particles", synth["star"], "--reference", ref, "--classes", "2",
                            "--iterations", "2", "--healpix-order", "1", "--offset-range", "3", "--offset-step", "1.5",
                            "--particle-diameter", "130", "--device", "cpu", "--out", root / "class3d"]
+    p["cmd"]["refine3d"] = ["refine3d", "--particles", synth["star"], "--reference", ref, "--max-iterations", "3",
+                            "--healpix-order", "1", "--offset-range", "1.5", "--offset-step", "1.5",
+                            "--particle-diameter", "130", "--device", "cpu", "--out", root / "refine3d"]
     p["cmd"]["select3d"] = ["select3d", "--particles", root / "class3d/run_it002_data.star", "--maps",
                             root / "class3d/run_it002_class001.mrc", root / "class3d/run_it002_class002.mrc",
                             "--out", root / "select3d"]
@@ -264,10 +267,13 @@ CASES = [
     Case("select3d: a class with no particles", "select3d", _select3d_absent_class, message="7"),
     Case("select3d: data STAR missing", "select3d",
          lambda p, t: _with(p["cmd"]["select3d"], "--particles", t / "none.star"), message="none.star"),
-    # refine3d (into the class3d folder: its result must survive the refused run)
-    Case("refine3d: particle diameter larger than the box", "class3d",
-         lambda p, t: ["refine3d", *p["cmd"]["class3d"][1:5], "--particle-diameter", "99999", "--device", "cpu",
-                       "--out", p["root"] / "class3d"], message="--particle-diameter"),
+    # refine3d
+    Case("refine3d: particle diameter larger than the box", "refine3d",
+         lambda p, t: _with(p["cmd"]["refine3d"], "--particle-diameter", "99999"), message="--particle-diameter"),
+    Case("refine3d: --continue with another symmetry", "refine3d",
+         lambda p, t: ["refine3d", "--continue", p["root"] / "refine3d/run_it001", "--symmetry", "C2",
+                       "--max-iterations", "4", "--device", "cpu", "--out", p["root"] / "refine3d"],
+         message="symmetry"),
     # postprocess
     Case("postprocess: the same half-map twice", "postprocess", _same_half_twice, message="half"),
     Case("postprocess: all-zero half-maps", "postprocess", _zero_halves, message="z1.mrc"),
@@ -358,7 +364,7 @@ def _result(folder: Path) -> dict:
 
 
 @pytest.mark.parametrize("stage, seed", [("simulate", 1), ("pick", 2), ("extract", 3), ("class2d", 4),
-                                         ("postprocess", 5), ("class3d", 6)])
+                                         ("postprocess", 5), ("class3d", 6), ("refine3d", 7)])
 def test_sigkill_at_a_random_point_then_rerun_equals_uninterrupted(project, tmp_path, stage, seed):
     """Kill the stage (a child process) at a random moment of its run, rerun the same command, compare with an
     uninterrupted run of the same command (PNGs and the record aside: they carry times)."""
@@ -419,7 +425,7 @@ def test_workflow_input_errors_are_one_line_before_anything_runs(project, tmp_pa
 
 
 def test_the_suite_has_at_least_40_cases():
-    n = len(CASES) + 4 + 4 + 6 + len(WORKFLOW_CASES)  # bad inputs, concurrent, storage, SIGKILL, workflow
+    n = len(CASES) + 4 + 4 + 7 + len(WORKFLOW_CASES)  # bad inputs, concurrent, storage, SIGKILL, workflow
     assert n >= 40, n
 
 

@@ -103,6 +103,9 @@ def restore_table(particles: ParticleSet, data_star, columns) -> None:
     for c in columns:
         if c in saved.columns:
             particles.table[c] = saved[c].to_numpy()
+    # the checkpoint's column order, so a continued run writes the files an uninterrupted one would
+    first = [c for c in saved.columns if c in particles.table.columns]
+    particles.table = particles.table[first + [c for c in particles.table.columns if c not in first]]
 
 
 def check_options(stored: dict, given: dict, fixed) -> dict:
