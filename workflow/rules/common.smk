@@ -2,6 +2,7 @@
 
 import glob
 import os
+import shlex
 import shutil
 import sys
 
@@ -105,8 +106,9 @@ def arg(name, value):
 
 
 def mpi_launch(wildcards, resources):
-    """[mpi, -n, tasks] for MPI rules, or nothing when the profile sets no launcher (plain one-rank run)."""
-    return [resources.mpi, "-n", str(resources.tasks)] if resources.mpi else []
+    """[launcher words..., -n, tasks] for MPI rules (the profile's `mpi`, e.g. "srun --mpi=pmi2", split as a shell
+    would split it, each word then passed quoted), or nothing when the profile sets no launcher (one-rank run)."""
+    return [*shlex.split(resources.mpi), "-n", str(resources.tasks)] if resources.mpi else []
 
 
 MPI_DEFAULT = "mpiexec" if shutil.which("mpiexec") else ""
