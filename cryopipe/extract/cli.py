@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="background radius for normalisation, output pixels (default 0.375 x output box)")
     p.add_argument("--no-normalise", action="store_true", help="skip RELION's background normalisation")
     p.add_argument("--angpix", type=float, help="micrograph pixel size, A/px (default: CTF STAR, else header)")
+    p.add_argument("--max-ctf-resolution", type=float,
+                   help="drop micrographs whose CTF was fitted only to a worse resolution (rlnCtfMaxResolution, A) "
+                        "or flagged by cryopipe ctf (default: keep all); the dropped ones go into the record")
     p.add_argument("--gather", nargs="+", metavar="STAR",
                    help="instead of extracting: merge these particle STARs into OUT/particles.star")
     add_common(p)
@@ -59,7 +62,8 @@ def main(args: argparse.Namespace, recorder) -> None:
         require(getattr(args, flag) is not None, "required unless --gather is given", field=f"--{flag}")
     bk = get_backend(args.device)
     params = ExtractParams(box_px=args.box, out_box_px=args.out_box, bin_factor=args.bin, invert=args.invert,
-                           bg_radius_px=args.bg_radius, normalise=not args.no_normalise)
+                           bg_radius_px=args.bg_radius, normalise=not args.no_normalise,
+                           max_ctf_resolution_A=args.max_ctf_resolution)
     params.validate()
     picks = read_table(args.picks, "particles", required=["rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"])
     ctf = read_table(args.ctf, "micrographs", required=CTF_REQUIRED)

@@ -46,7 +46,9 @@ class ExtractParams:
     """box_px : window in micrograph pixels (even). out_box_px : Fourier-cropped box (even, <= box; None: box).
     bin_factor : alternative to out_box_px, out_box = box / bin (rounded to even). invert : flip contrast
     (dark-protein micrographs -> white particles, RELION's usual choice). bg_radius_px : background radius in
-    output pixels (None: 0.375 * out_box, RELION's default). normalise : RELION normalisation (default on)."""
+    output pixels (None: 0.375 * out_box, RELION's default). normalise : RELION normalisation (default on).
+    max_ctf_resolution_A : drop micrographs whose Thon rings were fitted only to a worse resolution
+    (rlnCtfMaxResolution above it, Angstrom) or that CTF estimation flagged (cpCtfFlagged = 1); None: keep all."""
 
     box_px: int
     out_box_px: int | None = None
@@ -54,6 +56,7 @@ class ExtractParams:
     invert: bool = False
     bg_radius_px: float | None = None
     normalise: bool = True
+    max_ctf_resolution_A: float | None = None
 
     @property
     def out_box(self) -> int:
@@ -177,15 +180,21 @@ def extract_particles(
     pick_of = _match([m.name for m in mics], pick_names)
     ctf_cols = [c for c in ctf.columns if c.startswith(CTF_PREFIXES) and c != "rlnCtfImage"]
     drop = {"rlnImageName", "rlnMicrographName", "rlnOpticsGroup", *OPTICS_COLUMNS, *ctf_cols}
-    tables, outputs, skipped, picked, unset = [], [], 0, 0, 0
+    tables, outputs, skipped, picked, unset, dropped = [], [], 0, 0, 0, []
     optics_rows = {}
     for mic in tqdm(mics, desc="extract", unit="mic", disable=None):
         group = groups[pick_names[pick_of[mic.name]]] if pick_of[mic.name] is not None else picks.iloc[:0]
         if len(group) == 0:
             log.warning("%s: no picks in %s, no particles from this micrograph", mic.name, picks_path or "the picks")
             continue
-        picked += len(group)
         ctf_row = ctf.iloc[ctf_rows[mic.name]]
+        if params.max_ctf_resolution_A and _poor_ctf(ctf_row, params.max_ctf_resolution_A):
+            log.warning("%s: CTF fitted to %.1f A (limit %.1f A)%s: micrograph dropped", mic.name,
+                        float(ctf_row.get("rlnCtfMaxResolution", float("nan"))), params.max_ctf_resolution_A,
+                        ", flagged as without Thon rings" if int(ctf_row.get("cpCtfFlagged", 0)) else "")
+            dropped.append(mic.name)
+            continue
+        picked += len(group)
         image, header_apix = read_mrc(mic.path)
         apix, known = _pixel_size(mic, ctf_row, angpix, header_apix, ctf_path)
         unset += not known
@@ -238,8 +247,15 @@ def extract_particles(
     write_star(out / "particles.star", {"optics": optics, "particles": particles})
     outputs.append(out / "particles.star")
     notes = {"micrographs": len(mics), "particles": len(particles), "skipped_at_edge": skipped,
+             **({"dropped_for_ctf": dropped} if params.max_ctf_resolution_A else {}),
              "box": params.box_px, "out_box": params.out_box}
     return ExtractResult(particles, outputs, notes)
+
+
+def _poor_ctf(ctf_row: pd.Series, limit_A: float) -> bool:
+    """Thon rings fitted only to a resolution worse than ``limit_A`` (or not at all), or flagged by cryopipe ctf."""
+    fitted = float(ctf_row.get("rlnCtfMaxResolution", 0.0) or 0.0)
+    return fitted > limit_A or int(ctf_row.get("cpCtfFlagged", 0) or 0) == 1
 
 
 def _pixel_size(mic: Micrograph, ctf_row: pd.Series, angpix: float | None, header_apix: float | None,
