@@ -33,6 +33,7 @@ log = logging.getLogger("cryopipe")
 # stage name -> module providing HELP, add_arguments, main (and optional STAGED = False)
 STAGES = {
     "simulate": "cryopipe.simulate.cli",
+    "ctf": "cryopipe.ctfestimate.cli",
     "pick": "cryopipe.pick.cli",
     "extract": "cryopipe.extract.cli",
     "class2d": "cryopipe.class2d.cli",

@@ -29,6 +29,9 @@ _FLAG_HELP = {
     "bfactor_min": "smallest B-factor envelope, A^2",
     "bfactor_max": "largest B-factor envelope, A^2",
     "ice_gradient_every": "every k-th micrograph gets an ice-thickness gradient (0: none)",
+    "ice_snr": "per-pixel SNR of a CTF-modulated amorphous-ice background that gives Thon rings (its variance / "
+               "the white noise variance; 0: none)",
+    "phase_shift": "phase-plate phase shift of every micrograph's CTF, degrees (0: none)",
 }
 
 

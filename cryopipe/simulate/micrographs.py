@@ -7,10 +7,16 @@ projected potential is multiplied in Fourier space by RELION's CTF (own defocus,
 astigmatism and B-factor envelope) and negated, so particles look dark as in
 real data (extraction with ``--invert`` makes them white again, as RELION);
 some micrographs get an ice-thickness gradient; white Gaussian noise is added.
+Optionally (``ice_snr > 0``; off in the demo) a CTF-modulated amorphous-ice background
+(:mod:`cryopipe.simulate.ice`) gives the micrographs Thon rings as real ones have, and
+``phase_shift`` adds a phase-plate phase shift to every micrograph's CTF.
 
 SNR definition: the variance of the noise-free, CTF-modulated image inside the
 particles' circles (diameter ``diameter_A``, variance about each circle's mean,
-averaged over the micrograph's particles) divided by the noise variance.
+averaged over the micrograph's particles) divided by the noise variance. The ice
+background's ``ice_snr`` is its per-pixel variance divided by the same noise variance.
+The ice of micrograph k is drawn from its own generator (seed, k), so switching it on
+leaves every other random draw (particles, defocus, noise) as it was.
 """
 
 from __future__ import annotations
@@ -29,9 +35,12 @@ from cryopipe.io.models import write_model
 from cryopipe.io.mrc import write_mrc
 from cryopipe.io.star import write_star
 from cryopipe.simulate.complex import build_models, electrons_of
+from cryopipe.simulate.ice import ice_field_spectrum, ice_image
 from cryopipe.simulate.render import project_atoms, render_volume
 
 log = logging.getLogger(__name__)
+
+ICE_STREAM = 1  # third word of the ice generators' seeds, (seed, micrograph index, ICE_STREAM)
 
 
 @dataclass
@@ -57,6 +66,8 @@ class SimulateParams:
     bfactor_min: float = 20.0
     bfactor_max: float = 80.0
     ice_gradient_every: int = 4  # every k-th micrograph gets an ice gradient (0: none)
+    ice_snr: float = 0.0  # per-pixel SNR of a CTF-modulated amorphous-ice background (0: none, the demo)
+    phase_shift: float = 0.0  # phase-plate phase shift of every micrograph's CTF, degrees (0: none)
 
     def validate(self) -> None:
         require(self.micrographs >= 1, "must be >= 1", field="--micrographs")
@@ -65,9 +76,13 @@ class SimulateParams:
         require(self.size_px % 2 == 0 and self.map_box % 2 == 0, "sizes must be even", field="--size-px/--map-box")
         require(self.snr > 0, f"SNR must be positive, got {self.snr}", field="--snr")
         require(0 <= self.fraction_conformation_1 <= 1, "must be in [0, 1]", field="--fraction-conformation-1")
-        require(0 < self.defocus_min_A <= self.defocus_max_A, "need 0 < min <= max", field="--defocus-min-A/--defocus-max-A")
+        require(0 < self.defocus_min_A <= self.defocus_max_A, "need 0 < min <= max",
+                field="--defocus-min-A/--defocus-max-A")
         require(self.diameter_A / self.angpix < self.map_box, "particle must fit the map box", field="--diameter-A")
         require(0 <= self.amplitude_contrast < 1, "must be in [0, 1)", field="--amplitude-contrast")
+        require(np.isfinite(self.ice_snr) and self.ice_snr >= 0, f"must be >= 0, got {self.ice_snr}",
+                field="--ice-snr")
+        require(bool(np.isfinite(self.phase_shift)), "must be finite", field="--phase-shift")
 
 
 def _positions(rng: np.random.Generator, n: int, size: int, margin: int, min_dist: float) -> np.ndarray:
@@ -96,9 +111,14 @@ def _circle_variance(image: np.ndarray, centres: np.ndarray, radius: float) -> f
 
 
 def simulate_micrograph(
-    params: SimulateParams, rng: np.random.Generator, models: dict, ctf: CTFParams, with_gradient: bool
+    params: SimulateParams, rng: np.random.Generator, models: dict, ctf: CTFParams, with_gradient: bool,
+    index: int = 0,
 ) -> tuple[np.ndarray, pd.DataFrame, float]:
-    """One micrograph (size, size) float32 with its particles' truth table and the noise s.d."""
+    """One micrograph (size, size) float32 with its particles' truth table and the noise s.d.
+
+    ``index`` (the micrograph's 0-based number) seeds its ice background, drawn only when ``params.ice_snr > 0``
+    from a generator of its own: (params.seed, index).
+    """
     p = params
     size = p.size_px
     margin = p.map_box // 2 + 2
@@ -127,6 +147,9 @@ def simulate_micrograph(
     signal_var = _circle_variance(clean, xy, 0.5 * p.diameter_A / p.angpix) if n else float(clean.var() or 1.0)
     noise_sd = np.sqrt(signal_var / p.snr)
     image = clean + rng.normal(0.0, noise_sd, size=clean.shape)
+    if p.ice_snr > 0:
+        ice_rng = np.random.default_rng([p.seed, index, ICE_STREAM])
+        image += ice_image(ice_field_spectrum(size, ice_rng), ctf, p.angpix, p.ice_snr * noise_sd**2)
     if with_gradient:
         theta = rng.uniform(0, 2 * np.pi)
         yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
@@ -172,6 +195,8 @@ def simulate_dataset(params: SimulateParams, out: Path, names_root: Path | None 
         written += [out / "models" / f"{name}.pdb", out / "maps" / f"{name}.mrc"]
 
     mic_rows, truth_tables = [], []
+    # the demo (no phase plate) writes no rlnPhaseShift column, so its files stay as they were
+    phase_column = {"rlnPhaseShift": params.phase_shift} if params.phase_shift != 0 else {}
     for m in range(params.micrographs):
         name = f"mic_{m + 1:03d}.mrc"
         d_u = rng.uniform(params.defocus_min_A, params.defocus_max_A)
@@ -180,22 +205,23 @@ def simulate_dataset(params: SimulateParams, out: Path, names_root: Path | None 
         bfac = rng.uniform(params.bfactor_min, params.bfactor_max)
         ctf = CTFParams(
             defocus_u=d_u, defocus_v=d_v, defocus_angle=angle, voltage=params.voltage, cs=params.cs,
-            amplitude_contrast=params.amplitude_contrast, bfactor=bfac,
+            amplitude_contrast=params.amplitude_contrast, bfactor=bfac, phase_shift=params.phase_shift,
         )
         gradient = params.ice_gradient_every > 0 and m % params.ice_gradient_every == params.ice_gradient_every - 1
-        image, truth, noise_sd = simulate_micrograph(params, rng, models, ctf, gradient)
+        image, truth, noise_sd = simulate_micrograph(params, rng, models, ctf, gradient, index=m)
         write_mrc(out / "micrographs" / name, image, params.angpix)
         written.append(out / "micrographs" / name)
         mic_name = str(root / "micrographs" / name)
         truth.insert(0, "rlnMicrographName", mic_name)
-        truth = truth.assign(rlnDefocusU=d_u, rlnDefocusV=d_v, rlnDefocusAngle=angle)
+        truth = truth.assign(rlnDefocusU=d_u, rlnDefocusV=d_v, rlnDefocusAngle=angle, **phase_column)
         truth_tables.append(truth)
         mic_rows.append(
             {
                 "rlnMicrographName": mic_name, "rlnOpticsGroup": 1, "rlnDefocusU": d_u, "rlnDefocusV": d_v,
                 "rlnCtfAstigmatism": d_u - d_v, "rlnDefocusAngle": angle, "rlnCtfFigureOfMerit": 0.2,
-                "rlnCtfMaxResolution": 2 * params.angpix + 1.0, "rlnCtfBfactor": bfac,
+                "rlnCtfMaxResolution": 2 * params.angpix + 1.0, **phase_column, "rlnCtfBfactor": bfac,
                 "cpNoiseSd": noise_sd, "cpIceGradient": int(gradient), "cpParticles": len(truth),
+                **({"cpIceSnr": params.ice_snr} if params.ice_snr > 0 else {}),
             }
         )
         log.info("micrograph %s: %d particles, defocus %.0f A, B %.0f A^2", name, len(truth), d_u, bfac)
