@@ -29,6 +29,7 @@ check_config(config, os.path.join(workflow.basedir, "config", "config.schema.yam
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
+include: "workflow/rules/ctf.smk"
 include: "workflow/rules/pick.smk"
 include: "workflow/rules/class2d.smk"
 include: "workflow/rules/class3d.smk"

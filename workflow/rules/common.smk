@@ -57,16 +57,36 @@ def micrograph_paths():
     return [check_star_safe("micrographs.glob", p) for p in paths]
 
 
-def ctf_star():
+CTF = config["ctf"]
+# estimate the CTF (rule ctf) when asked, or when real micrographs come without a CTF STAR
+ESTIMATE_CTF = CTF["estimate"] or (not USE_SIM and not config["micrographs"].get("ctf_star", ""))
+if ESTIMATE_CTF and USE_SIM and not SIM.get("ice_snr", 0):
+    config_error("ctf.estimate", "the demo's micrographs have Thon rings only with simulate.ice_snr > 0 (e.g. 0.5)")
+
+
+def ctf_star(wildcards):
+    """The CTF STAR of a batch of micrographs: estimated by the rule ctf, the simulator's, or the user's."""
+    if ESTIMATE_CTF:
+        return f"{RESULTS}/ctf/batch_{wildcards.batch}/micrographs_ctf.star"
     if USE_SIM:
         return f"{RESULTS}/simulate/micrographs_ctf.star"
-    path = config["micrographs"].get("ctf_star", "")
-    if not path:
-        config_error("micrographs.ctf_star", "must name the micrographs' CTF STAR (from CTFFIND or RELION) when "
-                     "simulate.enabled is false")
+    path = config["micrographs"]["ctf_star"]
     if not os.path.isfile(path):
         config_error("micrographs.ctf_star", f"{path!r}: no such file")
     return path
+
+
+def optics(key):
+    """The microscope's voltage, cs or amplitude_contrast: the config's, else (demo only) the simulator's."""
+    value = config["micrographs"].get(key)
+    if value is None and USE_SIM:
+        from cryopipe.simulate.micrographs import SimulateParams
+
+        return SimulateParams.__dataclass_fields__[key].default
+    if value is None:
+        config_error(f"micrographs.{key}", "needed to estimate the CTF of your micrographs (or give "
+                     "micrographs.ctf_star); there is no safe default")
+    return value
 
 
 ALL_TARGETS = []

@@ -4,7 +4,7 @@
 rule pick:
     input:
         micrographs=lambda w: BATCHES[w.batch],
-        ctf=ctf_star(),
+        ctf=ctf_star,
         reference=pick_reference(),
     output:
         picks=f"{RESULTS}/pick/batch_{{batch}}/picks.star",
@@ -38,7 +38,7 @@ rule pick:
 rule extract:
     input:
         picks=rules.pick.output.picks,
-        ctf=ctf_star(),
+        ctf=ctf_star,
         micrographs=lambda w: BATCHES[w.batch],
     output:
         particles=f"{RESULTS}/extract/batch_{{batch}}/particles.star",
@@ -47,13 +47,14 @@ rule extract:
         box=arg("box", config["extract"]["box"]),
         out_box=flag("out-box", config["extract"]["out_box"]),
         invert=flag("invert", config["extract"]["invert"]),
+        ctf_limit=flag("max-ctf-resolution", CTF["max_resolution"]),
         device=arg("device", DEVICE),
     threads: 2
     log:
         f"{RESULTS}/logs/extract_{{batch}}.log",
     shell:
         "cryopipe extract --picks {input.picks:q} --ctf {input.ctf:q} --micrographs {input.micrographs:q}"
-        " {params.box:q} {params.out_box:q} {params.invert:q} {params.device:q}"
+        " {params.box:q} {params.out_box:q} {params.invert:q} {params.ctf_limit:q} {params.device:q}"
         " --out {params.out:q} 2> {log:q}"
 
 

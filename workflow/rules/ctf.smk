@@ -1,0 +1,42 @@
+# CTF estimation (cryopipe ctf, after CTFFIND4), one job per batch of micrographs, before picking: when the
+# micrographs come without a CTF STAR, or when ctf.estimate asks for it.
+
+if ESTIMATE_CTF:
+
+    rule ctf:
+        input:
+            micrographs=lambda w: BATCHES[w.batch],
+        output:
+            star=f"{RESULTS}/ctf/batch_{{batch}}/micrographs_ctf.star",
+            summary=report(
+                f"{RESULTS}/ctf/batch_{{batch}}/ctf_summary.png",
+                caption="../report/ctf.rst",
+                category="2. CTF estimation",
+                subcategory="batch {batch}",
+            ),
+        params:
+            out=lambda w: f"{RESULTS}/ctf/batch_{w.batch}",
+            angpix=flag("angpix", config["micrographs"].get("angpix", 0) if not USE_SIM else 0),
+            voltage=arg("voltage", optics("voltage")),
+            cs=arg("cs", optics("cs")),
+            amplitude_contrast=arg("amplitude-contrast", optics("amplitude_contrast")),
+            tile=arg("tile", CTF["tile"]),
+            resolution=arg("resolution-range", CTF["resolution_range"]),
+            defocus=arg("defocus-range", CTF["defocus_range"]),
+            device=arg("device", DEVICE),
+        threads: 2
+        resources:
+            gpu=1 if DEVICE == "gpu" else 0,
+        log:
+            f"{RESULTS}/logs/ctf_{{batch}}.log",
+        shell:
+            "cryopipe ctf --micrographs {input.micrographs:q} {params.angpix:q} {params.voltage:q} {params.cs:q}"
+            " {params.amplitude_contrast:q} {params.tile:q} {params.resolution:q} {params.defocus:q}"
+            " {params.device:q} --out {params.out:q} 2> {log:q}"
+
+    rule ctf_all:
+        """Target: every batch's CTF estimated (`snakemake ctf_all`)."""
+        input:
+            expand(f"{RESULTS}/ctf/batch_{{batch}}/micrographs_ctf.star", batch=sorted(BATCHES)),
+
+    ALL_TARGETS.extend(rules.ctf_all.input)
