@@ -1,4 +1,4 @@
-"""Benchmark of ``cryopipe ctf`` (issue 18): seconds per micrograph against the floor that bounds it.
+"""Benchmark of ``cryopipe ctf``: seconds per micrograph against the floor that bounds it.
 
 Workload (default): 16 micrographs of 4096 x 4096 at 1.0 A/px with Thon rings (CTF-modulated ice, per-pixel SNR
 0.05, plus white noise), 512 px tiles with half overlap (225 tiles per micrograph), fit band 30-5 A, defocus
