@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"flag micrographs whose FOM x sqrt(band pixels) is below this (default {_D.min_z:g})")
     p.add_argument("--batch-size", type=int, help="micrographs per batch (default: 4 on a CPU, 16 on a GPU)")
     p.add_argument("--no-diagnostics", action="store_true", help="skip the per-micrograph PNG and .ctf spectrum")
+    p.add_argument("--truth", help="a CTF STAR of the true values (simulated data): the summary plot shows them and "
+                   "the record gets the median errors")
     add_common(p)
 
 
@@ -71,8 +73,8 @@ def main(args: argparse.Namespace, recorder) -> None:
     params.validate()
     bk = get_backend(args.device)
     mics = list_micrographs(args.micrographs)
-    result = estimate_micrographs(mics, params, args.out, bk, get_comm(), args.angpix, args.out_final)
+    result = estimate_micrographs(mics, params, args.out, bk, get_comm(), args.angpix, args.out_final, args.truth)
     recorder.device = bk.describe()
-    recorder.add_input(*(m.path for m in mics))
+    recorder.add_input(*(m.path for m in mics), *([args.truth] if args.truth else []))
     recorder.add_output(*result.outputs)
     recorder.note(**result.notes)

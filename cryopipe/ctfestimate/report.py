@@ -87,8 +87,9 @@ def _save(fig: Figure, path: Path) -> None:
         fig.savefig(tmp, dpi=80, format="png")
 
 
-def summary_png(path: Path, table) -> Path:
-    """Defocus U/V (um) and fit resolution (A) per micrograph; flagged micrographs in red."""
+def summary_png(path: Path, table, truth=None) -> Path:
+    """Defocus U/V (um) and fit resolution (A) per micrograph; flagged micrographs in red; with ``truth`` (the
+    true rlnDefocusU/V of the same rows, simulated data) the true values as open circles."""
     from cryopipe.plots import plt, save_figure
 
     n = np.arange(1, len(table) + 1)
@@ -97,6 +98,10 @@ def summary_png(path: Path, table) -> Path:
     ax0.plot(n, table["rlnDefocusU"] / 1e4, ".", ms=3, label="defocus U")
     ax0.plot(n, table["rlnDefocusV"] / 1e4, ".", ms=3, label="defocus V")
     ax0.plot(n[flagged], table["rlnDefocusU"][flagged] / 1e4, "x", color="tab:red", ms=5, label="flagged")
+    if truth is not None:
+        for col in ("rlnDefocusU", "rlnDefocusV"):
+            ax0.plot(n, truth[col].to_numpy() / 1e4, "o", mfc="none", mec="0.4", ms=5,
+                     label="truth" if col == "rlnDefocusU" else None)
     ax0.set_ylabel("defocus (um)", fontsize=8)
     ax0.legend(fontsize=6)
     ax1.plot(n, table["rlnCtfMaxResolution"], ".", ms=3, color="tab:green")

@@ -54,7 +54,7 @@ from cryopipe.ctfestimate.search import (
 from cryopipe.ctfestimate.spectrum import SpectrumGrid, subtract_background, tile_centres, tile_power
 from cryopipe.errors import InputError, require
 from cryopipe.io.mrc import UNSET_PIXEL_SIZES, write_mrc
-from cryopipe.io.star import write_star
+from cryopipe.io.star import read_table, write_star
 from cryopipe.parallel import SerialComm, split_range
 from cryopipe.pick.stage import Micrograph, micrograph_angpix, prefetch
 
@@ -330,14 +330,15 @@ def _write_diagnostics(est: CtfEstimator, mic: Micrograph, fit: CtfFit, out: Pat
 
 
 def estimate_micrographs(mics: list[Micrograph], params: CtfEstimateParams, out: Path, bk, comm=None,
-                         angpix: float | None = None, names_root: Path | None = None) -> CtfResult:
+                         angpix: float | None = None, names_root: Path | None = None, truth=None) -> CtfResult:
     """Estimate the CTF of every micrograph; write ``out/micrographs_ctf.star``, ``out/ctf_summary.png`` and, per
     micrograph, ``out/diagnostics/<stem>.png``, ``out/spectra/<stem>.ctf`` (MRC, RELION's rlnCtfImage) and with
     ``per_tile`` ``out/tiles/<stem>.star``.
 
     Ranks split the micrographs (contiguous shares); rank 0 gathers the rows and writes the STAR file and the
     summary. An unreadable micrograph, NaNs or one smaller than the tile stop every rank with an InputError.
-    ``names_root`` is the folder that paths written into the STAR file refer to (default ``out``).
+    ``names_root`` is the folder that paths written into the STAR file refer to (default ``out``). ``truth``: a
+    CTF STAR of the true values (simulated data): the summary shows them and the notes hold the errors.
     """
     comm = comm or SerialComm()
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -392,12 +393,40 @@ def estimate_micrographs(mics: list[Micrograph], params: CtfEstimateParams, out:
     })
     write_star(out / "micrographs_ctf.star", {"optics": optics, "micrographs": table})
     written.append(out / "micrographs_ctf.star")
+    true, errors = _against_truth(table, truth) if truth is not None and len(table) else (None, {})
     if len(table):
-        written.append(report.summary_png(out / "ctf_summary.png", table))
+        written.append(report.summary_png(out / "ctf_summary.png", table, true))
     flagged = int(table["cpCtfFlagged"].sum()) if len(table) else 0
     notes = {
         "micrographs": len(table), "flagged": flagged, "angpix": angpix, "tile": params.tile,
         "band_pixels": est.band.size, "coarse_candidates": len(est.coarse), "mpi_size": size,
         "seconds_per_micrograph": round(max(g[2] / max(1, g[3]) for g in gathered), 4),
+        **({"against_truth": errors} if errors else {}),
     }
     return CtfResult(table, written, notes)
+
+
+def _against_truth(table: pd.DataFrame, truth_star) -> tuple[pd.DataFrame, dict]:
+    """The true CTF rows of the estimated micrographs (matched by file name) and the median errors: mean defocus
+    (A and %), and astigmatism angle (degrees, modulo 180, where the true astigmatism exceeds 300 A)."""
+    known = read_table(truth_star, "micrographs", required=["rlnMicrographName", "rlnDefocusU", "rlnDefocusV",
+                                                            "rlnDefocusAngle"])
+    by_name = known.set_index(known["rlnMicrographName"].map(lambda n: Path(str(n)).name))
+    names = table["rlnMicrographName"].map(lambda n: Path(str(n)).name)
+    missing = sorted(set(names) - set(by_name.index))
+    if missing:
+        raise InputError(f"micrograph {missing[0]} is not in the truth STAR", truth_star, "rlnMicrographName")
+    true = by_name.loc[names.to_numpy()].reset_index(drop=True)
+    mean_est = (table["rlnDefocusU"].to_numpy() + table["rlnDefocusV"].to_numpy()) / 2
+    mean_true = (true["rlnDefocusU"].to_numpy() + true["rlnDefocusV"].to_numpy()) / 2
+    err = np.abs(mean_est - mean_true)
+    astig = np.abs(true["rlnDefocusU"].to_numpy() - true["rlnDefocusV"].to_numpy()) > 300
+    d = (table["rlnDefocusAngle"].to_numpy() - true["rlnDefocusAngle"].to_numpy()) % 180
+    angle = np.minimum(d, 180 - d)[astig]
+    errors = {"median_defocus_error_A": round(float(np.median(err)), 1),
+              "median_defocus_error_percent": round(float(np.median(err / mean_true) * 100), 3),
+              "median_angle_error_deg": round(float(np.median(angle)), 2) if angle.size else None}
+    log.info("against the truth: median defocus error %.1f A (%.2f %%), astigmatism angle %s deg",
+             errors["median_defocus_error_A"], errors["median_defocus_error_percent"],
+             errors["median_angle_error_deg"])
+    return true, errors

@@ -1,6 +1,7 @@
 """Micrographs alone (no CTF STAR): the workflow estimates each batch's CTF (rule ctf) and extraction gives the
 particles those estimates, near the simulated truth."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -48,3 +49,20 @@ def test_micrographs_without_a_ctf_star_get_estimated_ctfs(tmp_path):
     particles = starfile.read(tmp_path / "results/extract/particles.star", always_dict=True)["particles"]
     by_mic = particles.groupby(particles["rlnMicrographName"].map(lambda n: Path(n).name))["rlnDefocusU"].first()
     np.testing.assert_allclose(by_mic.to_numpy(), est.loc[by_mic.index, "rlnDefocusU"].to_numpy())
+
+
+def test_demo_switch_estimates_the_ctf_and_compares_it_with_the_truth(tmp_path):
+    """ctf.estimate with the demo (and its ice): rule ctf runs and its record holds the errors against the truth."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    config = {"simulate": {"enabled": True, "micrographs": 2, "size_px": 512, "particles_per_micrograph": 6,
+                           "ice_snr": 1.0},
+              "ctf": {"estimate": True, "tile": 256}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--cores", "2",
+                           f"--configfile={tmp_path / 'c.yaml'}", "ctf_all"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    record = json.loads((tmp_path / "results/ctf/batch_0001/provenance.json").read_text())
+    errors = record["notes"]["against_truth"]
+    assert errors["median_defocus_error_percent"] < 2.0, errors
+    assert (tmp_path / "results/ctf/batch_0001/ctf_summary.png").stat().st_size > 1000

@@ -6,6 +6,8 @@ if ESTIMATE_CTF:
     rule ctf:
         input:
             micrographs=lambda w: BATCHES[w.batch],
+            # the demo compares its estimates with the simulated truth (summary plot, record)
+            truth=[f"{RESULTS}/simulate/micrographs_ctf.star"] if USE_SIM else [],
         output:
             star=f"{RESULTS}/ctf/batch_{{batch}}/micrographs_ctf.star",
             summary=report(
@@ -24,6 +26,7 @@ if ESTIMATE_CTF:
             resolution=arg("resolution-range", CTF["resolution_range"]),
             defocus=arg("defocus-range", CTF["defocus_range"]),
             device=arg("device", DEVICE),
+            truth=lambda w, input: ["--truth", *input.truth] if input.truth else [],
         threads: 2
         resources:
             gpu=1 if DEVICE == "gpu" else 0,
@@ -32,7 +35,7 @@ if ESTIMATE_CTF:
         shell:
             "cryopipe ctf --micrographs {input.micrographs:q} {params.angpix:q} {params.voltage:q} {params.cs:q}"
             " {params.amplitude_contrast:q} {params.tile:q} {params.resolution:q} {params.defocus:q}"
-            " {params.device:q} --out {params.out:q} 2> {log:q}"
+            " {params.truth:q} {params.device:q} --out {params.out:q} 2> {log:q}"
 
     rule ctf_all:
         """Target: every batch's CTF estimated (`snakemake ctf_all`)."""
