@@ -394,7 +394,8 @@ def test_sigkill_at_a_random_point_then_rerun_equals_uninterrupted(project, tmp_
 WORKFLOW_CASES = [
     ("workflow: empty micrographs glob", {"micrographs": {"glob": ""}}, "[micrographs.glob]: must name"),
     ("workflow: glob matching nothing", {"micrographs": {"glob": "nowhere/*.mrc"}}, "matches no file"),
-    ("workflow: no CTF STAR", {"micrographs": {"glob": "{mics}", "ctf_star": ""}}, "[micrographs.ctf_star]: must"),
+    ("workflow: no CTF STAR and no optics to estimate it", {"micrographs": {"glob": "{mics}", "ctf_star": ""}},
+     "[micrographs.voltage]: needed to estimate the CTF"),
     ("workflow: CTF STAR missing", {"micrographs": {"glob": "{mics}", "ctf_star": "none.star"}},
      "'none.star': no such file"),
     ("workflow: no pick reference", {"micrographs": {"glob": "{mics}", "ctf_star": "{ctf}"}},

@@ -64,16 +64,17 @@ if ESTIMATE_CTF and USE_SIM and not SIM.get("ice_snr", 0):
     config_error("ctf.estimate", "the demo's micrographs have Thon rings only with simulate.ice_snr > 0 (e.g. 0.5)")
 
 
+if not ESTIMATE_CTF and not USE_SIM and not os.path.isfile(config["micrographs"]["ctf_star"]):
+    config_error("micrographs.ctf_star", f"{config['micrographs']['ctf_star']!r}: no such file")
+
+
 def ctf_star(wildcards):
     """The CTF STAR of a batch of micrographs: estimated by the rule ctf, the simulator's, or the user's."""
     if ESTIMATE_CTF:
         return f"{RESULTS}/ctf/batch_{wildcards.batch}/micrographs_ctf.star"
     if USE_SIM:
         return f"{RESULTS}/simulate/micrographs_ctf.star"
-    path = config["micrographs"]["ctf_star"]
-    if not os.path.isfile(path):
-        config_error("micrographs.ctf_star", f"{path!r}: no such file")
-    return path
+    return config["micrographs"]["ctf_star"]
 
 
 def optics(key):
