@@ -208,10 +208,13 @@ def run_stage(name: str, args: argparse.Namespace, argv: list[str]) -> None:
         module.main(args, recorder)
         comm.Barrier()
         if rank == 0:
-            # every file of the work folder is an output (a resumed run's earlier iterations included)
-            recorder.outputs = [str(final / p.relative_to(work)) for p in sorted(work.rglob("*")) if p.is_file()]
+            # every file of the work folder is an output (a resumed run's earlier iterations included); they are
+            # hashed before publishing, so the record follows the published files at once
+            staged = {str(final / p.relative_to(work)): p for p in sorted(work.rglob("*")) if p.is_file()}
+            recorder.outputs = list(staged)
+            record = recorder.prepare(hashed_at=staged)
             outdir.publish(work, final, token, keep=[Path(i) for i in recorder.inputs])
-            recorder.write()
+            recorder.write(record)
     except OSError as exc:
         if rank == 0 and not getattr(module, "ITERATIVE", False):
             shutil.rmtree(work, ignore_errors=True)

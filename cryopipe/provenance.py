@@ -136,11 +136,17 @@ class Recorder:
         """Extra facts for the record (cache statistics, accuracy, counts...)."""
         self.extra.update(_jsonable(items))
 
-    def write(self) -> dict:
-        """Write the record (paths relative to its folder, sizes, checksums) and return it."""
+    def prepare(self, hashed_at: dict | None = None) -> dict:
+        """The record (paths relative to its folder, sizes, checksums), to :meth:`write` later. ``hashed_at`` maps
+        recorded output paths to where the files are now (a staging folder not yet published): the checksums are
+        taken there, so that publishing and writing the record follow each other with no hashing in between."""
         folder = str(self.path.parent.resolve())
+        hashed_at = {os.fspath(k): os.fspath(v) for k, v in (hashed_at or {}).items()}
+        outputs = _file_entries([hashed_at.get(o, o) for o in self.outputs])
+        unique = list(dict.fromkeys(self.outputs))
+        outputs = [{**e, "path": str(Path(o).resolve())} for e, o in zip(outputs, unique, strict=True)]
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        rec = {
+        return {
             "stage": self.stage,
             "command": self.command,
             "cwd": os.getcwd(),
@@ -148,7 +154,7 @@ class Recorder:
             "cryopipe": code_version(),
             "python": platform.python_version(),
             "inputs": [_relative(e, folder) for e in _file_entries(self.inputs)],
-            "outputs": [_relative(e, folder) for e in _file_entries(self.outputs)],
+            "outputs": [_relative(e, folder) for e in outputs],
             "host": platform.node(),
             "device": self.device,
             "mpi_size": self.mpi_size,
@@ -158,6 +164,10 @@ class Recorder:
             "peak_memory_mib": round(peak_kib / 1024, 1),
             **({"notes": self.extra} if self.extra else {}),
         }
+
+    def write(self, rec: dict | None = None) -> dict:
+        """Write the record (:meth:`prepare`'s, or one prepared now) and return it."""
+        rec = self.prepare() if rec is None else rec
         atomic_write_text(self.path, json.dumps(rec, indent=2) + "\n")
         return rec
 

@@ -382,8 +382,8 @@ def test_sigkill_at_a_random_point_then_rerun_equals_uninterrupted(project, tmp_
     killed = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    if killed:
-        assert not (out / "provenance.json").exists() and not _snapshot(out), "a killed run published something"
+    if killed and not (out / "provenance.json").exists():  # (a run killed after its record is a finished one)
+        assert not _snapshot(out), "a killed run published part of its result"
     assert _run(argv) == 0
     RESULTS.append((f"{stage}: SIGKILL after {delay:.1f} s of {duration:.1f} s, rerun", "equals uninterrupted",
                     "killed" if killed else "finished first"))
