@@ -252,7 +252,7 @@ class CtfEstimator:
         band = self.band.within(min(self.grid.s_max, FIT_BAND_MARGIN / fit.resolution_A), self.optics, bk.xp)
         defocus, score = fitmod.tile_defocus(d_tiles, fit.theta, band, bk)
         z = score * np.sqrt(band.size)
-        weights = np.where((z >= 3.0) & ~fit.flagged, np.maximum(score, 0.0) ** 2, 0.0)
+        weights = np.where((z >= 3.0) & (not fit.flagged), np.maximum(score, 0.0) ** 2, 0.0)
         a, b, c, rms, kept = fitmod.fit_plane(centres, defocus, weights, (shape[1] / 2, shape[0] / 2))
         fit.tiles = pd.DataFrame({"rlnCoordinateX": centres[:, 0], "rlnCoordinateY": centres[:, 1],
                                   "cpDefocusMean": defocus, "cpScore": score, "cpKept": kept.astype(int)})
