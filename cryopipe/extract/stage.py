@@ -217,6 +217,8 @@ def extract_particles(
         table.insert(0, "rlnImageName", [f"{i + 1:06d}@{name}" for i in range(len(kept))])
         table.insert(1, "rlnMicrographName", mic.name)
         table = table.assign(**{c: ctf_row[c] for c in ctf_cols}, rlnOpticsGroup=opt)
+        if "cpDefocusPlaneA" in ctf_row.index:
+            table = _defocus_at_positions(table, ctf_row, image.shape)
         tables.append(table)
         previous = optics_rows.setdefault(opt, _optics_row(ctf_row, apix, params))
         require(abs(previous["rlnImagePixelSize"] - out_apix) < 1e-4, "micrographs of one optics group have "
@@ -250,6 +252,20 @@ def extract_particles(
              **({"dropped_for_ctf": dropped} if params.max_ctf_resolution_A else {}),
              "box": params.box_px, "out_box": params.out_box}
     return ExtractResult(particles, outputs, notes)
+
+
+def _defocus_at_positions(table: pd.DataFrame, ctf_row: pd.Series, shape) -> pd.DataFrame:
+    """Each particle's defocus U/V at its position on a micrograph with a fitted defocus plane (cryopipe ctf
+    --per-tile: defocus(x, y) = rlnDefocusU/V + cpDefocusPlaneA (x - nx/2) + cpDefocusPlaneB (y - ny/2), A and px
+    as rlnCoordinateX/Y; ``shape`` (ny, nx)). Rows without a plane (NaN) keep the micrograph's defocus."""
+    a, b = float(ctf_row["cpDefocusPlaneA"]), float(ctf_row.get("cpDefocusPlaneB", 0.0))
+    if not (np.isfinite(a) and np.isfinite(b)):
+        return table
+    ny, nx = shape
+    x, y = table["rlnCoordinateX"].to_numpy(float), table["rlnCoordinateY"].to_numpy(float)
+    shift = a * (x - nx / 2) + b * (y - ny / 2)
+    return table.assign(rlnDefocusU=float(ctf_row["rlnDefocusU"]) + shift,
+                        rlnDefocusV=float(ctf_row["rlnDefocusV"]) + shift)
 
 
 def _poor_ctf(ctf_row: pd.Series, limit_A: float) -> bool:
