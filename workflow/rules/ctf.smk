@@ -25,6 +25,7 @@ if ESTIMATE_CTF:
             tile=arg("tile", CTF["tile"]),
             resolution=arg("resolution-range", CTF["resolution_range"]),
             defocus=arg("defocus-range", CTF["defocus_range"]),
+            per_tile=flag("per-tile", CTF["per_tile"]),
             device=arg("device", DEVICE),
             truth=lambda w, input: ["--truth", *input.truth] if input.truth else [],
         threads: 2
@@ -34,7 +35,7 @@ if ESTIMATE_CTF:
             f"{RESULTS}/logs/ctf_{{batch}}.log",
         shell:
             "cryopipe ctf --micrographs {input.micrographs:q} {params.angpix:q} {params.voltage:q} {params.cs:q}"
-            " {params.amplitude_contrast:q} {params.tile:q} {params.resolution:q} {params.defocus:q}"
+            " {params.amplitude_contrast:q} {params.tile:q} {params.resolution:q} {params.defocus:q} {params.per_tile:q}"
             " {params.truth:q} {params.device:q} --out {params.out:q} 2> {log:q}"
 
     rule ctf_all:
