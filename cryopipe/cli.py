@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import re
 import shutil
 import sys
 import uuid
@@ -30,7 +29,7 @@ from cryopipe.provenance import Recorder, lineage
 
 log = logging.getLogger("cryopipe")
 
-# stage name -> module providing HELP, add_arguments, main (and optional STAGED = False)
+# stage name -> module providing HELP, add_arguments, main (and optional ITERATIVE = True)
 STAGES = {
     "simulate": "cryopipe.simulate.cli",
     "ctf": "cryopipe.ctfestimate.cli",
@@ -126,8 +125,7 @@ def _prepare_run_folder(run: Path, args: argparse.Namespace) -> dict:
     if args.continue_from is not None:
         prefix, it = parse_continue(args.continue_from)
         for src in prefix.parent.glob("run_it*"):
-            m = re.match(r"run_it(\d{3})_", src.name)
-            if m and int(m.group(1)) <= it and src.is_file():
+            if src.is_file() and (i := outdir.iteration_of(src)) is not None and i <= it:
                 outdir.link_or_copy(src, run / src.name)
         outdir.drop_after(run, it)
         return {}
@@ -215,16 +213,12 @@ def run_stage(name: str, args: argparse.Namespace, argv: list[str]) -> None:
             record = recorder.prepare(hashed_at=staged)
             outdir.publish(work, final, token, keep=[Path(i) for i in recorder.inputs])
             recorder.write(record)
-    except OSError as exc:
-        if rank == 0 and not getattr(module, "ITERATIVE", False):
-            shutil.rmtree(work, ignore_errors=True)
-        if exc.filename:
-            exc.filename = outdir.public_name(exc.filename, work, final)
-        raise
     except BaseException as exc:
         # an iterative run keeps its checkpoints to continue from, unless the user's input was wrong
         if rank == 0 and (not getattr(module, "ITERATIVE", False) or isinstance(exc, InputError)):
             shutil.rmtree(work, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.filename:
+            exc.filename = outdir.public_name(exc.filename, work, final)
         raise
     finally:
         if lock is not None:

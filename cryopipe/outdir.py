@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 LOCK_NAME = ".cryopipe.lock"
 MARK_NAME = ".cryopipe.published"  # a result was published here (survives Snakemake deleting declared outputs)
 RECORD_NAME = "provenance.json"
-CHECKPOINT = re.compile(r"run_it(\d{3})_data\.star$")
+ITERATION = re.compile(r"run_it(\d{3})_")
 
 
 class OutputLock:
@@ -154,11 +154,17 @@ def run_key(stage: str, params: dict, inputs) -> str:
     return h.hexdigest()[:16]
 
 
+def iteration_of(path) -> int | None:
+    """NNN of a checkpoint file ``run_itNNN_*``, else None."""
+    m = ITERATION.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
 def last_checkpoint(run_folder: Path, before: int | None = None) -> int | None:
     """The last iteration whose checkpoint is complete in ``run_folder`` (its data STAR is written last), or None;
     only iterations below ``before`` when given."""
-    done = sorted((int(m.group(1)) for p in run_folder.glob("run_it*_data.star") if (m := CHECKPOINT.match(p.name))),
-                  reverse=True)
+    done = sorted((i for p in run_folder.glob("run_it*_data.star")
+                   if (i := iteration_of(p)) is not None and p.name == f"run_it{i:03d}_data.star"), reverse=True)
     return next((i for i in done if before is None or i < before), None)
 
 
@@ -166,8 +172,8 @@ def drop_after(run_folder: Path, iteration: int) -> None:
     """Remove the files of iterations after ``iteration`` (and the final files) from a run folder, so that a
     resumed run never mixes with what the interrupted one wrote after its last complete checkpoint."""
     for p in run_folder.iterdir():
-        m = re.match(r"run_it(\d{3})_", p.name)
-        if (m is None or int(m.group(1)) > iteration) and p.is_file():
+        i = iteration_of(p)
+        if (i is None or i > iteration) and p.is_file():
             p.unlink()
 
 

@@ -12,6 +12,7 @@ from cryopipe.class3d.run import Class3DParams, run_class3d
 from cryopipe.cli import add_common
 from cryopipe.em3d.model import parse_continue
 from cryopipe.errors import require
+from cryopipe.outdir import link_or_copy
 from cryopipe.parallel import get_comm
 
 HELP = "3D classification: K class maps by regularised-likelihood EM (RELION), checkpoints every iteration"
@@ -73,8 +74,6 @@ def main(args: argparse.Namespace, recorder) -> None:
 def _link_final(out: Path, iteration: int) -> None:
     """``run_{data,model}.star`` and ``run_classKKK.mrc``: the last iteration's files under names that do not
     depend on the iteration count (links, no copies), so a workflow can name the result whatever the count."""
-    from cryopipe.outdir import link_or_copy
-
     prefix = f"run_it{iteration:03d}_"
     for src in sorted(Path(out).glob(f"{prefix}*")):
         link_or_copy(src, src.with_name("run_" + src.name[len(prefix):]))
