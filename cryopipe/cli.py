@@ -1,12 +1,13 @@
 """The ``cryopipe`` command: one subcommand per stage.
 
-Each stage module exposes ``HELP`` (one line), ``add_arguments(parser)`` and
-``main(args, recorder)`` (and ``ITERATIVE = True`` for stages that checkpoint
-iterations). The CLI parses flags, sets up logging, takes the output folder's
-lock, runs the stage in a work folder inside ``--out`` (``args.out``;
-``args.out_final`` is the folder the user named, for paths written into files)
-and, only when it succeeds, publishes the work folder as the whole new result
-and writes ``provenance.json`` (see :mod:`cryopipe.outdir`). A user's mistake
+Each stage's ``cli`` module follows the stage contract (:mod:`cryopipe.stage`):
+``HELP``, ``add_arguments(parser)``, ``configure(args) -> (params, inputs)``,
+``run(params, inputs, out, ctx) -> StageResult`` (and ``ITERATIVE = True`` for
+stages that checkpoint iterations). The CLI parses flags, sets up logging, takes
+the output folder's lock, runs the stage in a work folder inside ``--out`` (the
+context's ``out_final`` is the folder the user named, for paths written into
+files) and, only when it succeeds, publishes the work folder as the whole new
+result and writes ``provenance.json`` (see :mod:`cryopipe.outdir`). A user's mistake
 (:class:`InputError`) is printed as one line and exits with status 2; a staging
 folder is removed, so earlier outputs stay untouched. An iterative stage keeps
 its run folder, and the same command continues from its last checkpoint.
@@ -15,6 +16,7 @@ its run folder, and the same command continues from its last checkpoint.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import shutil
@@ -23,13 +25,15 @@ import uuid
 from pathlib import Path
 
 from cryopipe import __version__, outdir
+from cryopipe.backend import get_backend
 from cryopipe.errors import InputError
 from cryopipe.parallel import get_comm
 from cryopipe.provenance import Recorder, lineage
+from cryopipe.stage import StageContext, StageResult, input_files
 
 log = logging.getLogger("cryopipe")
 
-# stage name -> module providing HELP, add_arguments, main (and optional ITERATIVE = True)
+# stage name -> its cli module (HELP, add_arguments, configure, run; optional ITERATIVE = True)
 STAGES = {
     "simulate": "cryopipe.simulate.cli",
     "ctf": "cryopipe.ctfestimate.cli",
@@ -81,6 +85,18 @@ def add_common(p: argparse.ArgumentParser, device: bool = True) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder (created; outputs replaced on success)")
     if device:
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"], help="where to compute")
+
+
+def add_deprecated_alias(p: argparse.ArgumentParser, old: str, new: str, **kwargs) -> None:
+    """Accept ``old`` (hidden from --help) as a spelling of ``new`` for one release, saying so on stderr. ``kwargs``
+    (``dest``, ``type``) must match ``new``'s."""
+
+    class _Alias(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            sys.stderr.write(f"cryopipe: warning: {old} is deprecated and will be removed; use {new}\n")
+            setattr(namespace, self.dest, values)
+
+    p.add_argument(old, action=_Alias, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
 
 
 def _setup_logging(verbose: bool, rank: int, size: int) -> None:
@@ -171,6 +187,35 @@ def _start(name: str, module, args: argparse.Namespace, argv: list[str]):
         raise
 
 
+def _run_module(module, args: argparse.Namespace, recorder: Recorder, comm, work: Path, final: Path) -> StageResult:
+    """Flags -> (params, inputs) -> ``run(params, inputs, work, ctx)``; the record gets the inputs, the resolved
+    parameters and the stage's notes."""
+    if not hasattr(module, "configure"):  # TRANSITIONAL (removed when every stage follows the contract)
+        args.out, args.out_final = work, final
+        module.main(args, recorder)
+        return StageResult()
+    params, inputs = module.configure(args)
+    backend = get_backend(args.device) if getattr(args, "device", None) else None
+    if backend is not None:
+        recorder.device = backend.describe()
+    ctx = StageContext(backend=backend, comm=comm, out_final=final, recorder=recorder,
+                       cache_args=args if hasattr(args, "scratch_dir") else None, resumed=args.resumed)
+    result = module.run(params, inputs, work, ctx)
+    recorder.add_input(*input_files(inputs), *result.inputs)
+    if dataclasses.is_dataclass(params):
+        recorder.note(parameters=dataclasses.asdict(params))
+    recorder.note(**result.notes)
+    return result
+
+
+def _check_files(result: StageResult, work: Path) -> None:
+    """A stage lists only files it wrote into its work folder (a bug otherwise, so it keeps its traceback)."""
+    for f in result.files:
+        path = Path(f) if Path(f).is_absolute() else work / f
+        if not path.is_file() or work.resolve() not in path.resolve().parents:
+            raise RuntimeError(f"stage listed {f} among its outputs, but it is not a file in {work}")
+
+
 def run_stage(name: str, args: argparse.Namespace, argv: list[str]) -> None:
     module = _load_stage(name)
     comm = get_comm()
@@ -200,12 +245,11 @@ def run_stage(name: str, args: argparse.Namespace, argv: list[str]) -> None:
     recorder.mpi_size = size
     if notes:
         recorder.note(**notes)
-    args.out = work  # everything is written here ...
-    args.out_final = final  # ... and paths written INTO files (STAR image names) refer to here
     try:
-        module.main(args, recorder)
+        result = _run_module(module, args, recorder, comm, work, final)
         comm.Barrier()
         if rank == 0:
+            _check_files(result, work)
             # every file of the work folder is an output (a resumed run's earlier iterations included); they are
             # hashed before publishing, so the record follows the published files at once
             staged = {str(final / p.relative_to(work)): p for p in sorted(work.rglob("*")) if p.is_file()}

@@ -10,9 +10,12 @@ and why), ``OUT/class_averages.mrcs`` + ``OUT/classes.star`` (the kept classes) 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from cryopipe.cli import add_common
-from cryopipe.select2d.stage import SelectParams, run_select2d
+from cryopipe.select2d.stage import Select2DInputs, SelectParams, run
+
+__all__ = ["HELP", "add_arguments", "configure", "run"]
 
 HELP = "select 2D classes (a list, or by size, FRC resolution and score) and keep their particles"
 
@@ -35,12 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p, device=False)
 
 
-def main(args: argparse.Namespace, recorder) -> None:
+def configure(args: argparse.Namespace) -> tuple[SelectParams, Select2DInputs]:
     params = SelectParams(keep=args.keep, min_size=args.min_size, max_resolution_A=args.max_resolution,
                           min_score=args.min_score)
-    decision, written = run_select2d(args.particles, args.classes_star, params, args.out, args.out_final)
-    recorder.add_input(args.particles, args.classes_star)
-    recorder.add_output(*written)
-    kept = decision[decision["cpKept"] == 1]
-    recorder.note(classes=len(decision), kept_classes=kept["rlnClassNumber"].astype(int).tolist(),
-                  kept_particles=int(kept["cpClassSize"].sum()))
+    return params, Select2DInputs(Path(args.particles), Path(args.classes_star))

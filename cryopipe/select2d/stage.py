@@ -15,7 +15,6 @@ rlnReferenceImage).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from cryopipe.errors import InputError, require
 from cryopipe.io.atomic import atomic_write_text
 from cryopipe.io.mrc import read_mrc, write_mrc
 from cryopipe.io.star import parse_image_name, read_particles, read_star, write_star, write_table
+from cryopipe.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -122,30 +122,37 @@ def select_classes(classes: pd.DataFrame, params: SelectParams, path=None) -> pd
     return classes.assign(cpKept=np.array(kept, dtype=int), cpReason=reasons)
 
 
-def run_select2d(particles_star: str | os.PathLike, classes_star: str | os.PathLike, params: SelectParams,
-                 out: str | os.PathLike, names_root: str | os.PathLike | None = None
-                 ) -> tuple[pd.DataFrame, list[Path]]:
+@dataclass
+class Select2DInputs:
+    """class2d's particles STAR (with rlnClassNumber) and classes STAR (data_model_classes)."""
+
+    particles: Path
+    classes_star: Path
+
+
+def run(params: SelectParams, inputs: Select2DInputs, out: Path, ctx: StageContext) -> StageResult:
     """Select classes and write ``out``/particles.star (the kept classes' particles), selection.tsv (every
     class: kept or not and why), classes.star and class_averages.mrcs (the kept classes' averages, when the
-    averages stack can be read) and select2d.png. Returns the decision table and the files written."""
+    averages stack can be read) and select2d.png. Notes: classes, kept_classes, kept_particles."""
     out = Path(out)
-    root = Path(names_root) if names_root is not None else out
-    blocks = read_star(classes_star)
+    root = ctx.final(out)
+    blocks = read_star(inputs.classes_star)
     classes = blocks.get("model_classes", next(iter(blocks.values())))
-    decision = select_classes(classes, params, classes_star)
-    particles = read_particles(particles_star, ["rlnImageName", "rlnClassNumber"])
+    decision = select_classes(classes, params, inputs.classes_star)
+    particles = read_particles(inputs.particles, ["rlnImageName", "rlnClassNumber"])
     known = set(decision["rlnClassNumber"].astype(int))
     stray = sorted(set(particles["rlnClassNumber"].astype(int)) - known)
-    require(not stray, f"particles of class(es) {stray[:5]} not in {classes_star}", particles_star, "rlnClassNumber")
+    require(not stray, f"particles of class(es) {stray[:5]} not in {inputs.classes_star}", inputs.particles,
+            "rlnClassNumber")
     keep_numbers = decision.loc[decision["cpKept"] == 1, "rlnClassNumber"].astype(int)
     selected = particles[particles["rlnClassNumber"].astype(int).isin(keep_numbers)]
     require(len(selected) > 0, "no class passes the selection; relax the criteria or list classes with --keep",
-            classes_star, "--keep")
+            inputs.classes_star, "--keep")
     written = [out / "particles.star", out / "selection.tsv"]
     write_table(out / "particles.star", selected)
     atomic_write_text(out / "selection.tsv", decision[[*CLASS_COLUMNS, "cpKept", "cpReason"]].to_csv(
         sep="\t", index=False, float_format="%.4g"))
-    averages = _averages(decision, classes_star)
+    averages = _averages(decision, inputs.classes_star)
     if averages is not None:
         images, angpix = averages
         kept = decision["cpKept"].to_numpy() == 1
@@ -156,7 +163,8 @@ def run_select2d(particles_star: str | os.PathLike, classes_star: str | os.PathL
         written += [out / "class_averages.mrcs", out / "classes.star", _figure(decision, images, out)]
     log.info("kept %d of %d classes: %d of %d particles", len(keep_numbers), len(decision), len(selected),
              len(particles))
-    return decision, written
+    return StageResult(files=written, notes={
+        "classes": len(decision), "kept_classes": keep_numbers.tolist(), "kept_particles": len(selected)})
 
 
 def _averages(classes: pd.DataFrame, classes_star) -> tuple[np.ndarray, float] | None:
