@@ -201,7 +201,7 @@ def _run_module(module, args: argparse.Namespace, recorder: Recorder, comm, work
     ctx = StageContext(backend=backend, comm=comm, out_final=final, recorder=recorder,
                        cache_args=args if hasattr(args, "scratch_dir") else None, resumed=args.resumed)
     result = module.run(params, inputs, work, ctx)
-    recorder.add_input(*input_files(inputs), *result.inputs)
+    recorder.add_input(*(input_files(inputs) if result.inputs is None else result.inputs))
     if dataclasses.is_dataclass(params):
         recorder.note(parameters=dataclasses.asdict(params))
     recorder.note(**result.notes)

@@ -32,12 +32,12 @@ from cryopipe.parallel import SerialComm
 @dataclass
 class StageResult:
     """What a stage did: ``files`` it wrote (inside ``out``), ``notes`` for the provenance record (JSON-able) and
-    ``inputs``, the files it read that its inputs dataclass does not name (micrographs found by a glob, the one map
-    chosen among several); the inputs dataclass's existing file paths are recorded anyway."""
+    ``inputs``, the files it read, where these are not simply every file its inputs dataclass names (micrographs
+    found by a glob, the one map chosen among several); None: those files."""
 
     files: list[Path] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
-    inputs: list[Path] = field(default_factory=list)
+    inputs: list[Path] | None = None
 
 
 @dataclass

@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 
 from cryopipe.cli import add_common
-from cryopipe.postprocess.run import PostprocessParams, postprocess
+from cryopipe.postprocess.stage import PostprocessInputs, PostprocessParams, run
+
+__all__ = ["HELP", "add_arguments", "configure", "run"]
 
 HELP = "post-process half-maps: soft solvent mask, phase-randomisation-corrected FSC, Guinier B-factor, sharpening"
 
@@ -27,11 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p, device=False)
 
 
-def main(args: argparse.Namespace, recorder) -> None:
-    params = PostprocessParams(mask=None if args.mask is None else str(args.mask), mask_lowpass_A=args.mask_lowpass,
-                               mask_threshold=args.mask_threshold, extend_px=args.extend, edge_px=args.soft_edge,
-                               fit_low_A=args.fit_low, bfactor=args.bfactor)
-    result = postprocess(args.half1, args.half2, args.out, params, final_out=args.out_final)
-    recorder.add_input(args.half1, args.half2, *([args.mask] if args.mask else []))
-    recorder.add_output(*result["files"])
-    recorder.note(resolution_A=round(result["resolution_A"], 3), bfactor=round(result["bfactor"], 1))
+def configure(args: argparse.Namespace) -> tuple[PostprocessParams, PostprocessInputs]:
+    params = PostprocessParams(mask_lowpass_A=args.mask_lowpass, mask_threshold=args.mask_threshold,
+                               extend_px=args.extend, edge_px=args.soft_edge, fit_low_A=args.fit_low,
+                               bfactor=args.bfactor)
+    return params, PostprocessInputs(args.half1, args.half2, args.mask)

@@ -12,7 +12,9 @@ import argparse
 from pathlib import Path
 
 from cryopipe.cli import add_common
-from cryopipe.select3d.stage import select_class
+from cryopipe.select3d.stage import Select3DInputs, Select3DParams, run
+
+__all__ = ["HELP", "add_arguments", "configure", "run"]
 
 HELP = "select one 3D class (a number, or the most populated) and keep its particles and map"
 
@@ -25,8 +27,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p, device=False)
 
 
-def main(args: argparse.Namespace, recorder) -> None:
-    result = select_class(args.particles, args.maps, args.chosen, args.out)
-    recorder.add_input(args.particles, *(m for m in args.maps if m.name.endswith(f"class{result.chosen:03d}.mrc")))
-    recorder.add_output(*result.files)
-    recorder.note(chosen_class=result.chosen, particles=result.count, of=result.total)
+def configure(args: argparse.Namespace) -> tuple[Select3DParams, Select3DInputs]:
+    return Select3DParams(chosen=args.chosen), Select3DInputs(args.particles, list(args.maps))

@@ -11,18 +11,24 @@ from pathlib import Path
 from cryopipe.errors import InputError, require
 from cryopipe.io.atomic import atomic_path
 from cryopipe.io.star import read_particles, write_table
+from cryopipe.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Select3DResult:
-    """The chosen class (1-based), its particle count of ``total``, and the files written."""
+class Select3DParams:
+    """``chosen``: the class number to keep (1-based; 0: the most populated class)."""
 
-    chosen: int
-    count: int
-    total: int
-    files: list[Path]
+    chosen: int = 0
+
+
+@dataclass
+class Select3DInputs:
+    """class3d's data STAR (rlnImageName, rlnClassNumber) and its class maps (named ``...classKKK.mrc``)."""
+
+    particles: Path
+    maps: list[Path]
 
 
 def _class_of_map(path: Path) -> int | None:
@@ -30,9 +36,10 @@ def _class_of_map(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def select_class(data_star: Path, maps: list[Path], chosen: int, out: Path) -> Select3DResult:
-    """Write ``out/particles.star`` (the rows of class ``chosen``; 0: the most populated) and ``out/reference.mrc``
-    (a copy of that class's map, found among ``maps`` by its ``classNNN.mrc`` name)."""
+def run(params: Select3DParams, inputs: Select3DInputs, out: Path, ctx: StageContext) -> StageResult:
+    """Write ``out/particles.star`` (the rows of the chosen class) and ``out/reference.mrc`` (a copy of that class's
+    map, found among the maps by its ``classNNN.mrc`` name). Notes: chosen_class, particles, of."""
+    data_star, maps, chosen, out = inputs.particles, inputs.maps, params.chosen, Path(out)
     table = read_particles(data_star, required=("rlnImageName", "rlnClassNumber"))
     counts = table["rlnClassNumber"].astype(int).value_counts()
     require(chosen >= 0, "must be >= 0 (0: the most populated class)", field="--class")
@@ -48,4 +55,6 @@ def select_class(data_star: Path, maps: list[Path], chosen: int, out: Path) -> S
     with atomic_path(reference) as tmp:
         shutil.copyfile(by_class[k], tmp)
     log.info("class %d: %d of %d particles", k, int(counts[k]), len(table))
-    return Select3DResult(k, int(counts[k]), len(table), [particles, reference])
+    return StageResult(files=[particles, reference], notes={"chosen_class": k, "particles": int(counts[k]),
+                                                            "of": len(table)},
+                       inputs=[Path(data_star), by_class[k]])

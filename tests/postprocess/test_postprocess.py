@@ -16,7 +16,7 @@ from cryopipe.fourier import fsc, resolution_at
 from cryopipe.io.mrc import read_mrc, write_mrc
 from cryopipe.io.star import read_star
 from cryopipe.postprocess import PostprocessParams, postprocess
-from cryopipe.postprocess.run import fit_bfactor, guinier
+from cryopipe.postprocess.stage import fit_bfactor, guinier
 from cryopipe.simulate.complex import build_models, electrons_of
 from cryopipe.simulate.render import render_volume
 

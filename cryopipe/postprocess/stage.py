@@ -28,15 +28,15 @@ from cryopipe.errors import require
 from cryopipe.fourier import fsc, lowpass, resolution_at
 from cryopipe.io.atomic import atomic_path
 from cryopipe.io.mrc import read_mrc, write_mrc
+from cryopipe.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class PostprocessParams:
-    """Options (lengths in Angstrom). ``bfactor`` None: fitted; ``mask`` None: made from the maps."""
+    """Options (lengths in Angstrom). ``bfactor`` None: fitted."""
 
-    mask: str | None = None
     mask_lowpass_A: float = 15.0
     mask_threshold: float = 0.05
     extend_px: float = 3.0
@@ -91,9 +91,30 @@ def fit_bfactor(s2: np.ndarray, log_amp: np.ndarray, low_A: float, high_A: float
     return float(4 * slope), float(intercept)
 
 
-def postprocess(half1_path, half2_path, out: Path, params: PostprocessParams, final_out: Path | None = None) -> dict:
+@dataclass
+class PostprocessInputs:
+    """The two gold-standard half-maps (MRC, same box and pixel size) and an optional soft mask in [0, 1]
+    (None: made from the averaged half-maps)."""
+
+    half1: Path
+    half2: Path
+    mask: Path | None = None
+
+
+def run(params: PostprocessParams, inputs: PostprocessInputs, out: Path, ctx: StageContext) -> StageResult:
+    """Post-process ``inputs``' half-maps into ``out`` (see :func:`postprocess`). Notes: resolution_A, bfactor."""
+    result = postprocess(inputs.half1, inputs.half2, out, params, final_out=ctx.final(out), mask=inputs.mask)
+    return StageResult(files=result["files"], notes={"resolution_A": round(result["resolution_A"], 3),
+                                                     "bfactor": round(result["bfactor"], 1)})
+
+
+def postprocess(half1_path, half2_path, out: Path, params: PostprocessParams, final_out: Path | None = None,
+                mask: Path | None = None) -> dict:
     """Run post-processing; write map_sharpened.mrc, mask.mrc, postprocess.star and PNGs into ``out``
-    (``final_out``: the folder they will end up in, for the mask path recorded in the STAR; default ``out``)."""
+    (``final_out``: the folder they will end up in, for the mask path recorded in the STAR; default ``out``).
+    ``mask``: a soft mask MRC in [0, 1] (None: made from the maps). Returns resolution_A, bfactor, fsc (table),
+    files, map and mask ((n, n, n) arrays)."""
+    mask_path = mask
     h1, angpix = read_mrc(half1_path)
     h2, angpix2 = read_mrc(half2_path)
     require(h1.ndim == 3 and h1.shape[0] == h1.shape[1] == h1.shape[2], "half-map must be a cube", half1_path,
@@ -108,13 +129,13 @@ def postprocess(half1_path, half2_path, out: Path, params: PostprocessParams, fi
             "half-maps refined independently from the two random halves of the particles", half2_path, "data")
     n = h1.shape[0]
     h1, h2 = h1.astype(np.float64), h2.astype(np.float64)
-    if params.mask is not None:
-        mask, _ = read_mrc(params.mask)
-        require(mask.shape == h1.shape, f"mask shape {mask.shape} differs from the maps' {h1.shape}", params.mask,
+    if mask_path is not None:
+        mask, _ = read_mrc(mask_path)
+        require(mask.shape == h1.shape, f"mask shape {mask.shape} differs from the maps' {h1.shape}", mask_path,
                 "shape")
-        require(mask.min() >= -1e-3 and mask.max() <= 1 + 1e-3, "mask values must lie in [0, 1]", params.mask,
+        require(mask.min() >= -1e-3 and mask.max() <= 1 + 1e-3, "mask values must lie in [0, 1]", mask_path,
                 "data")
-        require(mask.max() > 0, "mask is empty (every voxel is 0)", params.mask, "data")
+        require(mask.max() > 0, "mask is empty (every voxel is 0)", mask_path, "data")
     else:
         mask = make_mask(0.5 * (h1 + h2), angpix, params)
     fsc_unmasked = np.asarray(fsc(h1, h2))
@@ -130,7 +151,7 @@ def postprocess(half1_path, half2_path, out: Path, params: PostprocessParams, fi
     resolution = resolution_at(corrected, n, angpix, 0.143)
     require(resolution < n * angpix, "the half-maps do not correlate even at the lowest frequency (corrected FSC "
             "below 0.143 from shell 1 on): not two halves of one reconstruction"
-            + ("" if params.mask is None else ", or the mask misses the density"), half2_path, "data")
+            + ("" if mask_path is None else ", or the mask misses the density"), half2_path, "data")
     if fsc_unmasked[1:].min() > 0.99:
         log.warning("the half-maps agree up to Nyquist (unmasked FSC > 0.99 in every shell): were they refined "
                     "independently? The resolution (%.2f A) is then meaningless", resolution)
@@ -162,7 +183,7 @@ def postprocess(half1_path, half2_path, out: Path, params: PostprocessParams, fi
     freq = np.arange(n // 2 + 1) / (n * angpix)
     general = {"rlnFinalResolution": resolution, "rlnBfactorUsedForSharpening": bfactor,
                "rlnFittedInterceptGuinierPlot": intercept, "rlnRandomiseFrom": n * angpix / max(rand_shell, 1),
-               "rlnMaskName": str(params.mask or Path(final_out or out) / "mask.mrc")}
+               "rlnMaskName": str(mask_path or Path(final_out or out) / "mask.mrc")}
     curves = pd.DataFrame({
         "rlnSpectralIndex": np.arange(n // 2 + 1), "rlnResolution": freq,
         "rlnAngstromResolution": np.where(freq > 0, 1 / np.where(freq > 0, freq, 1), 999.0),
