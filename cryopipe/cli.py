@@ -210,9 +210,9 @@ def _run_module(module, args: argparse.Namespace, recorder: Recorder, comm, work
 
 def _check_files(result: StageResult, work: Path) -> None:
     """A stage lists only files it wrote into its work folder (a bug otherwise, so it keeps its traceback)."""
+    root = work.resolve()
     for f in result.files:
-        path = Path(f) if Path(f).is_absolute() else work / f
-        if not path.is_file() or work.resolve() not in path.resolve().parents:
+        if not any(p.is_file() and root in p.resolve().parents for p in (Path(f), work / f)):
             raise RuntimeError(f"stage listed {f} among its outputs, but it is not a file in {work}")
 
 

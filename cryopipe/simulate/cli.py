@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
-from cryopipe.simulate.micrographs import SimulateParams, simulate_dataset
+from cryopipe.cli import add_deprecated_alias
+from cryopipe.simulate.micrographs import SimulateParams
+from cryopipe.simulate.stage import run
+
+__all__ = ["HELP", "add_arguments", "configure", "run"]
 
 HELP = "simulate the demo dataset: a two-conformation test complex, micrographs with CTF and noise, ground truth"
 
@@ -35,16 +40,17 @@ _FLAG_HELP = {
 }
 
 
+_FLAGS = {"diameter_A": "--diameter"}  # the flag every stage names the particle diameter by
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
     for f in dataclasses.fields(SimulateParams):
-        flag = "--" + f.name.replace("_", "-")
+        flag = _FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
         helptext = f"{_FLAG_HELP[f.name]} (default {f.default})"
-        p.add_argument(flag, type=type(f.default), default=f.default, help=helptext)
+        p.add_argument(flag, dest=f.name, type=type(f.default), default=f.default, help=helptext)
+    add_deprecated_alias(p, "--diameter-A", "--diameter", dest="diameter_A", type=float)
 
 
-def main(args: argparse.Namespace, recorder) -> None:
-    params = SimulateParams(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SimulateParams)})
-    written = simulate_dataset(params, args.out, names_root=args.out_final)
-    recorder.add_output(*written)
-    recorder.note(micrographs=params.micrographs)
+def configure(args: argparse.Namespace) -> tuple[SimulateParams, None]:
+    return SimulateParams(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SimulateParams)}), None
