@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 
-from cryopipe.backend import get_backend
 from cryopipe.cli import add_common
-from cryopipe.parallel import get_comm
-from cryopipe.pick.stage import PickParams, list_micrographs, micrograph_angpix, pick_micrographs
-from cryopipe.pick.templates import load_templates, project_reference
+from cryopipe.pick.stage import PickInputs, PickParams, run
+
+__all__ = ["HELP", "add_arguments", "configure", "run"]
 
 HELP = "pick particles by FFT locally normalised cross-correlation with rotated templates"
 
@@ -34,14 +33,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                           "protein by default)")
     src.add_argument("--reference", help="3D map (MRC) projected along --directions directions as templates")
     p.add_argument("--masks", help="masks for --templates (MRCS, one per template or one for all; default circular)")
-    p.add_argument("--directions", type=int, default=20, help="projection directions for --reference (default 20)")
+    p.add_argument("--directions", type=int, default=PickParams.directions,
+                   help=f"projection directions for --reference (default {PickParams.directions})")
     p.add_argument("--template-angpix", type=float, help="pixel size of templates/reference (default: header)")
     p.add_argument("--angpix", type=float, help="micrograph pixel size, A/px (default: STAR optics, else header)")
     p.add_argument("--diameter", type=float, required=True, help="particle diameter, Angstrom")
-    p.add_argument("--angular-step", type=float, default=5.0, help="in-plane rotation step, degrees (default 5)")
-    p.add_argument("--lowpass", type=float, default=20.0,
+    p.add_argument("--angular-step", type=float, default=PickParams.angular_step,
+                   help=f"in-plane rotation step, degrees (default {PickParams.angular_step:g})")
+    p.add_argument("--lowpass", type=float, default=PickParams.lowpass_A,
                    help="low-pass micrographs and templates to this resolution (A) and shrink the micrographs "
-                        "accordingly; 0: full resolution (default 20)")
+                        f"accordingly; 0: full resolution (default {PickParams.lowpass_A:g})")
     p.add_argument("--highpass", type=float, help="also high-pass at this resolution, Angstrom (default none)")
     p.add_argument("--threshold", type=_threshold, default=None,
                    help="minimum NCC of a pick, or 'auto' (default): median + K robust s.d. of the micrograph's "
@@ -56,34 +57,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="templates have the opposite contrast to the micrographs: white-protein templates, "
                         "dark-protein micrographs (default yes, as RELION)")
     p.add_argument("--write-maps", action="store_true", help="write the NCC maps (working grid) as MRC")
-    p.add_argument("--preview", type=int, default=3, help="micrographs shown in picks_preview.png (default 3)")
+    p.add_argument("--preview", type=int, default=PickParams.preview,
+                   help=f"micrographs shown in picks_preview.png (default {PickParams.preview})")
     p.add_argument("--batch-size", type=int, help="template-rotations per batched FFT (default: from free memory)")
-    p.add_argument("--mpi-mode", choices=["auto", "micrographs", "templates"], default="auto",
+    p.add_argument("--mpi-mode", choices=["auto", "micrographs", "templates"], default=PickParams.mpi_mode,
                    help="under MPI, split micrographs or template-rotations between ranks (default auto)")
     add_common(p)
 
 
-def main(args: argparse.Namespace, recorder) -> None:
-    bk = get_backend(args.device)
-    comm = get_comm()
+def configure(args: argparse.Namespace) -> tuple[PickParams, PickInputs]:
     params = PickParams(
         diameter_A=args.diameter, angular_step=args.angular_step, lowpass_A=args.lowpass or None,
         highpass_A=args.highpass, threshold=args.threshold, auto_sigmas=args.auto_sigmas,
         min_distance_A=args.min_distance, max_picks=args.max_picks, box_px=args.box, invert=args.invert,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, angpix=args.angpix, template_angpix=args.template_angpix,
+        directions=args.directions, write_maps=args.write_maps, preview=args.preview, mpi_mode=args.mpi_mode,
     )
-    params.validate()
-    mics = list_micrographs(args.micrographs)
-    angpix = micrograph_angpix(mics, args.angpix)
-    if args.templates:
-        templates = load_templates(args.templates, args.template_angpix, args.masks, fallback_angpix=angpix)
-    else:
-        templates = project_reference(args.reference, bk, args.directions, args.template_angpix, angpix)
-    result = pick_micrographs(mics, templates, params, args.out, bk, comm, angpix, args.mpi_mode, args.write_maps,
-                              args.preview)
-    recorder.device = bk.describe()
-    recorder.add_input(*(m.path for m in mics), *(args.templates or [args.reference]))
-    if args.masks:
-        recorder.add_input(args.masks)
-    recorder.add_output(*result.outputs)
-    recorder.note(**result.notes)
+    return params, PickInputs(args.micrographs, args.templates, args.reference, args.masks)

@@ -36,7 +36,15 @@ from cryopipe.io.star import read_table, write_star
 from cryopipe.parallel import SerialComm, split_range
 from cryopipe.pick.ncc import Correlator, Grid, plan_grid, prepare_micrograph
 from cryopipe.pick.peaks import auto_threshold, find_peaks
-from cryopipe.pick.templates import TemplateStack, build_bank, psi_angles, rescale_templates
+from cryopipe.pick.templates import (
+    TemplateStack,
+    build_bank,
+    load_templates,
+    project_reference,
+    psi_angles,
+    rescale_templates,
+)
+from cryopipe.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +66,13 @@ class PickParams:
     invert : templates have the opposite contrast to the micrographs (white-protein templates, e.g.
         projections or class averages, against dark-protein micrographs; RELION's default).
     batch_size : template-rotations per batched FFT (None: from free device memory).
+    angpix : micrograph pixel size, A/px (None: the STAR's optics, else the MRC header).
+    template_angpix : pixel size of the templates or reference (None: their header).
+    directions : projection directions when templates are projected from a 3D reference.
+    write_maps : also write the NCC maps (working grid) as MRC.
+    preview : micrographs shown in picks_preview.png.
+    mpi_mode : under MPI, ranks split "micrographs" or "templates" (template-rotations); "auto": templates when
+        there are fewer micrographs than ranks.
     """
 
     diameter_A: float
@@ -71,6 +86,12 @@ class PickParams:
     box_px: int | None = None
     invert: bool = True
     batch_size: int | None = None
+    angpix: float | None = None
+    template_angpix: float | None = None
+    directions: int = 20
+    write_maps: bool = False
+    preview: int = 3
+    mpi_mode: str = "auto"
 
     def validate(self) -> None:
         require(self.diameter_A > 0, f"must be positive, got {self.diameter_A}", field="--diameter")
@@ -277,6 +298,34 @@ def _reduce_maxloc(comm, scores: ScoreMap) -> ScoreMap | None:
     if not root:
         return None
     return ScoreMap(scores.grid, np.ascontiguousarray(out["v"]), np.ascontiguousarray(out["i"]), scores.work)
+
+
+@dataclass
+class PickInputs:
+    """Micrographs (files, glob patterns or a micrographs STAR) and the templates: 2D ``templates`` (MRCS stacks or
+    MRC images, optional ``masks``) or a 3D ``reference`` map projected into templates."""
+
+    micrographs: list[str]
+    templates: list[Path] | None = None
+    reference: Path | None = None
+    masks: Path | None = None
+
+
+def run(params: PickParams, inputs: PickInputs, out: Path, ctx: StageContext) -> StageResult:
+    """Pick every micrograph (:func:`pick_micrographs`) with templates from ``inputs``. Notes: counts, timings,
+    the MPI mode."""
+    params.validate()
+    mics = list_micrographs(inputs.micrographs)
+    angpix = micrograph_angpix(mics, params.angpix)
+    if inputs.templates:
+        templates = load_templates(inputs.templates, params.template_angpix, inputs.masks, fallback_angpix=angpix)
+    else:
+        templates = project_reference(inputs.reference, ctx.backend, params.directions, params.template_angpix,
+                                      angpix)
+    result = pick_micrographs(mics, templates, params, out, ctx.backend, ctx.comm, angpix, params.mpi_mode,
+                              params.write_maps, params.preview)
+    used = [m.path for m in mics] + list(inputs.templates or [inputs.reference]) + [inputs.masks] * bool(inputs.masks)
+    return StageResult(files=result.outputs, notes=result.notes, inputs=used)
 
 
 @dataclass
