@@ -1,5 +1,5 @@
 """Particle extraction (RELION-style boxing, Fourier downscaling, normalisation) and merging of particle STARs."""
 
-from cryopipe.extract.stage import ExtractParams, ExtractResult, extract_particles, gather_particles
+from cryopipe.extract.stage import ExtractInputs, ExtractParams, ExtractResult, extract_particles, gather_particles, run
 
-__all__ = ["ExtractParams", "ExtractResult", "extract_particles", "gather_particles"]
+__all__ = ["ExtractInputs", "ExtractParams", "ExtractResult", "extract_particles", "gather_particles", "run"]

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 
-from cryopipe.backend import get_backend
 from cryopipe.cli import add_common
-from cryopipe.errors import require
-from cryopipe.extract.stage import CTF_REQUIRED, ExtractParams, extract_particles, gather_particles
-from cryopipe.io.star import read_table
-from cryopipe.pick.stage import list_micrographs
+from cryopipe.extract.stage import ExtractInputs, ExtractParams, run
+
+__all__ = ["HELP", "add_arguments", "configure", "run"]
 
 HELP = "extract particles (box, Fourier-downscale, normalise, invert) into stacks + particles.star; --gather merges"
 
@@ -50,26 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p)
 
 
-def main(args: argparse.Namespace, recorder) -> None:
-    final = getattr(args, "out_final", args.out)
-    if args.gather:
-        particles = gather_particles(args.gather, args.out / "particles.star")
-        recorder.add_input(*args.gather)
-        recorder.add_output(args.out / "particles.star")
-        recorder.note(particles=len(particles), batches=len(args.gather))
-        return
-    for flag in ("picks", "ctf", "box"):
-        require(getattr(args, flag) is not None, "required unless --gather is given", field=f"--{flag}")
-    bk = get_backend(args.device)
+def configure(args: argparse.Namespace) -> tuple[ExtractParams, ExtractInputs]:
     params = ExtractParams(box_px=args.box, out_box_px=args.out_box, bin_factor=args.bin, invert=args.invert,
                            bg_radius_px=args.bg_radius, normalise=not args.no_normalise,
-                           max_ctf_resolution_A=args.max_ctf_resolution)
-    params.validate()
-    picks = read_table(args.picks, "particles", required=["rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"])
-    ctf = read_table(args.ctf, "micrographs", required=CTF_REQUIRED)
-    mics = list_micrographs(args.micrographs) if args.micrographs else None
-    result = extract_particles(picks, ctf, params, args.out, bk, mics, args.angpix, final, args.picks, args.ctf)
-    recorder.device = bk.describe()
-    recorder.add_input(args.picks, args.ctf, *(m.path for m in (mics or [])))
-    recorder.add_output(*result.outputs)
-    recorder.note(**result.notes)
+                           max_ctf_resolution_A=args.max_ctf_resolution, angpix=args.angpix)
+    return params, ExtractInputs(args.picks, args.ctf, args.micrographs, args.gather)

@@ -30,8 +30,9 @@ from tqdm import tqdm
 from cryopipe.errors import InputError, require
 from cryopipe.fourier import fourier_crop, normalise_background
 from cryopipe.io.mrc import UNSET_PIXEL_SIZES, check_pixel_size, read_mrc, read_mrc_header, write_mrc
-from cryopipe.io.star import OPTICS_COLUMNS, parse_image_name, read_star, write_star
-from cryopipe.pick.stage import Micrograph
+from cryopipe.io.star import OPTICS_COLUMNS, parse_image_name, read_star, read_table, write_star
+from cryopipe.pick.stage import Micrograph, list_micrographs
+from cryopipe.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,18 @@ class ExtractParams:
     (dark-protein micrographs -> white particles, RELION's usual choice). bg_radius_px : background radius in
     output pixels (None: 0.375 * out_box, RELION's default). normalise : RELION normalisation (default on).
     max_ctf_resolution_A : drop micrographs whose Thon rings were fitted only to a worse resolution
-    (rlnCtfMaxResolution above it, Angstrom) or that CTF estimation flagged (cpCtfFlagged = 1); None: keep all."""
+    (rlnCtfMaxResolution above it, Angstrom) or that CTF estimation flagged (cpCtfFlagged = 1); None: keep all.
+    angpix : micrograph pixel size, A/px (None: the CTF STAR's optics, else the MRC header). ``box_px`` is
+    required to extract (not to gather)."""
 
-    box_px: int
+    box_px: int | None = None
     out_box_px: int | None = None
     bin_factor: float | None = None
     invert: bool = False
     bg_radius_px: float | None = None
     normalise: bool = True
     max_ctf_resolution_A: float | None = None
+    angpix: float | None = None
 
     @property
     def out_box(self) -> int:
@@ -127,6 +131,38 @@ def _match(names, candidates) -> dict[str, int | None]:
         same_file = by_file.get(os.path.basename(n), [])
         out[n] = exact.get(n, absolute.get(_key(n), same_file[0] if len(same_file) == 1 else None))
     return out
+
+
+@dataclass
+class ExtractInputs:
+    """To extract: ``picks`` (picks STAR), ``ctf`` (micrographs CTF STAR) and optionally the ``micrographs`` of this
+    batch (files, glob patterns or a STAR; None: every micrograph in ``picks``). To gather instead: ``gather``,
+    the per-batch particle STARs to merge."""
+
+    picks: Path | None = None
+    ctf: Path | None = None
+    micrographs: list[str] | None = None
+    gather: list[Path] | None = None
+
+
+def run(params: ExtractParams, inputs: ExtractInputs, out: Path, ctx: StageContext) -> StageResult:
+    """Extract a batch (:func:`extract_particles`) into ``out``, or merge batches (:func:`gather_particles`) into
+    ``out/particles.star``. Notes: counts (particles, micrographs, dropped ones)."""
+    out = Path(out)
+    if inputs.gather:
+        particles = gather_particles(inputs.gather, out / "particles.star")
+        return StageResult(files=[out / "particles.star"], inputs=list(inputs.gather),
+                           notes={"particles": len(particles), "batches": len(inputs.gather)})
+    for flag, value in (("picks", inputs.picks), ("ctf", inputs.ctf), ("box", params.box_px)):
+        require(value is not None, "required unless --gather is given", field=f"--{flag}")
+    params.validate()
+    picks = read_table(inputs.picks, "particles", required=["rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"])
+    ctf = read_table(inputs.ctf, "micrographs", required=CTF_REQUIRED)
+    mics = list_micrographs(inputs.micrographs) if inputs.micrographs else None
+    result = extract_particles(picks, ctf, params, out, ctx.backend, mics, params.angpix, ctx.final(out),
+                               inputs.picks, inputs.ctf)
+    return StageResult(files=result.outputs, notes=result.notes,
+                       inputs=[Path(inputs.picks), Path(inputs.ctf), *(m.path for m in (mics or []))])
 
 
 @dataclass
