@@ -1,5 +1,14 @@
 """CTF estimation of micrographs after CTFFIND4 (Rohou and Grigorieff 2015): ``cryopipe ctf``."""
 
-from cryopipe.ctfestimate.stage import CtfEstimateParams, CtfEstimator, CtfFit, CtfResult, estimate_micrographs
+from cryopipe.ctfestimate.stage import (
+                                        CtfEstimateInputs,
+                                        CtfEstimateParams,
+                                        CtfEstimator,
+                                        CtfFit,
+                                        CtfResult,
+                                        estimate_micrographs,
+                                        run,
+)
 
-__all__ = ["CtfEstimateParams", "CtfEstimator", "CtfFit", "CtfResult", "estimate_micrographs"]
+__all__ = ["CtfEstimateInputs", "CtfEstimateParams", "CtfEstimator", "CtfFit", "CtfResult", "estimate_micrographs",
+           "run"]

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 
-from cryopipe.backend import get_backend
 from cryopipe.cli import add_common
-from cryopipe.ctfestimate.stage import CtfEstimateParams, estimate_micrographs
-from cryopipe.parallel import get_comm
-from cryopipe.pick.stage import list_micrographs
+from cryopipe.ctfestimate.stage import CtfEstimateInputs, CtfEstimateParams, run
+
+__all__ = ["HELP", "add_arguments", "configure", "run"]
 
 HELP = "estimate each micrograph's CTF (defocus, astigmatism, phase shift) from its Thon rings, as CTFFIND4"
 
@@ -41,9 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, default=_D.tile, help=f"tile size for the averaged spectrum, px (default "
                    f"{_D.tile}; tiles overlap by half)")
     p.add_argument("--resolution-range", type=float, nargs=2, default=list(_D.resolution_range_A),
-                   metavar=("LOW", "HIGH"), help="resolution band of the fit, Angstrom (default 30 5)")
+                   metavar=("LOW", "HIGH"),
+                   help="resolution band of the fit, Angstrom (default {:g} {:g})".format(*_D.resolution_range_A))
     p.add_argument("--defocus-range", type=float, nargs=2, default=list(_D.defocus_range_um), metavar=("MIN", "MAX"),
-                   help="searched mean defocus, micrometres (default 0.3 5.0)")
+                   help="searched mean defocus, micrometres (default {:g} {:g})".format(*_D.defocus_range_um))
     p.add_argument("--max-astigmatism", type=float, default=_D.max_astigmatism_A,
                    help=f"largest |defocus U - V| of the coarse search, Angstrom (default {_D.max_astigmatism_A:g})")
     p.add_argument("--phase-shift", action="store_true", help="also fit a phase-plate phase shift (0-180 degrees)")
@@ -62,19 +62,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p)
 
 
-def main(args: argparse.Namespace, recorder) -> None:
+def configure(args: argparse.Namespace) -> tuple[CtfEstimateParams, CtfEstimateInputs]:
     params = CtfEstimateParams(
         voltage=args.voltage, cs=args.cs, amplitude_contrast=args.amplitude_contrast, tile=args.tile,
         resolution_range_A=tuple(args.resolution_range), defocus_range_um=tuple(args.defocus_range),
         max_astigmatism_A=args.max_astigmatism, phase_shift=args.phase_shift, per_tile=args.per_tile,
         fit_threshold=args.fit_threshold, min_z=args.min_z, batch_size=args.batch_size,
-        diagnostics=not args.no_diagnostics,
+        diagnostics=not args.no_diagnostics, angpix=args.angpix,
     )
-    params.validate()
-    bk = get_backend(args.device)
-    mics = list_micrographs(args.micrographs)
-    result = estimate_micrographs(mics, params, args.out, bk, get_comm(), args.angpix, args.out_final, args.truth)
-    recorder.device = bk.describe()
-    recorder.add_input(*(m.path for m in mics), *([args.truth] if args.truth else []))
-    recorder.add_output(*result.outputs)
-    recorder.note(**result.notes)
+    return params, CtfEstimateInputs(args.micrographs, args.truth)

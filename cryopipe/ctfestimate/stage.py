@@ -56,7 +56,8 @@ from cryopipe.errors import InputError, require
 from cryopipe.io.mrc import UNSET_PIXEL_SIZES, write_mrc
 from cryopipe.io.star import read_table, write_star
 from cryopipe.parallel import SerialComm, split_range
-from cryopipe.pick.stage import Micrograph, micrograph_angpix, prefetch
+from cryopipe.pick.stage import Micrograph, list_micrographs, micrograph_angpix, prefetch
+from cryopipe.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ class CtfEstimateParams:
     per_tile : fit each tile's defocus and a defocus plane. fit_threshold : windowed correlation defining the
     fit resolution. min_z : flag fits whose NCC * sqrt(band pixels) is below this. batch_size : micrographs per
     batch (None: 4 on the CPU, 16 on the GPU; tiles are Fourier transformed in chunks where memory is short).
-    diagnostics : write the per-micrograph PNG and .ctf.
+    diagnostics : write the per-micrograph PNG and .ctf. angpix : pixel size, A/px (None: the STAR's optics,
+    else the MRC header).
     """
 
     voltage: float
@@ -97,6 +99,7 @@ class CtfEstimateParams:
     min_z: float = fitmod.MIN_Z
     batch_size: int | None = None
     diagnostics: bool = True
+    angpix: float | None = None
 
     def validate(self, angpix: float | None = None) -> None:
         for name, flag in (("voltage", "--voltage"), ("cs", "--cs"), ("amplitude_contrast", "--amplitude-contrast")):
@@ -327,6 +330,26 @@ def _write_diagnostics(est: CtfEstimator, mic: Micrograph, fit: CtfFit, out: Pat
         written.append(out / "tiles" / f"{mic.stem}.star")
         write_star(written[-1], {"tiles": fit.tiles})
     return written
+
+
+@dataclass
+class CtfEstimateInputs:
+    """Micrographs (files, glob patterns or a micrographs STAR) and, for simulated data, a CTF STAR of the true
+    values to compare with (``truth``)."""
+
+    micrographs: list[str]
+    truth: Path | None = None
+
+
+def run(params: CtfEstimateParams, inputs: CtfEstimateInputs, out: Path, ctx: StageContext) -> StageResult:
+    """Estimate every micrograph's CTF (:func:`estimate_micrographs`) into ``out``. Notes: counts, flagged
+    micrographs, timings and, with ``truth``, the median errors."""
+    params.validate()
+    mics = list_micrographs(inputs.micrographs)
+    result = estimate_micrographs(mics, params, out, ctx.backend, ctx.comm, params.angpix, ctx.final(out),
+                                  inputs.truth)
+    return StageResult(files=result.outputs, notes=result.notes,
+                       inputs=[m.path for m in mics] + ([Path(inputs.truth)] if inputs.truth else []))
 
 
 def estimate_micrographs(mics: list[Micrograph], params: CtfEstimateParams, out: Path, bk, comm=None,
