@@ -78,9 +78,8 @@ def test_no_bfactor_without_a_guinier_region(halves, tmp_path):
     assert general["rlnMaskName"].iloc[0] == "results/postprocess/mask.mrc"
 
 
-def test_cli_and_bad_input(halves, tmp_path, monkeypatch, capsys):
+def test_cli_and_bad_input(halves, tmp_path, capsys):
     _, (h1, h2) = halves
-    monkeypatch.setitem(cli.STAGES, "postprocess", "cryopipe.postprocess.cli")
     assert cli.main(["postprocess", "--half1", str(h1), "--half2", str(h2), "--out", str(tmp_path / "ok")]) == 0
     assert (tmp_path / "ok" / "provenance.json").exists()
     small = tmp_path / "small.mrc"

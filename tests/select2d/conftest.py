@@ -36,7 +36,6 @@ def class2d_dir(tmp_path) -> Path:
 
 
 @pytest.fixture
-def run_cli(monkeypatch):
-    """``cryopipe`` in-process with the select2d stage registered: run_cli([...]) -> exit status."""
-    monkeypatch.setitem(cli.STAGES, "select2d", "cryopipe.select2d.cli")
+def run_cli():
+    """``cryopipe`` in-process: run_cli([...]) -> exit status."""
     return cli.main
