@@ -1,8 +1,9 @@
 """Benchmark of ``cryopipe bioem``'s integration: microseconds per (image x orientation x CTF) grid point.
 
-Workload (the issue's): 224 x 224 px images, 81 x 81 displacements (DISPLACE_CENTER 40 1), 4,608 orientations x
-32 CTF points, a few thousand synthetic images; scale it with the flags. The three correlation transforms
-(``--transform all``, or one of them) are timed on the same problem and must give the same ln P:
+Workload (the full one, for which the target below is set): 224 x 224 px images, 81 x 81 displacements
+(DISPLACE_CENTER 40 1), 4,608 orientations x 32 CTF points, a few thousand synthetic images; scale it with the flags.
+The three correlation transforms (``--transform all``, or one of them) are timed on the same problem and must give
+the same ln P:
 
 * ``fft``: per grid point the product of spectra, one inverse FFT of 224 x 224, the gather of the 81 x 81
   displacements and the closed form, reduced by log-sum-exp. Its floor is the batched inverse real FFT alone.
@@ -23,7 +24,7 @@ pruned transform against the FFT path.
 
     python benchmarks/bioem.py --device gpu --images 64 --orientations 512 --ctf 32   # GPU, 1.05e6 grid points
     python benchmarks/bioem.py --device gpu --images 64 --orientations 512 --ctf 32 --band 56
-    python benchmarks/bioem.py --device gpu --images 1000 --transform factored      # the issue's 1.47e8 points
+    python benchmarks/bioem.py --device gpu --images 1000 --transform factored      # the full 1.47e8 points
     python benchmarks/bioem.py --device gpu --images 128 --orientations 1024 --ctf-kind astigmatic --per-image-ctf
     python benchmarks/bioem.py --small                                               # CPU, a few hundred points
 
@@ -37,23 +38,14 @@ import argparse
 import time
 
 import numpy as np
+from common import key_value_table, mean_time
 
 from cryopipe.backend import get_backend, gpu_available
 from cryopipe.bioem.compat import displacements
 from cryopipe.bioem.factored import FactoredTransform
-from cryopipe.bioem.integrate import Problem, integrate
+from cryopipe.bioem.integrate import Problem, integrate, score_block
 from cryopipe.bioem.pruned import PrunedTransform, cost_model
 from cryopipe.ctf import CTFParams, ctf_2d
-
-
-def _timed(fn, bk, repeat: int) -> float:
-    fn()  # plans, kernels, BLAS warm-up
-    bk.synchronize()
-    t = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    bk.synchronize()
-    return (time.perf_counter() - t) / repeat
 
 
 def _fft_floor_us(bk, box: int, dtype, batch: int, repeat: int) -> float:
@@ -61,41 +53,40 @@ def _fft_floor_us(bk, box: int, dtype, batch: int, repeat: int) -> float:
     rng = np.random.default_rng(1)
     shape = (batch, box, box // 2 + 1)
     z = bk.asarray(rng.standard_normal(shape) + 1j * rng.standard_normal(shape), dtype=dtype)
-    return _timed(lambda: bk.fft.irfft2(z, s=(box, box)), bk, repeat) / batch * 1e6
+    return mean_time(lambda: bk.fft.irfft2(z, s=(box, box)), bk, repeat) / batch * 1e6
 
 
 def _gemm_floor_us(bk, tr: PrunedTransform, real, batch: int, repeat: int) -> float:
     """Time of the pruned transform's GEMMs alone (rows then columns) for ``batch`` grid points, per point (us)."""
     rng = np.random.default_rng(2)
     zs, zd = (bk.asarray(rng.standard_normal((2, k, batch, tr.nvp)), dtype=real) for k in (tr.n_sp, tr.n_dp))
-    return _timed(lambda: tr.gemms(zs, zd), bk, repeat) / batch * 1e6
+    return mean_time(lambda: tr.gemms(zs, zd), bk, repeat) / batch * 1e6
 
 
 def _breakdown_us(bk, tr: PrunedTransform, prob: Problem, batch_images: int, repeat: int) -> dict:
     """Where one block's time goes (64 orientations x ``batch_images`` images x all CTF points), per grid point
     (us): the fold, the GEMMs, the transform (fold + GEMMs), and the whole block (with the CTF sums, G = K conj(I)
     and the reduction: the fused kernel on the GPU)."""
-    from cryopipe.bioem.integrate import _block
     from cryopipe.bioem.kernels import fused_reduction
 
     P = prob.project(0, 64)
     G = prob.ctf[:1] * bk.xp.conj(prob.spectra[:batch_images])[:, None]
-    zs, zd = tr._fold_rows(P, G)
+    zs, zd = tr.fold_rows(P, G)
     g = 64 * batch_images * prob.ctf.shape[1]
 
     fused = fused_reduction(bk) if bk.is_gpu else None
     images = np.arange(batch_images)
-    out = {"fold": lambda: tr._fold_rows(P, G), "GEMMs": lambda: tr.gemms(zs, zd),
-           "fold + GEMMs": lambda: tr.correlate(P, G),
-           "whole block": lambda: _block(prob, P, images, bk, fused, False, 0, tr)}
+    out = {"fold": lambda: tr.fold_rows(P, G), "GEMMs": lambda: tr.gemms(zs, zd),
+           "fold + GEMMs": lambda: tr.correlate_products(P, G),
+           "whole block": lambda: score_block(prob, P, images, bk, fused, False, 0, tr)}
     if fused is not None:
-        xp, parts = bk.xp, tr.correlate(P, G)
+        xp, parts = bk.xp, tr.correlate_products(P, G)
         shape = (64, batch_images, prob.ctf.shape[1])
         sums = [xp.ones(shape, dtype=xp.float64) * v for v in (1.0, 2.0, 0.0)]
         co, coo = (bk.asarray(a[:batch_images])[None, :, None] for a in (prob.co, prob.coo))
         n_pix = prob.spectra.shape[-2] ** 2
         out["reduction kernel (+ per-image max, sum)"] = lambda: fused(tr, parts, co, coo, *sums, n_pix, False)
-    return {k: _timed(f, bk, repeat) / g * 1e6 for k, f in out.items()}
+    return {k: mean_time(f, bk, repeat) / g * 1e6 for k, f in out.items()}
 
 
 def _ctf_kernels(kind: str, box: int, n_ctf: int, n_sets: int, rng) -> np.ndarray:
@@ -136,7 +127,6 @@ def _factored_breakdown_us(bk, tr: FactoredTransform, prob: Problem, batch_image
     """Where one block's time goes (256 orientations x ``batch_images`` images x all CTF points), per grid point
     (us): the operands (Q = P conj(I), folded, in the GEMM layout; the CTF matrices are cached when shared), the
     GEMMs, the reduction kernel, the whole block. The GEMMs alone are the floor."""
-    from cryopipe.bioem.integrate import _block
     from cryopipe.bioem.kernels import fused_reduction
 
     n_o = min(256, prob.n_orientations)
@@ -148,11 +138,11 @@ def _factored_breakdown_us(bk, tr: FactoredTransform, prob: Problem, batch_image
     ops = tr.operands(P, K, conj, shared)
     g = n_o * batch_images * prob.ctf.shape[1]
     fused = fused_reduction(bk) if bk.is_gpu else None
-    out = {"CTF matrices": lambda: (setattr(tr, "_cached", None), tr.matrices(K)),
+    out = {"CTF matrices": lambda: tr.matrices(K, cached=False),
            "operands (Q, folded)": lambda: tr.operands(P, K, conj, shared), "GEMMs": lambda: tr.gemms(*ops),
            "row GEMMs alone": lambda: [bk.xp.matmul(m, q[t]) for m, q in ((ops[0], ops[2]), (ops[1], ops[3]))
                                        for t in (0, 1)],
-           "whole block": lambda: _block(prob, P, images, bk, fused, False, 0, tr)}
+           "whole block": lambda: score_block(prob, P, images, bk, fused, False, 0, tr)}
     if fused is not None:
         xp, parts = bk.xp, tr.gemms(*ops)
         shape = (n_o, batch_images, prob.ctf.shape[1])
@@ -160,7 +150,7 @@ def _factored_breakdown_us(bk, tr: FactoredTransform, prob: Problem, batch_image
         co, coo = (bk.asarray(a[:batch_images])[None, :, None] for a in (prob.co, prob.coo))
         n_pix = prob.spectra.shape[-2] ** 2
         out["reduction kernel (+ per-image max, sum)"] = lambda: fused(tr, parts, co, coo, *sums, n_pix, False)
-    times = {k: _timed(f, bk, repeat) / g * 1e6 for k, f in out.items()}
+    times = {k: mean_time(f, bk, repeat) / g * 1e6 for k, f in out.items()}
     tr.matrices(K)
     return times
 
@@ -270,8 +260,7 @@ def main() -> None:
         rows += [(f"speed-up {name} vs fft", f"{f['us_per_point'] / p['us_per_point']:.2f}x"),
                  (f"max |ln P difference| {name} vs fft", f"{dl:.3g} (before the constant; float32 rounding)")]
     rows.append(("anchors", "BioEM 2.1 109 us (2 CPU threads); paper 9.6 us (GTX Titan); target <= 0.25 us (H100)"))
-    width = max(len(k) for k, _ in rows)
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    print(key_value_table(rows))
 
 
 if __name__ == "__main__":

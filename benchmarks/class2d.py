@@ -1,4 +1,4 @@
-"""Benchmark of ``cryopipe class2d`` (issue 4): seconds per MRA iteration against the matrix-product floor.
+"""Benchmark of ``cryopipe class2d``: seconds per MRA iteration against the matrix-product floor.
 
 Workload after Cryo-RALib (their Fig. 5a): 105,000 particles of 90 px, 100 references, shifts +-3 px in
 1 px steps (49 shifts), alignment radius 36 px, one iteration (align every particle to every reference at
@@ -18,12 +18,11 @@ iteration for the full workload.
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
 import time
 
 import numpy as np
-from common import git_commit, timed
+from common import banner, markdown_table, timed
 
 from cryopipe.backend import get_backend
 from cryopipe.class2d import Aligner, Class2DParams, ParticleStack, PolarGrid, classify, transform_images
@@ -109,16 +108,16 @@ def main() -> None:
     rate = matmul_rate(bk, 4096 if bk.is_gpu else 1024)
     floor = flops / rate
     g = aligner.grid
-    print(f"\n# cryopipe class2d benchmark, {datetime.date.today()}, commit {git_commit()}, device {bk.describe()}")
+    print("\n" + banner("class2d", bk.describe()))
     print(f"workload: {n} particles of {args.box} px, {k} references, {aligner.n_shifts} shifts "
           f"(+-{args.shift_range:g} px, step {args.shift_step:g})" + (" x 2 mirrors" if args.mirrors else "")
           + f", polar grid {g.n_rings} rings x {g.n_angles} angles, 1 iteration; generated on the device in "
           f"{t_make:.1f} s")
-    print("| workload | device | s / iteration | particles / s | ring contraction (TFLOP) | complex64 GEMM rate "
-          "(TFLOP/s) | floor (s) | ratio | purity |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| {n} x {args.box} px, {k} refs | {bk.describe()} | {t_iter:.2f} | {n / t_iter:.0f} | {flops / 1e12:.2f} "
-          f"| {rate / 1e12:.2f} | {floor:.3f} | {t_iter / floor:.1f} | {purity:.3f} |")
+    print(markdown_table(
+        ["workload", "device", "s / iteration", "particles / s", "ring contraction (TFLOP)",
+         "complex64 GEMM rate (TFLOP/s)", "floor (s)", "ratio", "purity"],
+        [[f"{n} x {args.box} px, {k} refs", bk.describe(), f"{t_iter:.2f}", f"{n / t_iter:.0f}", f"{flops / 1e12:.2f}",
+          f"{rate / 1e12:.2f}", f"{floor:.3f}", f"{t_iter / floor:.1f}", f"{purity:.3f}"]]))
     anchor = "Anchor: Cryo-RALib (GPU MRA) is 22-37x faster than EMAN2's CPU MRA on this workload."
     if bk.is_gpu and n >= 105_000 and k >= 100:
         anchor += f" Target on one H100: <= 60 s per iteration: {'met' if t_iter <= 60 else 'NOT met'}."

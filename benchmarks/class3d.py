@@ -16,11 +16,11 @@ Anchor: RELION 5.0, one A10G: 4.5 ms per particle-iteration; target on one H100:
 from __future__ import annotations
 
 import argparse
-import functools
 import time
 
 import numpy as np
 import pandas as pd
+from common import PhaseTimer, markdown_header, markdown_row, markdown_table
 
 from cryopipe.backend import get_backend
 from cryopipe.ctf import CTFParams, ctf_2d
@@ -78,24 +78,21 @@ def matmul_rate(bk, n: int = 4096, repeats: int = 5) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - t0)
 
 
-def profile_sections(bk) -> dict:
-    """Wrap the E-step's stages so that each call synchronises the device and adds its wall time (inclusive of
-    nested stages) to the returned dict {stage: seconds}."""
-    totals: dict = {}
-    for name in ("batch_data", "coarse_scores", "_batch", "_local_candidates", "_fine", "_project_fine",
-                 "_accumulate", "_flush", "_insert"):
-        original = getattr(EStep, name)
+# the E-step's parts that --profile times: public functions and methods of cryopipe (common.PhaseTimer)
+PROFILED = (("cryopipe.em3d.estep:EStep.batch_data", "batch data (particle spectra, CTF)"),
+            ("cryopipe.em3d.estep:EStep.coarse_scores", "coarse scores"),
+            ("cryopipe.em3d.estep:project_pixels", "projections (coarse and fine)"),
+            ("cryopipe.em3d.estep:SliceTable.add", "fine slices: table"),
+            ("cryopipe.projection:BackProjector.insert", "back-projection"))
 
-        def timed(*a, _f=original, _n=name, **kw):
-            bk.synchronize()
-            t0 = time.perf_counter()
-            out = _f(*a, **kw)
-            bk.synchronize()
-            totals[_n] = totals.get(_n, 0.0) + time.perf_counter() - t0
-            return out
 
-        setattr(EStep, name, functools.wraps(original)(timed))
-    return totals
+def profile_sections(bk) -> PhaseTimer:
+    """Time the E-step's parts (:data:`PROFILED`), the device synchronised around each call, inclusive of nested
+    parts; ``.seconds()`` gives {part: seconds}."""
+    timer = PhaseTimer(bk.synchronize, exclusive=False)
+    for target, label in PROFILED:
+        timer.time_public(target, label)
+    return timer
 
 
 def iteration(estep: EStep, indices, box: int, bk):
@@ -145,9 +142,8 @@ def main() -> None:
     # machine), a one-off cost that is not per particle
     iteration(EStep(particles, maps, log_prior, sigma2, 2.0, r_max, search, bk), np.arange(min(n, 300)), box, bk)
     sections = profile_sections(bk) if args.profile else None
-    print("| workload | device | particles | iteration | E-step ms/ptcl | M-step ms/ptcl | total ms/ptcl-iter | "
-          "floor ms | ratio | matmul TFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(markdown_header(["workload", "device", "particles", "iteration", "E-step ms/ptcl", "M-step ms/ptcl",
+                           "total ms/ptcl-iter", "floor ms", "ratio", "matmul TFLOP/s"]))
     for it in range(1, args.iterations + 1):
         if sections is not None:
             sections.clear()  # the profile is of the last iteration
@@ -162,16 +158,16 @@ def main() -> None:
         fine_flops = float(res.n_significant.sum()) * 32 * (2 * 2 * n_pix + 2 * n_pix)  # cross + CTF^2 per sample
         floor_ms = (coarse_flops + fine_flops) / rate / n * 1e3
         total_ms = (t_e + t_m) / n * 1e3
-        print(f"| K={k}, order 2, offsets 5/2, {box} px @ {angpix} A/px, E-step {limit_A:.0f} A (r_max {r_max} px, "
-              f"{n_pix} pixels; coarse pass r {estep.r_coarse} px, {nc} pixels), median significant "
-              f"{np.median(res.n_significant):.0f} | {bk.describe()} | {n} | {it} | "
-              f"{t_e / n * 1e3:.3f} | {t_m / n * 1e3:.3f} | {total_ms:.3f} | {floor_ms:.4f} | "
-              f"{total_ms / floor_ms:.1f} | {rate / 1e12:.2f} |")
+        workload = (f"K={k}, order 2, offsets 5/2, {box} px @ {angpix} A/px, E-step {limit_A:.0f} A (r_max {r_max} "
+                    f"px, {n_pix} pixels; coarse pass r {estep.r_coarse} px, {nc} pixels), median significant "
+                    f"{np.median(res.n_significant):.0f}")
+        print(markdown_row([workload, bk.describe(), n, it, f"{t_e / n * 1e3:.3f}", f"{t_m / n * 1e3:.3f}",
+                            f"{total_ms:.3f}", f"{floor_ms:.4f}", f"{total_ms / floor_ms:.1f}", f"{rate / 1e12:.2f}"]))
     print(f"(particle simulation {t_sim:.1f} s, not timed; RELION 5.0 on one A10G: 4.5 ms; target on H100: 0.45 ms)")
     if sections is not None:
-        print("\n| E-step stage, last iteration (inclusive of nested stages) | s | ms/ptcl |\n|---|---|---|")
-        for name, sec in sorted(sections.items(), key=lambda kv: -kv[1]):
-            print(f"| {name} | {sec:.2f} | {sec / n * 1e3:.3f} |")
+        print("\n" + markdown_table(["E-step stage, last iteration (inclusive of nested stages)", "s", "ms/ptcl"],
+                                    [[name, f"{sec:.2f}", f"{sec / n * 1e3:.3f}"]
+                                     for name, sec in sorted(sections.seconds().items(), key=lambda kv: -kv[1])]))
 
 
 if __name__ == "__main__":

@@ -7,20 +7,19 @@ without the per-micrograph PNG + .ctf diagnostics), and the estimation alone on 
 Floor: the tiles' forward FFTs alone (one batched rfft2 of every tile of a batch, the irreducible work of an
 averaged spectrum), per micrograph. The ratio says how far the whole stage is from that floor.
 
-    python benchmarks/ctf.py --device gpu            # the issue's workload
+    python benchmarks/ctf.py --device gpu            # the full workload (target on one H100: <= 50 ms per micrograph)
     python benchmarks/ctf.py --device cpu --quick    # 4 micrographs of 2048^2 for a CPU
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from common import git_commit, timed
+from common import banner, markdown_table, timed
 
 from cryopipe.backend import get_backend
 from cryopipe.ctf import CTFParams
@@ -67,7 +66,7 @@ def main() -> None:
     bk = get_backend(args.device)
     params = CtfEstimateParams(300.0, 2.7, 0.1, tile=args.tile, batch_size=args.batch_size)
     image = _micrograph(np.random.default_rng(0), size, angpix)
-    print(f"# cryopipe ctf benchmark, {datetime.date.today()}, commit {git_commit()}, device {bk.describe()}")
+    print(banner("ctf", bk.describe()))
     label = (f"{n} x {size}^2 @ {angpix:g} A/px, {args.tile} px tiles "
              f"({len(tile_starts(size, args.tile)) ** 2} per micrograph), band 30-5 A")
     rows = []
@@ -96,10 +95,10 @@ def main() -> None:
         t_fft = _fft_floor(bk, on_device, args.tile, args.repeat) / on_device.shape[0]
         rows.append(("floor: the tiles' forward FFTs alone", t_fft))
         fit = est.estimate(on_device[:1])[0].relion()
-    print("| workload | device | s / micrograph | micrographs / s | floor: tile FFTs (s) | ratio to floor |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for what, t in rows:
-        print(f"| {label}: {what} | {bk.name} | {t:.4f} | {1 / t:.2f} | {t_fft:.4f} | {t / t_fft:.1f} |")
+    print(markdown_table(
+        ["workload", "device", "s / micrograph", "micrographs / s", "floor: tile FFTs (s)", "ratio to floor"],
+        [[f"{label}: {what}", bk.name, f"{t:.4f}", f"{1 / t:.2f}", f"{t_fft:.4f}", f"{t / t_fft:.1f}"]
+         for what, t in rows]))
     print(f"Fit of the benchmark micrograph (truth U 21000 V 20200 A, 35 deg): U {fit['rlnDefocusU']:.0f} "
           f"V {fit['rlnDefocusV']:.0f} A, {fit['rlnDefocusAngle']:.1f} deg; {len(est.coarse)} coarse candidates x "
           f"{est.coarse_band.size} px, {est.band.size} band px.")

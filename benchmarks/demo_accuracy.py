@@ -1,4 +1,5 @@
-"""Accuracy of a finished demo run against the simulation's truth (issues 5 and 7): run after ``make demo``.
+"""Accuracy of a finished demo run against the simulation's truth (3D classes, BioEM ranking): run after
+``make demo``.
 
 Each particle of a stage's STAR is matched to the simulated particle on the same micrograph within ``--radius`` px
 (a k-d tree per micrograph); its true conformation is that particle's ``rlnClassNumber`` in
@@ -84,7 +85,7 @@ def _bioem_particles(results: Path) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", type=Path, default=Path("results"))
     ap.add_argument("--radius", type=float, default=24.0, help="matching radius, micrograph pixels")
     args = ap.parse_args()

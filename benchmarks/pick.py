@@ -1,4 +1,4 @@
-"""Benchmark of ``cryopipe pick`` (issue 3): seconds per micrograph against the floors that bound it.
+"""Benchmark of ``cryopipe pick``: seconds per micrograph against the floors that bound it.
 
 Workload (default): one 4096 x 4096 micrograph at 1.0 A/px, 8 templates of 160 px, 5 degree in-plane steps
 (576 template-rotations), low-pass 20 A; the same at full resolution; and a batch of 100 micrographs read
@@ -8,21 +8,20 @@ micrograph from disk (page cache dropped with posix_fadvise, so reads are cold).
 0.73 s per such micrograph on a GTX 1080; targets on one H100: <= 15 ms GPU work per micrograph and an
 end-to-end batch rate within 1.5x of the pure read time.
 
-    python benchmarks/pick.py --device gpu            # the issue's workload (needs ~7 GB of disk)
+    python benchmarks/pick.py --device gpu            # the full workload (needs ~7 GB of disk)
     python benchmarks/pick.py --device cpu --quick    # a small version for a CPU
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from common import git_commit, timed
+from common import banner, markdown_table, timed
 from scipy import ndimage
 
 from cryopipe.backend import get_backend
@@ -42,7 +41,7 @@ def _evict(paths) -> None:
             os.close(fd)
 
 
-def _workload(rng, size: int, n_templates: int, box: int, n_particles: int):
+def workload(rng, size: int, n_templates: int, box: int, n_particles: int):
     """Smooth random templates (n, box, box) and a noisy micrograph (size, size) holding dark copies of them."""
     yy, xx = np.mgrid[:box, :box] - box // 2
     disc = np.hypot(yy, xx) < 0.4 * box
@@ -90,11 +89,11 @@ def main() -> None:
     angpix = 1.0
     bk = get_backend(args.device)
     rng = np.random.default_rng(0)
-    templates, image = _workload(rng, size, n_templates, args.template_box, n_particles=size * size // 100_000)
+    templates, image = workload(rng, size, n_templates, args.template_box, n_particles=size * size // 100_000)
     stack = TemplateStack(templates, angpix)
     diameter = 0.8 * args.template_box * angpix
 
-    print(f"# cryopipe pick benchmark, {datetime.date.today()}, commit {git_commit()}, device {bk.describe()}")
+    print(banner("pick", bk.describe()))
     rows = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         tmp = Path(tmp)
@@ -138,12 +137,11 @@ def main() -> None:
         rows.append((f"batch of {n_batch} micrographs from local disk, end to end (low-pass {args.lowpass:g} A)",
                      t_e2e, rows[0][2], t_read))
 
-    print("| workload | device | s / micrograph | micrographs / s | floor: inverse FFTs (s) | floor: disk read (s) "
-          "| ratio to FFT floor | ratio to read floor |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for label, t, t_fft, t_rd in rows:
-        print(f"| {label} | {bk.name} | {t:.4f} | {1 / t:.1f} | {t_fft:.4f} | {t_rd:.4f} | {t / t_fft:.2f} "
-              f"| {t / t_rd:.2f} |")
+    print(markdown_table(
+        ["workload", "device", "s / micrograph", "micrographs / s", "floor: inverse FFTs (s)", "floor: disk read (s)",
+         "ratio to FFT floor", "ratio to read floor"],
+        [[label, bk.name, f"{t:.4f}", f"{1 / t:.1f}", f"{t_fft:.4f}", f"{t_rd:.4f}", f"{t / t_fft:.2f}",
+          f"{t / t_rd:.2f}"] for label, t, t_fft, t_rd in rows]))
     print("Anchors: RELION-2, GTX 1080, 4096^2, 8 templates, 5 deg, 20 A: 0.73 s per micrograph. Targets (H100): "
           "<= 0.015 s GPU work per micrograph; end-to-end batch within 1.5x of the disk read time.")
 

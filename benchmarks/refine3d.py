@@ -22,22 +22,17 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from class3d import blob_map, matmul_rate, synthetic_particles
+from common import git_commit, markdown_header, markdown_row
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from class3d import blob_map, matmul_rate, synthetic_particles  # noqa: E402
-from common import git_commit  # noqa: E402
-
-from cryopipe.backend import get_backend  # noqa: E402
-from cryopipe.em3d import mstep  # noqa: E402
-from cryopipe.em3d.estep import EStep, SearchSpace  # noqa: E402
-from cryopipe.em3d.sampling import OrientationGrid, translation_grid  # noqa: E402
-from cryopipe.geometry import axis_angle_to_matrix, matrix_to_euler  # noqa: E402
+from cryopipe.backend import get_backend
+from cryopipe.em3d import mstep
+from cryopipe.em3d.estep import EStep, SearchSpace
+from cryopipe.em3d.sampling import OrientationGrid, translation_grid
+from cryopipe.geometry import axis_angle_to_matrix, matrix_to_euler
 
 
 def _peak_reset(bk) -> float:
@@ -121,9 +116,8 @@ def main() -> None:
     print(f"refine3d benchmark, commit {git_commit()}, {bk.describe()}, {n} particles of {box} px at {angpix} A/px, "
           f"E-step limit {limit_A} A (r_max {r_max} px); particle simulation {t_sim:.1f} s (not timed); "
           f"matmul {rate / 1e12:.2f} TFLOP/s")
-    print("| stage | search | s/iteration | E-step ms/ptcl | M-step ms/ptcl | total ms/ptcl | floor ms/ptcl | ratio | "
-          "median significant | peak memory GB | RELION rule GB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(markdown_header(["stage", "search", "s/iteration", "E-step ms/ptcl", "M-step ms/ptcl", "total ms/ptcl",
+                           "floor ms/ptcl", "ratio", "median significant", "peak memory GB", "RELION rule GB"]))
     for name in args.stages.split(","):
         order, off_range, off_step, local = stages[name]
         grid = OrientationGrid(order)
@@ -146,8 +140,9 @@ def main() -> None:
         sig = np.median(np.concatenate([r.n_significant for r in res]))
         what = (f"order {order} ({grid.sampling_deg:.2f} deg{', local' if local else ''}), offsets "
                 f"{off_range}/{off_step} px")
-        print(f"| {name} | {what} | {t_e + t_m:.2f} | {t_e / n * 1e3:.3f} | {t_m / n * 1e3:.3f} | {total_ms:.3f} | "
-              f"{floor_ms:.4f} | {total_ms / floor_ms:.1f} | {sig:.0f} | {peak:.2f} | {relion_gb:.2f} |")
+        print(markdown_row([name, what, f"{t_e + t_m:.2f}", f"{t_e / n * 1e3:.3f}", f"{t_m / n * 1e3:.3f}",
+                            f"{total_ms:.3f}", f"{floor_ms:.4f}", f"{total_ms / floor_ms:.1f}", f"{sig:.0f}",
+                            f"{peak:.2f}", f"{relion_gb:.2f}"]))
 
 
 def _true_rotations(n: int, bk) -> np.ndarray:

@@ -29,7 +29,7 @@ import numpy as np
 
 from cryopipe.backend import Backend
 from cryopipe.errors import InputError
-from cryopipe.fourier import _as_float, _bk, _image_box, backend_of, frequency_grid
+from cryopipe.fourier import as_float, backend_of, backend_or_cpu, frequency_grid, image_box
 
 _REQUIRED = {
     "defocus_u": "rlnDefocusU",
@@ -104,7 +104,7 @@ def ctf_2d(params: CTFParams, box: int, angpix: float, bk: Backend | None = None
     is the broadcast length of the parameter arrays (1 when all are scalars), on ``bk``'s device,
     in ``dtype``. Grid geometry is formed in float64, the per-image terms in ``dtype``.
     """
-    bk = _bk(bk)
+    bk = backend_or_cpu(bk)
     xp = bk.xp
     fields = np.broadcast_arrays(*(np.atleast_1d(np.asarray(getattr(params, f), dtype=np.float64)) for f in (
         "defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amplitude_contrast", "bfactor",
@@ -156,7 +156,7 @@ def apply_ctf(images_real, params: CTFParams, angpix: float):
     broadcast shape of images_real and (B, N, N), in the images' floating dtype.
     """
     bk = backend_of(images_real)
-    images_real = _as_float(images_real, bk.xp)
-    n = _image_box(images_real, 2)
+    images_real = as_float(images_real, bk.xp)
+    n = image_box(images_real, 2)
     ctf = ctf_2d(params, n, angpix, bk, half=True, dtype=images_real.dtype)
     return bk.fft.irfft2(bk.fft.rfft2(images_real) * ctf, s=(n, n)).astype(images_real.dtype, copy=False)

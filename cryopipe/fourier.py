@@ -39,11 +39,12 @@ def backend_of(x) -> Backend:
     return _cpu()
 
 
-def _bk(bk: Backend | None) -> Backend:
+def backend_or_cpu(bk: Backend | None) -> Backend:
+    """``bk``, or the CPU backend when None (the default of the functions that build arrays from sizes)."""
     return _cpu() if bk is None else bk
 
 
-def _as_float(x, xp):
+def as_float(x, xp):
     """``x`` unchanged when already real floating point, else as float32."""
     return x if np.issubdtype(x.dtype, np.floating) else x.astype(xp.float32)
 
@@ -54,7 +55,9 @@ def _check_box(box: int, name: str = "box") -> int:
     return int(box)
 
 
-def _image_box(x, ndim: int) -> int:
+def image_box(x, ndim: int) -> int:
+    """The box N of the square (ndim=2) or cubic (ndim=3) images in the last ``ndim`` axes of ``x``; InputError
+    unless they are square/cubic with an even N >= 2."""
     if ndim not in (2, 3):
         raise InputError(f"ndim must be 2 or 3, got {ndim}", field="ndim")
     shape = x.shape[-ndim:]
@@ -76,7 +79,7 @@ def frequency_grid(box: int, angpix: float = 1.0, half: bool = True, ndim: int =
 
     For ndim=2 the shapes are (N, 1) and (1, N//2+1) (half) or (1, N) (full); likewise in 3D.
     """
-    bk = _bk(bk)
+    bk = backend_or_cpu(bk)
     n = _check_box(box)
     comps = []
     for axis in range(ndim):
@@ -105,13 +108,13 @@ def radial_frequency_3d(box: int, angpix: float = 1.0, half: bool = True, bk: Ba
 
 def radial_shell_index(box: int, half: bool = True, ndim: int = 2, bk: Backend | None = None):
     """Integer Fourier shell of each grid point: round(|k| in Fourier pixels), int64, grid shape."""
-    xp = _bk(bk).xp
+    xp = backend_or_cpu(bk).xp
     return xp.rint(_radius(box, 1.0 / box, half, ndim, bk, np.float64)).astype(xp.int64)
 
 
 def shell_frequencies(box: int, angpix: float, bk: Backend | None = None):
     """Spatial frequency of shells 0..N/2 in 1/A, float64, shape (N//2+1,)."""
-    xp = _bk(bk).xp
+    xp = backend_or_cpu(bk).xp
     return xp.arange(_check_box(box) // 2 + 1, dtype=xp.float64) / (box * angpix)
 
 
@@ -121,7 +124,7 @@ def hermitian_weights(box: int, bk: Backend | None = None):
     2 for columns 0 < kx < N/2 (they stand for kx and -kx), 1 for kx = 0 and kx = N/2, so that
     ``sum(w * |F_half|**2) == sum(|F_full|**2)`` in 2D and 3D alike.
     """
-    xp = _bk(bk).xp
+    xp = backend_or_cpu(bk).xp
     w = xp.full(_check_box(box) // 2 + 1, 2.0, dtype=xp.float64)
     w[0] = w[-1] = 1.0
     return w
@@ -173,8 +176,8 @@ def _resize_spectrum(f, n: int, m: int, ndim: int, xp):
 def _resize(images, new_box: int, ndim: int, grow: bool | None):
     bk = backend_of(images)
     xp = bk.xp
-    images = _as_float(images, xp)
-    n, m = _image_box(images, ndim), _check_box(new_box, "new_box")
+    images = as_float(images, xp)
+    n, m = image_box(images, ndim), _check_box(new_box, "new_box")
     if grow is not None and (m > n) != grow and m != n:
         verb = "pad" if grow else "crop"
         raise InputError(f"cannot Fourier-{verb} a box of {n} to {m}", field="new_box")
@@ -223,8 +226,8 @@ def _raised_cosine_lowpass(radius_px, cutoff_px: float, edge_width_px: float, xp
 def _filter(images, angpix: float, ndim: int, weights_fn):
     bk = backend_of(images)
     xp = bk.xp
-    images = _as_float(images, xp)
-    n = _image_box(images, ndim)
+    images = as_float(images, xp)
+    n = image_box(images, ndim)
     radius_px = _radius(n, 1.0 / n, True, ndim, bk, images.dtype)
     w = weights_fn(radius_px, n * angpix, xp)  # n * angpix / resolution = cutoff radius in px
     axes = _axes(ndim)
@@ -294,7 +297,7 @@ def fsc(a, b, ndim: int | None = None):
     bk = backend_of(a)
     xp = bk.xp
     ndim = a.ndim if ndim is None else ndim
-    n = _image_box(a, ndim)
+    n = image_box(a, ndim)
     axes = _axes(ndim)
     fa = bk.fft.rfftn(a.astype(xp.float64), axes=axes)
     fb = bk.fft.rfftn(xp.asarray(b).astype(xp.float64), axes=axes)
@@ -328,7 +331,7 @@ def power_spectrum_1d(images, ndim: int = 2):
     """
     bk = backend_of(images)
     xp = bk.xp
-    n = _image_box(images, ndim)
+    n = image_box(images, ndim)
     f = bk.fft.rfftn(images.astype(xp.float64), axes=_axes(ndim))
     power = _shell_sum(xp.abs(f) ** 2, n, ndim, xp)
     counts = _shell_sum(xp.ones(f.shape[-ndim:], dtype=xp.float64), n, ndim, xp)
@@ -353,7 +356,7 @@ def next_fast_size(n: int, primes: tuple[int, ...] = (2, 3, 5, 7)) -> int:
 
 def _real_radius(box: int, ndim: int, bk: Backend | None, dtype):
     """Distance in pixels from the origin N//2 on an (N,)*ndim grid."""
-    xp = _bk(bk).xp
+    xp = backend_or_cpu(bk).xp
     c = xp.arange(_check_box(box), dtype=dtype) - box // 2
     comps = [c.reshape([-1 if i == axis else 1 for i in range(ndim)]) for axis in range(ndim)]
     return sum(x * x for x in comps) ** 0.5
@@ -366,7 +369,7 @@ def soft_circular_mask(box: int, radius_px: float, edge_px: float, ndim: int = 2
     1 for r <= radius_px, 0 for r >= radius_px + edge_px, 0.5 + 0.5 cos(pi (r - radius_px) / edge_px)
     in between (RELION's soft mask); edge_px = 0 gives a hard mask.
     """
-    xp = _bk(bk).xp
+    xp = backend_or_cpu(bk).xp
     r = _real_radius(box, ndim, bk, dtype)
     if edge_px <= 0:
         return (r <= radius_px).astype(dtype)
@@ -383,8 +386,8 @@ def normalise_background(images, radius_px: float, ndim: int = 2):
     """
     bk = backend_of(images)
     xp = bk.xp
-    images = _as_float(images, xp)
-    n = _image_box(images, ndim)
+    images = as_float(images, xp)
+    n = image_box(images, ndim)
     outside = _real_radius(n, ndim, bk, xp.float64) > radius_px
     if not bool(outside.any()):
         raise InputError(f"background radius {radius_px} px leaves no background pixels in a box of {n}",

@@ -19,9 +19,10 @@ kernel, where RELION uses the radial ``sinc^2(|r| / P)``.
 
 Trilinear interpolation and insertion on the GPU run as kernels of :mod:`cryopipe.slice_kernels` (one thread per
 point, atomicAdd), which compute what the array code here computes without its (8, ...) index and weight
-temporaries. Scatter-add in the array code (:func:`slice_insert`): ``cupy.add.at`` on the GPU; on the CPU
-``np.bincount(idx, weights)``, because ``np.add.at`` is ~20x slower for millions of updates (NumPy 2.4).
-Both accumulate repeated indices. Complex grids are updated through a real view of their (re, im) pairs.
+temporaries. Scatter-add in the array code (:func:`scatter_add`, also used by :mod:`cryopipe.bioem.forward`):
+``cupy.add.at`` on the GPU; on the CPU ``np.bincount(idx, weights)``, because ``np.add.at`` is ~20x slower for
+millions of updates (NumPy 2.4). Both accumulate repeated indices. Complex grids are updated through a real view of
+their (re, im) pairs.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from cryopipe.errors import InputError
 from cryopipe.parallel import allreduce_sum
 
 _MAX_BATCH = 512  # orientations per batch; temporaries are ~300 B per Fourier pixel per orientation
-# trilinear corners as (x, y, z) offsets of the lower corner, in the order _corners stacks them
-_CORNERS = np.array([(i, j, k) for k in (0, 1) for j in (0, 1) for i in (0, 1)], dtype=np.float32)
+# trilinear corners as (x, y, z) offsets of the lower corner, in the order grid_corners stacks them
+CORNER_OFFSETS = np.array([(i, j, k) for k in (0, 1) for j in (0, 1) for i in (0, 1)], dtype=np.float32)
 
 
 def _as_rotations(rotations, bk) -> np.ndarray:
@@ -71,11 +72,11 @@ def _gridding_window(box: int, padded: int, xp):
     return s[:, None, None] * s[None, :, None] * s[None, None, :]
 
 
-def _corners(coords, shape, xp, interpolation: str = "trilinear"):
+def grid_corners(coords, shape, xp, interpolation: str = "trilinear"):
     """Grid cells and weights for points ``coords`` (..., 3) = (x, y, z) in padded-grid units.
 
     Returns flat indices (K, ...) into a half grid of ``shape`` = (P, P, P//2+1), weights (K, ...) with
-    K = 8 (trilinear, corners in the order of ``_CORNERS``) or 1 (nearest), the fractional position
+    K = 8 (trilinear, corners in the order of ``CORNER_OFFSETS``) or 1 (nearest), the fractional position
     (..., 3) in the lower corner's cell, and the mask (...) of points mirrored to their Friedel mate (x < 0).
     """
     p, _, h = shape
@@ -104,13 +105,15 @@ def _scatter(grid, idx, w, flip, values, xp) -> None:
     if xp.iscomplexobj(grid):
         values = xp.where(flip, xp.conj(values), values)
         flat = grid.reshape(-1).view(grid.real.dtype)  # interleaved (re, im)
-        _add_at(flat, 2 * idx.ravel(), (w * values.real).ravel(), xp)
-        _add_at(flat, 2 * idx.ravel() + 1, (w * values.imag).ravel(), xp)
+        scatter_add(flat, 2 * idx.ravel(), (w * values.real).ravel(), xp)
+        scatter_add(flat, 2 * idx.ravel() + 1, (w * values.imag).ravel(), xp)
     else:
-        _add_at(grid.reshape(-1), idx.ravel(), (w * values).ravel(), xp)
+        scatter_add(grid.reshape(-1), idx.ravel(), (w * values).ravel(), xp)
 
 
-def _add_at(flat, idx, vals, xp) -> None:
+def scatter_add(flat, idx, vals, xp) -> None:
+    """``flat[idx] += vals`` in place, accumulating repeated indices: flat (M,) real, idx (n,) int, vals (n,) real,
+    all on ``xp``'s device. ``cupy.add.at`` on the GPU, ``np.bincount`` on the CPU (module docstring)."""
     if xp is np:
         flat += np.bincount(idx, weights=vals, minlength=flat.size)
     else:
@@ -124,8 +127,8 @@ def slice_interpolate(grid, coords, xp, interpolation: str = "trilinear"):
     grid units, ``|coords| <= P/2``. Returns (...) complex; points with x < 0 read ``conj F(-k)``.
     """
     if xp is not np and interpolation == "trilinear":
-        return slice_kernels.interpolate(grid, coords)
-    idx, w, _, flip = _corners(coords, grid.shape, xp, interpolation)
+        return slice_kernels.interpolate(grid, coords, xp)
+    idx, w, _, flip = grid_corners(coords, grid.shape, xp, interpolation)
     vals = (w * grid.reshape(-1)[idx]).sum(axis=0)
     return xp.where(flip, xp.conj(vals), vals)
 
@@ -136,7 +139,7 @@ def slice_insert(grid, coords, values, xp) -> None:
     Adjoint for the real inner product ``Re <a, b> = Re sum a * conj(b)``: a value at x < 0 goes, conjugated,
     to the Friedel mate. ``grid`` (P, P, P//2+1), complex or real (weights), is updated in place.
     """
-    idx, w, _, flip = _corners(coords, grid.shape, xp)
+    idx, w, _, flip = grid_corners(coords, grid.shape, xp)
     _scatter(grid, idx, w, flip, values, xp)
 
 
@@ -239,7 +242,7 @@ class BackProjector:
         r_max = min(n // 2 if r_max is None else r_max, n // 2)
         self.extent = max(self.extent, int(np.ceil(r_max)))
         flat, k2 = _half_plane(n, r_max, xp)
-        corners = xp.asarray(_CORNERS)
+        corners = xp.asarray(CORNER_OFFSETS)
         step = _batch_size(self.bk, len(flat))
         for b0 in range(0, len(rot), step):
             sl = slice(b0, b0 + step)
@@ -247,9 +250,9 @@ class BackProjector:
             vals, wts = (None if a is None else self.bk.asarray(a[sl]).reshape(-1, n * (n // 2 + 1))[:, flat]
                          for a in (images_ft, weights))
             if xp is not np:
-                slice_kernels.insert(self.data, self.weight, self.moment, coords, vals, wts)
+                slice_kernels.insert(self.data, self.weight, self.moment, coords, vals, wts, xp)
                 continue
-            idx, w, t, flip = _corners(coords, self.data.shape, xp)
+            idx, w, t, flip = grid_corners(coords, self.data.shape, xp)
             _scatter(self.data, idx, w, flip, vals, xp)
             if wts is not None:
                 w = w * wts.astype(w.dtype)

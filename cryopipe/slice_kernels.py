@@ -1,9 +1,11 @@
 """GPU kernels (CuPy) for trilinear slice interpolation and insertion, compiled lazily on first use.
 
-They compute what the array code of :mod:`cryopipe.projection` computes (:func:`~cryopipe.projection._corners`
-followed by the gather or the scatter-add), one thread per sample point, without the (8, ...) index and weight
-temporaries that the array code materialises: on the GPU those temporaries, not the arithmetic, set the time
-(int64 indices and float32 weights are ~100 B per point, against 12 B of coordinates and 8 B of value).
+The functions take the GPU backend's array module ``xp`` (``bk.xp``, CuPy): :mod:`cryopipe.backend` is the only
+module that imports CuPy. They compute what the array code of :mod:`cryopipe.projection` computes
+(:func:`~cryopipe.projection.grid_corners` followed by the gather or the scatter-add), one thread per sample point,
+without the (8, ...) index and weight temporaries that the array code materialises: on the GPU those temporaries,
+not the arithmetic, set the time (int64 indices and float32 weights are ~100 B per point, against 12 B of
+coordinates and 8 B of value).
 Conventions as there: half grid ``grid[kz, ky, kx]`` of shape (P, P, P//2+1), points with x < 0 read from (and
 write to) their Friedel mate, corners in the order z, y, x (outer to inner). Weights of a corner are float32
 products (1 - t or t per axis), as the array code forms them.
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import functools
 
-# lower corner (x0, y0, z0), fractions (tx, ty, tz) and the Friedel flip of point (x, y, z), as _corners
+# lower corner (x0, y0, z0), fractions (tx, ty, tz) and the Friedel flip of point (x, y, z), as grid_corners
 _CORNER_SETUP = r"""
     const bool flip = x < 0.0f;
     const float cx = flip ? -x : x, cy = flip ? -y : y, cz = flip ? -z : z;
@@ -68,54 +70,48 @@ extern "C" __global__ void NAME(
 
 
 @functools.cache
-def _interpolate_kernel():
-    import cupy as cp
-
-    return cp.ElementwiseKernel(
+def _interpolate_kernel(xp):
+    return xp.ElementwiseKernel(
         "raw T grid, float32 x, float32 y, float32 z, int64 p, int64 h", "T out", _INTERPOLATE,
         "cryopipe_slice_interpolate")
 
 
 @functools.cache
-def _insert_kernel(real: str):
-    import cupy as cp
-
+def _insert_kernel(xp, real: str):
     name = f"cryopipe_slice_insert_{real}"
     source = _INSERT.replace("SETUP", _CORNER_SETUP).replace("NAME", name).replace("REAL", real)
-    return cp.RawKernel(source, name)
+    return xp.RawKernel(source, name)
 
 
-def interpolate(grid, coords):
+def interpolate(grid, coords, xp):
     """Trilinear values (...) complex of half grid ``grid`` (P, P, P//2+1) at ``coords`` (..., 3) = (x, y, z),
-    padded-grid units, float32 (others are cast). Points with x < 0 read ``conj F(-k)``."""
-    import cupy as cp
-
-    c = cp.asarray(coords, dtype=cp.float32)
+    padded-grid units, float32 (others are cast). Points with x < 0 read ``conj F(-k)``. ``xp``: CuPy, the array
+    module of a GPU backend (``bk.xp``)."""
+    c = xp.asarray(coords, dtype=xp.float32)
     p, _, h = grid.shape
-    return _interpolate_kernel()(grid, c[..., 0], c[..., 1], c[..., 2], p, h)
+    return _interpolate_kernel(xp)(grid, c[..., 0], c[..., 1], c[..., 2], p, h)
 
 
-def insert(data, weight, moment, coords, values, weights=None) -> None:
+def insert(data, weight, moment, coords, values, weights, xp) -> None:
     """Scatter-add into a back-projector's sums (in place), the adjoint of :func:`interpolate`.
 
     data (P, P, P//2+1) complex, weight (P, P, P//2+1) real, moment (3, P, P, P//2+1) real, all of one precision
     and contiguous; coords (n, 3) float32 padded-grid units; values (n,) complex; weights (n,) real or None (1).
     Per corner c of a point with trilinear weight w: data += w v (conj v where x < 0), weight += w u,
     moment[d] += w u (t_d - c_d), u the point's weight and t its fraction in the lower corner's cell.
+    ``xp``: CuPy, as :func:`interpolate`.
     """
-    import cupy as cp
-
     real = weight.dtype
-    name = {cp.dtype(cp.float32): "float", cp.dtype(cp.float64): "double"}[real]
-    c = cp.ascontiguousarray(coords, dtype=cp.float32).reshape(-1, 3)
+    name = {xp.dtype(xp.float32): "float", xp.dtype(xp.float64): "double"}[real]
+    c = xp.ascontiguousarray(coords, dtype=xp.float32).reshape(-1, 3)
     n = c.shape[0]
     if n == 0:
         return
-    vals = cp.ascontiguousarray(values, dtype=data.dtype).reshape(-1).view(real)
-    wts = cp.ascontiguousarray(weights, dtype=real).reshape(-1) if weights is not None else cp.zeros(1, real)
+    vals = xp.ascontiguousarray(values, dtype=data.dtype).reshape(-1).view(real)
+    wts = xp.ascontiguousarray(weights, dtype=real).reshape(-1) if weights is not None else xp.zeros(1, real)
     p, _, h = weight.shape
     threads = 256
     blocks = int(min((n + threads - 1) // threads, 65536))
-    _insert_kernel(name)((blocks,), (threads,), (
-        c, vals, wts, cp.int32(weights is not None), cp.int64(n), cp.int64(p), cp.int64(h), cp.int64(weight.size),
+    _insert_kernel(xp, name)((blocks,), (threads,), (
+        c, vals, wts, xp.int32(weights is not None), xp.int64(n), xp.int64(p), xp.int64(h), xp.int64(weight.size),
         data.reshape(-1).view(real), weight.reshape(-1), moment.reshape(-1)))

@@ -189,9 +189,9 @@ def test_device_matches_cpu(bk):
 def test_gpu_kernels_equal_array_code(gpu, double):
     """The GPU's slice kernels (cryopipe.slice_kernels) against the CPU array code on the same float32 points:
     values at random coordinates (half at x < 0, read from the Friedel mate; some on the grid's edges) and every
-    sum of a weighted insertion (data, weight, first-order moments), computed here in float64 from _corners."""
+    sum of a weighted insertion (data, weight, first-order moments), computed here in float64 from grid_corners."""
     from cryopipe import slice_kernels
-    from cryopipe.projection import _CORNERS, _corners
+    from cryopipe.projection import CORNER_OFFSETS, grid_corners
 
     xp = gpu.xp
     rng = np.random.default_rng(3)
@@ -207,16 +207,17 @@ def test_gpu_kernels_equal_array_code(gpu, double):
     pts = coords.reshape(-1, 3)
     values = rng.standard_normal(len(pts)) + 1j * rng.standard_normal(len(pts))
     weights = rng.uniform(0, 2, len(pts))
-    idx, w, t, flip = _corners(pts, shape, np)
+    idx, w, t, flip = grid_corners(pts, shape, np)
     wu = w.astype(np.float64) * weights
     size = grid.size
     want = [np.bincount(idx.ravel(), (w * np.where(flip, values.conj(), values)).ravel().real, size)
             + 1j * np.bincount(idx.ravel(), (w * np.where(flip, values.conj(), values)).ravel().imag, size),
             np.bincount(idx.ravel(), wu.ravel(), size)]
-    want += [np.bincount(idx.ravel(), (wu * (t[None, :, d] - _CORNERS[:, d, None])).ravel(), size) for d in range(3)]
+    want += [np.bincount(idx.ravel(), (wu * (t[None, :, d] - CORNER_OFFSETS[:, d, None])).ravel(), size)
+             for d in range(3)]
     real, cplx = (xp.float64, xp.complex128) if double else (xp.float32, xp.complex64)
     data, weight, moment = xp.zeros(shape, cplx), xp.zeros(shape, real), xp.zeros((3,) + shape, real)
-    slice_kernels.insert(data, weight, moment, xp.asarray(pts), xp.asarray(values), xp.asarray(weights))
+    slice_kernels.insert(data, weight, moment, xp.asarray(pts), xp.asarray(values), xp.asarray(weights), xp)
     got = [gpu.asnumpy(a).ravel() for a in (data, weight, *moment)]
     for g, v in zip(got, want, strict=True):
         np.testing.assert_allclose(g, v, rtol=0, atol=(1e-12 if double else 1e-5) * np.abs(v).max())

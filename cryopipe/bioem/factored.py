@@ -41,7 +41,7 @@ import functools
 
 import numpy as np
 
-from cryopipe.bioem.pruned import ALIGN, _fold, _row_pairs, combine_at_shifts, kept_spectrum
+from cryopipe.bioem.pruned import ALIGN, CorrelationTransform, combine_at_shifts, fold_indices, kept_spectrum, row_pairs
 
 _OPERAND_SOURCE = r"""
 extern "C" __global__ void NAME(
@@ -104,7 +104,7 @@ def _padded(k: int) -> int:
     return max(ALIGN, -(-k // ALIGN) * ALIGN)
 
 
-class FactoredTransform:
+class FactoredTransform(CorrelationTransform):
     """Pruned inverse DFT with the CTF in the row matrices (module docstring). Arguments as
     :class:`~cryopipe.bioem.pruned.PrunedTransform`."""
 
@@ -114,13 +114,13 @@ class FactoredTransform:
         self.n, self.bk, self.real, self.n_shifts = n, bk, np.dtype(real), len(shifts)
         kept_rows, kept_cols = kept_spectrum(n, band_mask)
         self.u, self.v = np.flatnonzero(kept_rows), np.flatnonzero(kept_cols)
-        ps, qs, pd, _ = _row_pairs(kept_rows, n)
+        ps, qs, pd, _ = row_pairs(kept_rows, n)
         self.ps, self.qs = ps, qs
         self.paired = np.flatnonzero(qs != ps)  # positions in ps of the rows with a partner (= pd)
         self.n_s, self.n_d = len(ps), len(pd)
         self.k_s, self.k_d = _padded(self.n_s), _padded(self.n_d)  # GEMM inner dimension: [Qs (k_s); Qd (k_d)]
-        ka, kb, ia, ib, s_row = _fold(shifts[:, 0], n)
-        kc, ks, jc, js, s_col = _fold(shifts[:, 1], n)
+        ka, kb, ia, ib, s_row = fold_indices(shifts[:, 0], n)
+        kc, ks, jc, js, s_col = fold_indices(shifts[:, 1], n)
         self.n_a, self.n_b, self.n_kc, self.n_ks = len(ka), len(kb), len(kc), len(ks)
         two_pi = 2.0 * np.pi / n
         self._cos_s = np.cos(two_pi * ((ka[:, None] * ps[None]) % n))  # (n_A, P_s)
@@ -160,12 +160,17 @@ class FactoredTransform:
         """Device bytes of the row matrices per CTF kernel set (per image when the images have their own)."""
         return len(self.v) * (self.n_a + self.n_b) * n_ctf * (self.k_s + self.k_d) * self.real.itemsize
 
-    def matrices(self, K):
+    def max_orientations(self, shared_kernels: bool) -> int:
+        """Per-image kernels: their matrices are rebuilt for every block, so the blocks hold more orientations."""
+        return 256 if shared_kernels else 1024
+
+    def matrices(self, K, cached: bool = True):
         """Row matrices for CTF kernels K (nk, C, N, H) real -> (Ma, Mb, symmetric). Ma (V, nk, n_A C, k) and
         Mb (V, nk, n_B C, k) with k = k_s + k_d ([cos S | cos D] and [sin D | sin S]); when the kernels are
         mirror-symmetric (D = 0 everywhere) only the non-zero halves: Ma = cos S (k = k_s) against Qs and
-        Mb = sin S (k = k_d) against Qd. Cached while the same kernel array comes back (shared kernels)."""
-        if self._cached is not None and self._cached[0] is K:
+        Mb = sin S (k = k_d) against Qd. Cached while the same kernel array comes back (shared kernels), unless
+        ``cached`` is False (they are built again, and cached)."""
+        if cached and self._cached is not None and self._cached[0] is K:
             return self._cached[1]
         xp = self.bk.xp
         nk, c = K.shape[:2]
@@ -293,6 +298,12 @@ class FactoredTransform:
         (b, ni, c, nr), xs = parts
         return "factored", (*(xp.ascontiguousarray(x) for x in xs), self._quads, self._members, self._member_signs,
                             xp.int32(self.quads.shape[1]), xp.int32(self.n_a), xp.int32(self.n_b), xp.int32(nr))
+
+    def stats(self) -> dict:
+        """As :class:`~cryopipe.bioem.pruned.PrunedTransform`'s, with the FLOPs and mirror symmetry of the kernels
+        seen last."""
+        return dict(transform=self.name, kept_rows=len(self.u), kept_columns=len(self.v),
+                    flop_per_point=self.flop_per_point(self.symmetric), mirror_symmetric=self.symmetric)
 
 
 def _quads(table: np.ndarray, signs: np.ndarray):

@@ -25,7 +25,7 @@ import numpy as np
 import scipy.special
 
 from cryopipe.errors import InputError
-from cryopipe.projection import Projector
+from cryopipe.projection import Projector, scatter_add
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +106,6 @@ def project_gaussians(u, weight, sigma_px, box: int, bk, dtype=np.float64):
     return out
 
 
-def _scatter_add(flat, idx, vals, bk) -> None:
-    if bk.is_gpu:
-        bk.xp.add.at(flat, idx, vals)
-    else:
-        flat += np.bincount(idx, weights=vals, minlength=flat.size)
-
-
 def project_spheres(u, weight, radius, angpix: float, box: int, bk, dtype=np.float64, shift=(0, 0)):
     """BioEM 2.1's projection of uniform spheres (u, weight as :func:`project_gaussians`; radius (n,) in A).
 
@@ -150,8 +143,8 @@ def project_spheres(u, weight, radius, angpix: float, box: int, bk, dtype=np.flo
         pix = c[:, :, None, :] + offsets[None, None]  # (B, m, S, 2)
         idx = (np.arange(b_total)[:, None, None] * box + pix[..., 0]) * box + pix[..., 1]
         sel = np.broadcast_to(keep[:, :, None], idx.shape) & (np.broadcast_to(vals[None], idx.shape) != 0)
-        _scatter_add(flat, bk.asarray(idx[sel]), bk.asarray(np.broadcast_to(vals[None], idx.shape)[sel],
-                                                            dtype=dtype), bk)
+        scatter_add(flat, bk.asarray(idx[sel]), bk.asarray(np.broadcast_to(vals[None], idx.shape)[sel], dtype=dtype),
+                    bk.xp)
     if dropped:
         log.warning("%d projected model points fell outside the %d px image and were dropped", dropped, box)
     scale = np.where(deposited > 0, weight.sum() / np.where(deposited > 0, deposited, 1.0), 0.0)

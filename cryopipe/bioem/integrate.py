@@ -36,7 +36,7 @@ import numpy as np
 from cryopipe.bioem import pruned
 from cryopipe.bioem.factored import FactoredTransform
 from cryopipe.bioem.likelihood import log_kernel
-from cryopipe.bioem.pruned import FFTTransform, PrunedTransform
+from cryopipe.bioem.pruned import CorrelationTransform, FFTTransform, PrunedTransform
 from cryopipe.fourier import hermitian_weights
 from cryopipe.parallel import split_range
 
@@ -136,11 +136,15 @@ def _ctf_sums(P, K, bk):
     return cc, ccc
 
 
-def _block(prob: Problem, P, images, bk, fused, keep_orientations: bool, o_start: int, transform=None):
+def score_block(prob: Problem, P, images, bk, fused, keep_orientations: bool, o_start: int,
+                transform: CorrelationTransform | None = None) -> dict:
     """Grid points of orientations P (B, N, H) x the given images; returns per-image block results (host).
 
-    transform : :class:`~cryopipe.bioem.pruned.FFTTransform` (default) or ``PrunedTransform``: computes the
-    correlations, read at the displacements (loop order) by its ``at_shifts`` or by the fused kernel.
+    transform : the :class:`~cryopipe.bioem.pruned.CorrelationTransform` that computes the correlations (default
+    :class:`~cryopipe.bioem.pruned.FFTTransform`), read at the displacements (loop order) by its ``at_shifts`` or
+    by the fused kernel. fused : the reduction of :func:`cryopipe.bioem.kernels.fused_reduction` or None (array
+    code). Returns a dict of (ni,) arrays: log_sum, best_l, orientation (within the block), ctf, shift, cc, ccc,
+    cco, and per_orientation (ni, B) when ``keep_orientations``.
     """
     xp = bk.xp
     n = P.shape[-2]
@@ -152,11 +156,7 @@ def _block(prob: Problem, P, images, bk, fused, keep_orientations: bool, o_start
     cc, ccc = (xp.broadcast_to(a, (b, ni, c)) for a in _ctf_sums(P, K, bk))
     if transform is None:
         transform = FFTTransform(n, prob.shifts, bk)
-    conj = xp.conj(prob.spectra[idx])  # (ni, N, H)
-    if transform.name == "factored":  # the CTF goes into its matrices (cached for the shared kernel array)
-        corr = transform.correlate(P, K, conj, shared)
-    else:
-        corr = transform.correlate(P, K * conj[:, None])  # of G (ni, C, N, H)
+    corr = transform.correlate(P, K, xp.conj(prob.spectra[idx]), shared)
     prior = bk.asarray(prob.ctf_log_prior[images if len(prob.ctf_log_prior) > 1 else np.zeros(ni, int)])
     prior = xp.broadcast_to(prior[None], (b, ni, c))
     if prob.orientation_log_prior is not None:
@@ -205,14 +205,13 @@ def integrate(prob: Problem, bk, comm=None, keep_orientations: bool = False, fus
         raise ValueError(f"transform must be auto, fft, pruned or factored, got {transform!r}")
     # the pruned DFT is factored unless orientation priors make each orientation its own batch
     factored = transform == "factored" or (transform == "auto" and prob.orientation_log_prior is None)
-    if factored:  # bytes per (orientation, image) pair and per image's matrices
-        sizing = FactoredTransform(n, prob.shifts, bk, np.float32 if prob.spectra.dtype.itemsize == 8 else np.float64)
-        item = sizing.bytes_per_pair(c)
-        per_image = 0 if prob.ctf.shape[0] == 1 else sizing.bytes_per_kernel_image(c)
-        # per-image kernels: their matrices are rebuilt for every block, so the blocks hold more orientations
-        o_cap = 256 if prob.ctf.shape[0] == 1 else 1024
-    else:
-        item, per_image, o_cap = c * (n * (n // 2 + 1) * 16 + n * n * 8), 0, 64
+    # blocks sized by the factored transform's needs, else by the FFT path's (PrunedTransform keeps those defaults)
+    real = np.float32 if prob.spectra.dtype.itemsize == 8 else np.float64
+    sizing = FactoredTransform(n, prob.shifts, bk, real) if factored else FFTTransform(n, prob.shifts, bk)
+    shared = prob.ctf.shape[0] == 1
+    item = sizing.bytes_per_pair(c)  # bytes per (orientation, image) pair and per image's own matrices
+    per_image = 0 if shared else sizing.bytes_per_kernel_image(c)
+    o_cap = sizing.max_orientations(shared)
     # with orientation priors each orientation is done alone, for the images whose prior allows it
     budget = bk.free_bytes() * memory_fraction  # one image's matrices and o_step orientations must fit
     o_step = 1 if prob.orientation_log_prior is not None else int(max(
@@ -231,24 +230,18 @@ def integrate(prob: Problem, bk, comm=None, keep_orientations: bool = False, fus
             active = active[np.isfinite(prob.orientation_log_prior[:, o0:o1]).any(axis=1)]
         for i0 in range(0, len(active), i_step):
             images = active[i0:i0 + i_step]
-            out = _block(prob, P, images, bk, fused_fn, keep_orientations, o0, tr)
+            out = score_block(prob, P, images, bk, fused_fn, keep_orientations, o0, tr)
             res.update(images, out["log_sum"], out["best_l"], out["orientation"] + o0, out["ctf"], out["shift"],
                        out["cc"], out["ccc"], out["cco"])
             if keep_orientations:
                 res.orientation_log_sum[images, o0:o1] = out["per_orientation"]
         log.debug("orientations %d-%d of %d done", o0, o1, prob.n_orientations)
     if stats is not None and transforms:
-        last = next(reversed(transforms.values()))
-        if last.name == "fft":
-            stats.update(transform="fft")
-        else:
-            flop = (last.flop_per_point(last.symmetric) if last.name == "factored" else last.cost["pruned_flop"])
-            stats.update(transform=last.name, kept_rows=len(last.u), kept_columns=len(last.v), flop_per_point=flop,
-                         **({"mirror_symmetric": last.symmetric} if last.name == "factored" else {}))
+        stats.update(next(reversed(transforms.values())).stats())
     return res
 
 
-def _transform_for(kind: str, factored: bool, P, shared_mask, prob: Problem, bk, cache: dict):
+def _transform_for(kind: str, factored: bool, P, shared_mask, prob: Problem, bk, cache: dict) -> CorrelationTransform:
     """The correlation transform of ``kind`` for projections P: FFT, or the pruned DFT (``factored`` or folded)
     on the rows/columns where the product P K conj(I) can be non-zero (cached per support pattern)."""
     n = P.shape[-2]

@@ -3,7 +3,7 @@
 :func:`fused_reduction` replaces, after the batched inverse FFT, the gather of the displacement values,
 the closed form (in float64) and the max / argmax / sum-exp reductions by one kernel that reads each
 correlation image once and writes four numbers per grid point. It returns the same per-image block
-results as the array code in :func:`cryopipe.bioem.integrate._block`. It reads the correlations of either
+results as the array code in :func:`cryopipe.bioem.integrate.score_block`. It reads the correlations of either
 transform of :mod:`cryopipe.bioem.pruned` through a value loader: from full N x N images at the displacements'
 flat indices (FFT path), or combined on the fly from the folded transform's four GEMM outputs.
 
@@ -241,7 +241,8 @@ def _kernel(xp, loader: str, dtype_name: str):
 
 
 def fused_reduction(bk):
-    """A function with the signature of the reduction step in ``_block`` for ``bk`` (a GPU backend)."""
+    """The reduction step of :func:`~cryopipe.bioem.integrate.score_block` (its ``fused`` argument) for ``bk``, a GPU
+    backend."""
     xp = bk.xp
 
     def run(transform, corr, co, coo, cc, ccc, prior, n_pix, keep_orientations):

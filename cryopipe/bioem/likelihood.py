@@ -68,10 +68,3 @@ def best_norm_offset(co, cc, ccc, cco, n_pix: int):
     """Maximum-likelihood normalisation N^ and offset mu^ (arrays broadcast like the inputs)."""
     d = n_pix * ccc - cc * cc
     return (n_pix * cco - cc * co) / d, (ccc * co - cc * cco) / d
-
-
-def image_sums(images):
-    """Co and Coo (float64 host arrays, shape (I,)) of real images (I, N, N) on any device."""
-    bk = backend_of(images)
-    a = images.astype(bk.xp.float64)
-    return bk.asnumpy(a.sum(axis=(-2, -1))), bk.asnumpy((a * a).sum(axis=(-2, -1)))

@@ -5,7 +5,8 @@ For one grid point (image i, orientation o, CTF point c) the integration needs t
     corr[r, c'] = irfft2(Z, s=(N, N))[r, c'],   Z = P_o K_ic conj(I_i)   (N x H half spectrum, H = N/2 + 1)
 
 only at the displacement rows r in R and columns c' in C' (81 x 81 of 224 x 224 in the benchmark). Two
-transforms compute it (:func:`choose` picks one):
+transforms compute it (:func:`choose` picks one), behind the interface :class:`CorrelationTransform` that
+:mod:`cryopipe.bioem.integrate` calls (as it calls :class:`~cryopipe.bioem.factored.FactoredTransform`):
 
 ``FFTTransform``: the multiply, one batched irfft2 (cuFFT / pocketfft) of N x N per grid point, then a gather.
 
@@ -57,6 +58,7 @@ amplifies the relative error of E by ~Np/2, see tests/bioem/test_pruned.py).
 
 from __future__ import annotations
 
+import abc
 import functools
 import math
 
@@ -68,7 +70,7 @@ def _fft_flops(n: int) -> float:
     return 5.0 * n * (n // 2 + 1) * math.log2(n * n)
 
 
-def _fold(idx: np.ndarray, n: int):
+def fold_indices(idx: np.ndarray, n: int):
     """Folded index set of ``idx`` (rows or columns mod n): (k values for cosines, k values for sines, per-entry
     cosine position, sine position or -1, sign of the sine: -1 above n/2)."""
     k_of = np.minimum(idx, n - idx) % n
@@ -89,7 +91,7 @@ def kept_spectrum(n: int, band_mask: np.ndarray | None):
     return kept_rows, kept_cols
 
 
-def _row_pairs(kept_rows: np.ndarray, n: int):
+def row_pairs(kept_rows: np.ndarray, n: int):
     """(p, q) pairs of spectrum rows (q = N - p) with either kept; and those with q != p (the Zd rows)."""
     p = np.arange(n // 2 + 1)
     q = (n - p) % n
@@ -112,11 +114,11 @@ def cost_model(n: int, shifts: np.ndarray, kept_rows: np.ndarray | None = None,
     h = n // 2 + 1
     kept_rows = np.ones(n, bool) if kept_rows is None else np.asarray(kept_rows, bool)
     kept_cols = np.ones(h, bool) if kept_cols is None else np.asarray(kept_cols, bool)
-    ps, _, pd, _ = _row_pairs(kept_rows, n)
+    ps, _, pd, _ = row_pairs(kept_rows, n)
     nv = max(1, int(kept_cols.sum()))
     rows, cols = np.unique(shifts[:, 0]), np.unique(shifts[:, 1])
-    ka, kb = _fold(rows, n)[:2]
-    kc, ks = _fold(cols, n)[:2]
+    ka, kb = fold_indices(rows, n)[:2]
+    kc, ks = fold_indices(cols, n)[:2]
     na, nb, nc = len(ka), len(kb), len(kc) + len(ks)
     macs = 2 * nv * (na * len(ps) + nb * len(pd)) + (na + nb) * nv * nc
     d = len(shifts)
@@ -126,7 +128,61 @@ def cost_model(n: int, shifts: np.ndarray, kept_rows: np.ndarray | None = None,
                 rows=len(rows), cols=len(cols))
 
 
-class FFTTransform:
+class CorrelationTransform(abc.ABC):
+    """What :func:`cryopipe.bioem.integrate.integrate` asks of a correlation transform (:class:`FFTTransform`,
+    :class:`PrunedTransform`, :class:`~cryopipe.bioem.factored.FactoredTransform`); all give the same numbers to
+    rounding.
+
+    For a block of grid points (B orientations x ni images x C CTF points):
+
+    * :meth:`correlate` computes the correlations in the transform's own layout ("parts");
+    * :meth:`at_shifts` reads them at the displacements (the array code), :meth:`kernel_args` hands them to the GPU
+      reduction kernel of :mod:`cryopipe.bioem.kernels`;
+    * :meth:`stats` says what was used, for the stage's record;
+    * :meth:`bytes_per_pair`, :meth:`bytes_per_kernel_image` and :meth:`max_orientations` size the blocks. The
+      defaults are the FFT path's: a product spectrum and a full correlation image per grid point, 64
+      orientations per block.
+
+    Attributes: ``name``, ``n`` (the box) and ``n_shifts`` (D, the displacements).
+    """
+
+    name: str = ""
+    n: int
+    n_shifts: int
+
+    @abc.abstractmethod
+    def correlate(self, P, K, conj_spectra, shared: bool):
+        """P (B, N, H) complex projections; K (nk, C, N, H) real CTF kernels, nk = 1 when ``shared`` by all images
+        else one set per image; conj_spectra (ni, N, H) the images' conj(rfft2) -> parts for :meth:`at_shifts` and
+        :meth:`kernel_args`."""
+
+    @abc.abstractmethod
+    def at_shifts(self, parts):
+        """(B, ni, C, D) correlation at the displacements, in their loop order, from :meth:`correlate`."""
+
+    @abc.abstractmethod
+    def kernel_args(self, parts):
+        """(loader name, arguments of the reduction kernel's value load) for :mod:`cryopipe.bioem.kernels`."""
+
+    def stats(self) -> dict:
+        """The transform used and its counts (for the stage's provenance record)."""
+        return {"transform": self.name}
+
+    def bytes_per_pair(self, n_ctf: int) -> int:
+        """Device bytes per (orientation, image) pair of a block."""
+        n = self.n
+        return n_ctf * (n * (n // 2 + 1) * 16 + n * n * 8)
+
+    def bytes_per_kernel_image(self, n_ctf: int) -> int:
+        """Device bytes held per image that has its own CTF kernel set (beyond :meth:`bytes_per_pair`)."""
+        return 0
+
+    def max_orientations(self, shared_kernels: bool) -> int:
+        """Most orientations per block (with kernels shared by all images or one set per image)."""
+        return 64
+
+
+class FFTTransform(CorrelationTransform):
     """Multiply and one batched irfft2 per grid point; the displacements are gathered from the full image."""
 
     name = "fft"
@@ -137,7 +193,11 @@ class FFTTransform:
         self.n_shifts = len(shifts)
         self._flat = bk.asarray(self.flat)
 
-    def correlate(self, P, G):
+    def correlate(self, P, K, conj_spectra, shared: bool):
+        """:meth:`correlate_products` of G = K conj(I) -> correlations (B, ni, C, N*N) real."""
+        return self.correlate_products(P, K * conj_spectra[:, None])
+
+    def correlate_products(self, P, G):
         """P (B, N, H), G (ni, C, N, H) complex -> correlations (B, ni, C, N*N) real."""
         b, (ni, c) = len(P), G.shape[:2]
         corr = self.bk.fft.irfft2(P[:, None, None] * G[None], s=(self.n, self.n))
@@ -210,7 +270,7 @@ def _fold_kernel(xp, dtype_name: str):
     return xp.RawKernel(types + _FOLD_SOURCE.replace("bioem_fold_T", name), name)
 
 
-class PrunedTransform:
+class PrunedTransform(CorrelationTransform):
     """The inverse DFT at the displacement rows x columns only, folded, as real GEMMs (see module docstring).
 
     n : box; shifts : (D, 2) correlation indices (row, column); bk : backend; real : float32 or float64;
@@ -226,10 +286,10 @@ class PrunedTransform:
         kept_rows, kept_cols = kept_spectrum(n, band_mask)
         self.u, self.v = np.flatnonzero(kept_rows), np.flatnonzero(kept_cols)
         self.cost = cost_model(n, shifts, kept_rows, kept_cols)
-        ps, qs, pd, qd = _row_pairs(kept_rows, n)
+        ps, qs, pd, qd = row_pairs(kept_rows, n)
         self.n_s, self.n_d = len(ps), len(pd)
-        ka, kb, ia, ib, s_row = _fold(shifts[:, 0], n)
-        kc, ks, jc, js, s_col = _fold(shifts[:, 1], n)
+        ka, kb, ia, ib, s_row = fold_indices(shifts[:, 0], n)
+        kc, ks, jc, js, s_col = fold_indices(shifts[:, 1], n)
         self.n_a, self.n_b = len(ka), len(kb)
         self.n_sp, self.n_dp, self.nvp = _padded(self.n_s), _padded(self.n_d), _padded(len(self.v))
         self.n_kc, self.n_ks = _padded(len(kc)), _padded(len(ks))
@@ -254,7 +314,7 @@ class PrunedTransform:
         self.ps, self.qs = ps, qs
         self._v32 = bk.asarray(self.v.astype(np.int32))
 
-    def _fold_rows(self, P, G):
+    def fold_rows(self, P, G):
         """Zs (2, P_s, g, V) and Zd (2, P_d, g, V) real (padded), g = B ni C grid points (module docstring)."""
         xp = self.bk.xp
         b, (ni, c) = len(P), G.shape[:2]
@@ -294,7 +354,7 @@ class PrunedTransform:
         return zs, zd
 
     def gemms(self, zs, zd):
-        """The row and column GEMMs on folded spectra from :meth:`_fold_rows` (g grid points) -> (X1, X2, X3, X4)
+        """The row and column GEMMs on folded spectra from :meth:`fold_rows` (g grid points) -> (X1, X2, X3, X4)
         real: (n_A, g, n_kc), (n_A, g, n_ks), (n_B, g, n_kc), (n_B, g, n_ks)."""
         g, nv = zs.shape[2], self.nvp
         a = self.m_cos @ zs.reshape(2, self.n_sp, g * nv)  # (2, n_A, g V): Re A, Im A
@@ -308,11 +368,15 @@ class PrunedTransform:
             x3 = x4 = self.bk.xp.zeros((0, g, 1), dtype=self.real)
         return x1, x2, x3, x4
 
-    def correlate(self, P, G):
+    def correlate(self, P, K, conj_spectra, shared: bool):
+        """:meth:`correlate_products` of G = K conj(I)."""
+        return self.correlate_products(P, K * conj_spectra[:, None])
+
+    def correlate_products(self, P, G):
         """P (B, N, H), G (ni, C, N, H) complex -> ((B, ni, C), :meth:`gemms` of the folded spectra), to read with
         :meth:`at_shifts` or the GPU kernel."""
         b, (ni, c) = len(P), G.shape[:2]
-        return (b, ni, c), self.gemms(*self._fold_rows(P, G))
+        return (b, ni, c), self.gemms(*self.fold_rows(P, G))
 
     def at_shifts(self, parts):
         """(B, ni, C, D) correlation at the displacements, in their loop order, from :meth:`correlate`."""
@@ -328,6 +392,10 @@ class PrunedTransform:
         x1, x2, x3, x4 = (xp.ascontiguousarray(x) for x in xs)
         return "folded", (x1, x2, x3, x4, self._table, self._signs, xp.int64(b * ni * c), xp.int32(self.n_kc),
                           xp.int32(self.n_ks))
+
+    def stats(self) -> dict:
+        return dict(transform=self.name, kept_rows=len(self.u), kept_columns=len(self.v),
+                    flop_per_point=self.cost["pruned_flop"])
 
 
 def combine_at_shifts(xs, table, signs, take, xp):

@@ -9,7 +9,7 @@ from cryopipe.backend import available_backends, get_backend
 from cryopipe.bioem.compat import displacements
 from cryopipe.bioem.factored import FactoredTransform
 from cryopipe.bioem.integrate import integrate
-from cryopipe.bioem.pruned import FFTTransform
+from cryopipe.bioem.pruned import CorrelationTransform, FFTTransform, PrunedTransform
 
 from .test_pruned import band_mask, synthetic_problem
 
@@ -39,7 +39,7 @@ def _case(n, shift, step, symmetric, shared, radius):
     mask = None if radius is None else band_mask(n, radius)
     shifts = displacements(n, shift, step)
     fft = FFTTransform(n, shifts, get_backend("cpu"))
-    want = fft.at_shifts(fft.correlate(P, np.broadcast_to(K, (4, *K.shape[1:])) * conj[:, None]))
+    want = fft.at_shifts(fft.correlate_products(P, np.broadcast_to(K, (4, *K.shape[1:])) * conj[:, None]))
     return P, conj, K, shifts, mask, want
 
 
@@ -56,6 +56,29 @@ def test_factored_correlations_equal_irfft2(n, shift, step, symmetric, shared, r
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
     if mask is not None:
         assert len(tr.v) == int(radius) + 1
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_transforms_share_one_interface(shared):
+    """The three transforms take the same arguments (the call integrate makes), give the same correlations at the
+    displacements and report themselves through ``stats``."""
+    n, shift, step, radius = 30, 5, 2, 7.5
+    P, conj, K, shifts, mask, want = _case(n, shift, step, False, shared, radius)
+    bk = get_backend("cpu")
+    transforms = [FFTTransform(n, shifts, bk), PrunedTransform(n, shifts, bk, np.float64, mask),
+                  FactoredTransform(n, shifts, bk, np.float64, mask)]
+    for tr in transforms:
+        assert isinstance(tr, CorrelationTransform)
+        got = tr.at_shifts(tr.correlate(P, K, conj, shared))
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
+        stats = tr.stats()
+        assert stats["transform"] == tr.name
+        if tr.name != "fft":
+            assert stats["kept_rows"] == len(tr.u) and stats["kept_columns"] == len(tr.v) == int(radius) + 1
+    assert transforms[2].stats()["mirror_symmetric"] is False
+    assert [tr.max_orientations(shared) for tr in transforms] == [64, 64, 256 if shared else 1024]
+    assert transforms[0].bytes_per_pair(5) == transforms[1].bytes_per_pair(5) == 5 * (n * (n // 2 + 1) * 16 + n * n * 8)
+    assert transforms[0].bytes_per_kernel_image(5) == 0 < transforms[2].bytes_per_kernel_image(5)
 
 
 def _per_image_astigmatic(prob, rng, bk):
