@@ -59,7 +59,7 @@ def _relative(entry: dict, folder: str) -> dict:
     return {**entry, "path": os.path.relpath(entry["path"], folder)}
 
 
-def _file_entries(paths) -> list[dict]:
+def file_entries(paths) -> list[dict]:
     """:func:`file_entry` of each distinct path, in order, hashed in parallel threads (hashlib releases the GIL:
     a stage with gigabytes of inputs or outputs, e.g. picking thousands of micrographs, waits for the disk, not
     for one core)."""
@@ -142,7 +142,7 @@ class Recorder:
         taken there, so that publishing and writing the record follow each other with no hashing in between."""
         folder = str(self.path.parent.resolve())
         hashed_at = {os.fspath(k): os.fspath(v) for k, v in (hashed_at or {}).items()}
-        outputs = _file_entries([hashed_at.get(o, o) for o in self.outputs])
+        outputs = file_entries([hashed_at.get(o, o) for o in self.outputs])
         unique = list(dict.fromkeys(self.outputs))
         outputs = [{**e, "path": str(Path(o).resolve())} for e, o in zip(outputs, unique, strict=True)]
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -153,7 +153,7 @@ class Recorder:
             "parameters": self.params,
             "cryopipe": code_version(),
             "python": platform.python_version(),
-            "inputs": [_relative(e, folder) for e in _file_entries(self.inputs)],
+            "inputs": [_relative(e, folder) for e in file_entries(self.inputs)],
             "outputs": [_relative(e, folder) for e in outputs],
             "host": platform.node(),
             "device": self.device,

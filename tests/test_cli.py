@@ -8,7 +8,7 @@ import numpy as np
 
 from cryopipe.cli import main
 from cryopipe.io.mrc import read_mrc
-from cryopipe.provenance import _file_entries, lineage, sha256
+from cryopipe.provenance import file_entries, lineage, sha256
 
 TINY = ["--micrographs", "1", "--size-px", "256", "--particles-per-micrograph", "3"]
 
@@ -85,7 +85,7 @@ def test_checksums_hashed_in_parallel_keep_the_order_given(tmp_path):
     for i, name in enumerate(names):
         (tmp_path / name).write_bytes(bytes([i]) * (1 << 20) * (i + 1))
     paths = [tmp_path / n for n in ["e", "a", "c", "a", "b", "d"]]
-    entries = _file_entries(paths)
+    entries = file_entries(paths)
     assert [e["path"] for e in entries] == [str(tmp_path / n) for n in names]
     assert [e["sha256"] for e in entries] == [sha256(tmp_path / n) for n in names]
     assert [e["size"] for e in entries] == [(1 << 20) * (i + 1) for i in range(5)]
