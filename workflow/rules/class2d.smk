@@ -25,9 +25,9 @@ rule class2d:
         device=arg("device", DEVICE),
     threads: STAGE_THREADS  # BLAS and FFT threads
     resources:
-        mpi=MPI_DEFAULT,
-        tasks=1,
-        gpu=1 if DEVICE == "gpu" else 0,
+        **stage_resources(mpi=True),
+    conda:
+        "../../envs/gpu.yaml"
     log:
         f"{RESULTS}/logs/class2d.log",
     shell:
@@ -49,11 +49,10 @@ rule select2d:
         keep=flag("keep", config["select2d"]["keep"]),
         min_size=arg("min-size", config["select2d"]["min_size"]),
         max_resolution=arg("max-resolution", config["select2d"]["max_resolution"]),
+    conda:
+        "../../envs/cpu.yaml"
     log:
         f"{RESULTS}/logs/select2d.log",
     shell:
         "cryopipe select2d --particles {input.particles:q} --classes-star {input.classes:q} {params.keep:q}"
         " {params.min_size:q} {params.max_resolution:q} --out {params.out:q} 2> {log:q}"
-
-
-ALL_TARGETS.append(rules.select2d.output.particles)

@@ -1,19 +1,9 @@
-# 3D classification (RELION-style regularised likelihood EM) of the selected particles.
+# 3D classification (RELION-style regularised likelihood EM) of the selected particles, then the particles and map
+# of one 3D class for refinement (refine3d.smk).
 
 C3 = config["class3d"]
 
-
-def class3d_reference():
-    """The initial map: class3d.reference, else the demo's; None (no 3D stages) for real data without one."""
-    if C3["reference"]:
-        return C3["reference"]
-    return f"{RESULTS}/simulate/maps/conformation_1.mrc" if USE_SIM else None
-
-
-POSED_PARTICLES = None  # particles with orientations, for BioEM
-
-
-if class3d_reference() is None:
+if not RUN_CLASS3D:
     sys.stderr.write("cryopipe: class3d.reference is empty: 3D classification and model ranking are left out\n")
 else:
 
@@ -48,9 +38,9 @@ else:
             device=arg("device", DEVICE),
         threads: STAGE_THREADS  # BLAS and FFT threads
         resources:
-            mpi=MPI_DEFAULT,
-            tasks=1,
-            gpu=1 if DEVICE == "gpu" else 0,
+            **stage_resources(mpi=True),
+        conda:
+            "../../envs/gpu.yaml"
         log:
             f"{RESULTS}/logs/class3d.log",
         shell:
@@ -61,5 +51,23 @@ else:
             " {params.device:q} --out {params.out:q} 2> {log:q}"
 
 
-    ALL_TARGETS.append(rules.class3d.output.model)
-    POSED_PARTICLES = rules.class3d.output.data
+if RUN_REFINE3D:  # select3d feeds only the refinement
+
+    rule select3d:
+        """The particles of one 3D class (refine3d.class, 0: the most populated) and that class's map."""
+        input:
+            data=rules.class3d.output.data,
+            maps=rules.class3d.output.maps,
+        output:
+            particles=f"{RESULTS}/select3d/particles.star",
+            reference=f"{RESULTS}/select3d/reference.mrc",
+        params:
+            out=f"{RESULTS}/select3d",
+            chosen=arg("class", config["refine3d"]["class"]),
+        conda:
+            "../../envs/cpu.yaml"
+        log:
+            f"{RESULTS}/logs/select3d.log",
+        shell:
+            "cryopipe select3d --particles {input.data:q} --maps {input.maps:q} {params.chosen:q}"
+            " --out {params.out:q} 2> {log:q}"

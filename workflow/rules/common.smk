@@ -1,10 +1,30 @@
-# Shared helpers for the rules: input selection, batches, flags. No science here.
+# Shared helpers for the rules: which stages the config turns on, their inputs, batches, flags and
+# resources. No science here; the rule files only declare.
 
 import glob
 import os
 import shlex
 import shutil
 import sys
+
+import jsonschema
+import yaml
+
+
+def check_config(cfg, schema_path):
+    """Stop with one line naming the bad key and exit status 2, as every cryopipe input error does."""
+    with open(schema_path) as fh:
+        schema = yaml.safe_load(fh)
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(cfg))
+    if error is not None:
+        key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        sys.stderr.write(f"cryopipe config: error: [{key}]: {error.message}\n")
+        sys.exit(2)
+
+
+check_config(config, os.path.join(workflow.basedir, "config", "config.schema.yaml"))  # before any key is read
+# `--sdm conda`: the environments' post-deploy scripts (envs/*.post-deploy.sh) install cryopipe from this checkout
+os.environ.update(CRYOPIPE_REPO=workflow.basedir)
 
 RESULTS = config["results"]
 SIM = config["simulate"]
@@ -90,9 +110,6 @@ def optics(key):
     return value
 
 
-ALL_TARGETS = []
-
-
 MICROGRAPHS = micrograph_paths()
 BATCH_SIZE = config["pick"]["batch_size"]
 BATCHES = {
@@ -107,6 +124,42 @@ def pick_reference():
     if USE_SIM:
         return f"{RESULTS}/simulate/maps/conformation_1.mrc"
     config_error("pick.reference", "must name a 3D map to pick with when simulate.enabled is false")
+
+
+def class3d_reference():
+    """The initial map: class3d.reference, else the demo's; None (no 3D stages) for real data without one."""
+    if config["class3d"]["reference"]:
+        return config["class3d"]["reference"]
+    return f"{RESULTS}/simulate/maps/conformation_1.mrc" if USE_SIM else None
+
+
+def bioem_models():
+    """The models BioEM ranks: bioem.models, else the demo's three; none (no BioEM) for real data without any."""
+    if config["bioem"]["models"]:
+        return config["bioem"]["models"]
+    if USE_SIM:
+        return [f"{RESULTS}/simulate/models/{m}.pdb" for m in ("conformation_1", "conformation_2", "decoy")]
+    return []
+
+
+# The stages the config turns on (rule files define their rules only then; get_final_targets asks for their results)
+RUN_CLASS3D = class3d_reference() is not None
+RUN_REFINE3D = RUN_CLASS3D and config["refine3d"]["enabled"]  # refine3d and postprocess
+RUN_BIOEM = RUN_CLASS3D and bool(bioem_models())
+
+
+def bioem_orientation_flags(wildcards, input):
+    """The orientations BioEM integrates over: a global grid, or each particle's refined one with a prior."""
+    bio = config["bioem"]
+    if bio["orientations"] == "refined":
+        return ["--orientations", input.particles, "--orientation-prior", input.particles,
+                "--orientation-prior-sigma", str(bio["orientation_prior_sigma"])]
+    return ["--orientation-grid", str(bio["orientation_grid"])]
+
+
+def angpix_flag():
+    """[--angpix, value] when the config overrides the micrographs' header pixel size (never for the demo's)."""
+    return flag("angpix", config["micrographs"].get("angpix", 0) if not USE_SIM else 0)
 
 
 def flag(name, value):
@@ -133,6 +186,13 @@ def mpi_launch(wildcards, resources):
 
 
 MPI_DEFAULT = "mpiexec" if shutil.which("mpiexec") else ""
+GPUS = 1 if DEVICE == "gpu" else 0  # per job (per rank for MPI stages); a profile's set-resources may say more
+
+
+def stage_resources(mpi=False):
+    """`resources: **stage_resources(...)` of a stage's rule: its GPUs, and for an MPI stage its launcher and ranks
+    (mpiexec when installed, one rank; a profile's set-resources overrides them, e.g. srun and 2 ranks on SLURM)."""
+    return {"mpi": MPI_DEFAULT, "tasks": 1, "gpu": GPUS} if mpi else {"gpu": GPUS}
 
 
 def _stage_threads():
@@ -145,3 +205,19 @@ def _stage_threads():
 
 
 STAGE_THREADS = _stage_threads()
+
+
+def get_final_targets():
+    """The targets of `all`: each stage's final result, for the stages the config turns on. Called by the
+    Snakefile after every rule file is included (it names their rules' outputs)."""
+    targets = [rules.simulate.output.record] if USE_SIM else []
+    if ESTIMATE_CTF:
+        targets += rules.ctf_all.input
+    targets += [rules.gather_particles.output.particles, rules.select2d.output.particles]
+    if RUN_CLASS3D:
+        targets.append(rules.class3d.output.model)
+    if RUN_REFINE3D:
+        targets.append(rules.postprocess.output.star)
+    if RUN_BIOEM:
+        targets.append(rules.bioem.output.ranking)
+    return targets

@@ -1,5 +1,5 @@
 # CTF estimation (cryopipe ctf, after CTFFIND4), one job per batch of micrographs, before picking: when the
-# micrographs come without a CTF STAR, or when ctf.estimate asks for it.
+# micrographs come without a CTF STAR, or when ctf.estimate asks for it (ESTIMATE_CTF, common.smk).
 
 if ESTIMATE_CTF:
 
@@ -18,7 +18,7 @@ if ESTIMATE_CTF:
             ),
         params:
             out=lambda w: f"{RESULTS}/ctf/batch_{w.batch}",
-            angpix=flag("angpix", config["micrographs"].get("angpix", 0) if not USE_SIM else 0),
+            angpix=angpix_flag(),
             voltage=arg("voltage", optics("voltage")),
             cs=arg("cs", optics("cs")),
             amplitude_contrast=arg("amplitude-contrast", optics("amplitude_contrast")),
@@ -30,7 +30,9 @@ if ESTIMATE_CTF:
             truth=lambda w, input: ["--truth", *input.truth] if input.truth else [],
         threads: 2
         resources:
-            gpu=1 if DEVICE == "gpu" else 0,
+            **stage_resources(),
+        conda:
+            "../../envs/gpu.yaml"
         log:
             f"{RESULTS}/logs/ctf_{{batch}}.log",
         shell:
@@ -42,5 +44,3 @@ if ESTIMATE_CTF:
         """Target: every batch's CTF estimated (`snakemake ctf_all`)."""
         input:
             expand(f"{RESULTS}/ctf/batch_{{batch}}/micrographs_ctf.star", batch=sorted(BATCHES)),
-
-    ALL_TARGETS.extend(rules.ctf_all.input)

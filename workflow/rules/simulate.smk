@@ -17,11 +17,9 @@ rule simulate:
     params:
         flags=sim_flags(),
         out=f"{RESULTS}/simulate",
+    conda:
+        "../../envs/cpu.yaml"
     log:
         f"{RESULTS}/logs/simulate.log",
     shell:
         "cryopipe simulate --out {params.out:q} {params.flags:q} 2> {log:q}"
-
-
-if USE_SIM:
-    ALL_TARGETS.append(rules.simulate.output.record)
