@@ -11,37 +11,28 @@ BioEM 2.1 inputs and numbers::
     cryopipe bioem --compat bioem2.1 --params param.txt --particles particles.txt|.mrc --models model.txt|.pdb \\
         [--orientations angles.txt] --out bioem/
 
-Outputs in --out: logp.star (per particle and model: ln P and the maximising parameters), ranking.star (per
-model: summed ln P, difference to the best, ensemble weight +- s.d., particles preferring it), ranking.png,
-cumulative_logp.png, orientation_logp.npz with --keep-orientations, and with --compat the reference's
-Output_Probabilities[_model] (and ANG_PROB[_model] with WRITE_PROB_ANGLES).
+Flags become :class:`~cryopipe.bioem.stage.RankParams` and :class:`~cryopipe.bioem.stage.BioEMInputs`; the stage
+is :func:`cryopipe.bioem.stage.run`. Outputs in --out: logp.star (per particle and model: ln P and the maximising
+parameters), ranking.star (per model: summed ln P, difference to the best, ensemble weight +- s.d., particles
+preferring it), ranking.png, cumulative_logp.png, orientation_logp.npz with --keep-orientations, and with --compat
+the reference's Output_Probabilities[_model] (and ANG_PROB[_model] with WRITE_PROB_ANGLES).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-from cryopipe.backend import get_backend
-from cryopipe.bioem import compat, ranking, stage
+from cryopipe.bioem.stage import BioEMInputs, RankParams, run
 from cryopipe.cache import add_arguments as add_cache_arguments
-from cryopipe.cache import stage_cache
 from cryopipe.cli import add_common
-from cryopipe.errors import InputError
-from cryopipe.io.star import write_star
-from cryopipe.parallel import get_comm
 
-log = logging.getLogger(__name__)
+__all__ = ["HELP", "add_arguments", "configure", "run"]
 
 HELP = "rank structural models (PDB/mmCIF, maps, BioEM text) by BioEM posteriors against particle images"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = stage.RankParams()
+    d = RankParams()
     p.add_argument("--particles", required=True,
                    help="particles: RELION STAR (default mode); BioEM text or MRC (--compat)")
     p.add_argument("--models", required=True, nargs="+", help="model files: .pdb/.cif, .mrc map, or BioEM text model")
@@ -81,11 +72,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: double on the CPU, single-precision FFTs on the GPU")
 
 
-def _params(args) -> stage.RankParams:
+def configure(args: argparse.Namespace) -> tuple[RankParams, BioEMInputs]:
     def grid(g):
         return None if g is None else (g[0], g[1], int(g[2]))
 
-    return stage.RankParams(
+    params = RankParams(
         orientation_order=args.orientation_grid, orientations=args.orientations,
         orientation_prior=args.orientation_prior, orientation_prior_sigma=args.orientation_prior_sigma,
         defocus_grid=grid(args.defocus_grid), defocus_sigma=args.defocus_sigma, defocus_center=args.defocus_center,
@@ -93,76 +84,5 @@ def _params(args) -> stage.RankParams:
         amplitude_sigma=args.amplitude_sigma, bfactor_grid=grid(args.bfactor_grid), bfactor_sigma=args.bfactor_sigma,
         max_shift_px=args.displacement[0], shift_step_px=args.displacement[1], points=args.points, shape=args.shape,
         atom_sigma=args.atom_sigma, center_models=args.center_models, keep_orientations=args.keep_orientations,
-        precision=args.precision, cpu_fraction=args.cpu_fraction)
-
-
-def _compat_model(path):
-    low = str(path).lower()
-    if low.endswith((".pdb", ".cif", ".mmcif", ".ent")):
-        return compat.read_pdb_residues(path)
-    if low.endswith((".mrc", ".map")):
-        raise InputError("map models are not read in --compat mode; drop --compat to project maps", path)
-    return compat.read_text_model(path)
-
-
-def main(args: argparse.Namespace, recorder) -> None:
-    comm = get_comm()
-    rank0 = comm.Get_rank() == 0
-    bk = get_backend(args.device)
-    recorder.device = bk.describe()
-    out = Path(args.out)
-    names = [stage.model_name(m) for m in args.models]
-    if len(set(names)) != len(names):
-        raise InputError("model file names must differ (they name the models in the tables)", field="--models")
-    recorder.add_input(*args.models)
-    results, outputs = [], []
-    if args.compat:
-        if not args.params:
-            raise InputError("--compat bioem2.1 needs --params (the BioEM parameter file)", field="--params")
-        run = stage.load_compat(args.params, args.particles, args.orientations)
-        recorder.add_input(args.params, args.particles, *([args.orientations] if args.orientations else []))
-        for path, name in zip(args.models, names, strict=True):
-            res = stage.compute_compat(_compat_model(path), run, bk, comm, args.keep_orientations)
-            results.append(res)
-            if rank0:
-                outputs += stage.write_compat_outputs(out, "" if len(names) == 1 else f"_{name}", res, run)
-        image_names = [f"{k + 1}@{args.particles}" for k in range(len(run.images))]
-        orientations = run.orientations
-    else:
-        params = _params(args)
-        params.validate()
-        with stage_cache(args, recorder, comm) as cache:  # copies fill while the models are scored
-            ds = stage.load_particles(args.particles, cache)
-            recorder.add_input(args.particles, *[f for f in (args.orientations, args.orientation_prior) if f])
-            for path, name in zip(args.models, names, strict=True):
-                model = stage.read_structural_model(path, ds.angpix, params)
-                log.info("model %s: %d particles", name, len(ds.images))
-                results.append(stage.compute_log_p(model, ds, params, bk, comm))
-                recorder.note(**{f"cpu_gpu_split_{name}": results[-1].split})  # fraction, rates (grid points/s)
-        image_names = list(ds.table["rlnImageName"])
-        orientations = results[0].rotations
-    if not rank0:
-        return
-    log_p = np.array([r.log_p for r in results])
-    rows = [r.best.assign(cpModelName=name, cpParticleIndex=np.arange(len(r.log_p)) + 1, rlnImageName=image_names)
-            for r, name in zip(results, names, strict=True)]
-    table = pd.concat(rows, ignore_index=True)
-    first = ["rlnImageName", "cpParticleIndex", "cpModelName"]
-    write_star(out / "logp.star", {"logp": table[first + [c for c in table.columns if c not in first]]})
-    rank_table = ranking.ranking_table(log_p, names, [str(m) for m in args.models])
-    write_star(out / "ranking.star", {"ranking": rank_table})
-    ranking.plot_ranking(rank_table, out / "ranking.png")
-    ranking.plot_cumulative(log_p, names, out / "cumulative_logp.png")
-    outputs += [out / "logp.star", out / "ranking.star", out / "ranking.png", out / "cumulative_logp.png"]
-    if args.keep_orientations:
-        np.savez_compressed(out / "orientation_logp.npz", log_p=np.array([r.orientation_log_p for r in results]),
-                            orientations=orientations, models=np.array(names))
-        outputs.append(out / "orientation_logp.npz")
-    recorder.add_output(*outputs)
-    best = rank_table.iloc[0]
-    recorder.note(models=len(names), particles=int(log_p.shape[1]), best_model=best["cpModelName"],
-                  ensemble_weights=dict(zip(rank_table["cpModelName"], rank_table["cpEnsembleWeight"].round(4),
-                                            strict=True)))
-    log.info("best model %s (sum ln P %.2f); weights %s", best["cpModelName"], best["cpSumLogP"],
-             ", ".join(f"{n} {w:.3f}" for n, w in zip(rank_table["cpModelName"], rank_table["cpEnsembleWeight"],
-                                                      strict=True)))
+        precision=args.precision, cpu_fraction=args.cpu_fraction, compat=args.compat)
+    return params, BioEMInputs(args.particles, list(args.models), args.params)

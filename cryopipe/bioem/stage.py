@@ -1,6 +1,11 @@
 """The BioEM stage: ln P(image | model) for every particle and model, and the models' ranking.
 
-Notebook use::
+Notebook use, the whole stage (what ``cryopipe bioem`` runs: logp.star, ranking.star and figures in ``out``)::
+
+    result = run(RankParams(orientation_order=2), BioEMInputs("particles.star", ["a.pdb", "b.pdb"]), Path("bioem"),
+                 StageContext.local("auto"))
+
+or one model at a time::
 
     bk = get_backend("auto")
     ds = load_particles("particles.star")                       # images, pixel size, CTF estimates
@@ -10,8 +15,9 @@ Notebook use::
 Default mode (:class:`RankParams`): cryopipe's conventions (img[y, x], RELION Euler angles and CTF with
 astigmatism and Cs, proper Gaussian priors on the CTF grid with the defocus grid taken relative to each
 particle's own estimate, a uniform prior over orientations and displacements, optional per-particle
-orientation priors from a refinement). ``compat="bioem2.1"``: :func:`compute_compat` reproduces the
-reference program's numbers from its own input files (:mod:`cryopipe.bioem.compat`).
+orientation priors from a refinement); the particles come from the shared particle source
+(:mod:`cryopipe.particles`). ``compat="bioem2.1"``: :func:`compute_compat` reproduces the reference program's
+numbers from its own input files (:mod:`cryopipe.bioem.compat`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cryopipe.bioem import compat, split
+from cryopipe.backend import get_backend
+from cryopipe.bioem import compat, ranking, split
 from cryopipe.bioem.forward import MapModel, PointModel
 from cryopipe.bioem.integrate import Problem, Result, integrate, reduce_ranks
 from cryopipe.bioem.likelihood import best_norm_offset, log_constant
@@ -34,8 +41,10 @@ from cryopipe.ctf import CTFParams, ctf_2d
 from cryopipe.errors import InputError, require
 from cryopipe.geometry import euler_to_matrix, matrix_to_euler, rotation_angle_between, so3_grid
 from cryopipe.io.models import read_model
-from cryopipe.io.mrc import check_pixel_size, read_mrc
-from cryopipe.io.star import parse_image_name, read_particles, read_table
+from cryopipe.io.mrc import read_mrc
+from cryopipe.io.star import read_table, write_star
+from cryopipe.particles import ParticleSet, open_particles
+from cryopipe.stage import StageContext, StageResult, input_files
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +74,9 @@ class RankParams:
         float32 FFTs on GPU), "single" or "double".
     cpu_fraction : share of the images scored by a CPU backend beside the GPU, in [0, 1], or "auto" (by
         measured rates); None: auto on a GPU, 0 on the CPU (:mod:`cryopipe.bioem.split`).
+    compat : "bioem2.1": reproduce BioEM 2.1 from its own files (:class:`BioEMInputs` ``params_file``, the
+        particles as BioEM text or MRC, ``orientations`` a BioEM orientation list); of the other fields only
+        ``keep_orientations`` then applies. None: the default mode.
     """
 
     orientation_order: int = 1
@@ -88,6 +100,7 @@ class RankParams:
     keep_orientations: bool = False
     precision: str = "auto"
     cpu_fraction: float | str | None = None
+    compat: str | None = None
 
     def validate(self) -> None:
         split.parse_fraction(self.cpu_fraction)
@@ -111,17 +124,18 @@ class RankParams:
 
 
 @dataclass
-class ParticleSet:
-    """Particles on the host: images (I, N, N) float64 img[y, x], pixel size (A), the STAR rows."""
+class BioEMInputs:
+    """The particles and models a run scores (the orientation list and prior are :class:`RankParams` fields).
+    Paths as typed: they are written into the tables as given.
 
-    images: np.ndarray
-    angpix: float
-    table: pd.DataFrame
-    path: str | None = None
+    particles : a RELION particle STAR (default mode), or BioEM text or MRC particles (compat). models :
+    .pdb/.cif/.mmcif/.ent atomic models, .mrc/.map maps (default mode) or BioEM text models; their file names
+    without the extension name them in the tables, so they must differ. params_file : the BioEM parameter file
+    (compat only)."""
 
-    @property
-    def box(self) -> int:
-        return self.images.shape[-1]
+    particles: str | os.PathLike
+    models: list[str | os.PathLike]
+    params_file: str | os.PathLike | None = None
 
 
 @dataclass
@@ -137,36 +151,16 @@ class ModelResult:
 
 
 def load_particles(path, cache: StackCache | None = None) -> ParticleSet:
-    """Particles of a RELION STAR file (rlnImageName, rlnImagePixelSize), images as float64 img[y, x].
+    """Particles of a RELION STAR file (:func:`cryopipe.particles.open_particles`: rlnImageName, rlnImagePixelSize,
+    the stacks' headers checked; its InputErrors), with ``images`` (I, N, N) float64 img[y, x] of all particles
+    (every rank scores every image against its share of the orientations); the box N must be even.
 
     ``cache``: read the stacks from their node-local copies where there are some, and stage the others
-    (:mod:`cryopipe.cache`). A pixel size more than 1% from a stack's MRC header is an InputError (a header
-    holding 0 or 1.0 is taken as unset: the STAR file's value is used, and that is logged)."""
-    table = read_particles(path, required=("rlnImageName",))
-    require(len(table) > 0, "holds no particles", path, "data_particles")
-    if "rlnImagePixelSize" not in table.columns:
-        raise InputError("pixel size missing: need rlnImagePixelSize in data_optics", path, "rlnImagePixelSize")
-    angpix = float(table["rlnImagePixelSize"].iloc[0])
-    require(angpix > 0 and np.allclose(table["rlnImagePixelSize"], angpix), "pixel sizes must be positive and equal",
-            path, "rlnImagePixelSize")
-    index, stacks = parse_image_name(table["rlnImageName"], path)
-    images, unset = None, 0
-    cache = cache or StackCache.disabled()
-    cache.adopt(dict.fromkeys(stacks))
-    for stack in dict.fromkeys(stacks):
-        rows = np.flatnonzero(np.asarray(stacks) == stack)
-        data, header_angpix = cache.read(stack, read_mrc, indices=index[rows], require_square=True)
-        unset += not check_pixel_size(angpix, header_angpix, path, stack)
-        if images is None:
-            images = np.empty((len(table), *data.shape[-2:]))
-        if data.shape[-2:] != images.shape[-2:]:
-            raise InputError("all particle images must have the same box", stack, "nx/ny")
-        images[rows] = data
-    if unset:
-        log.warning("%d of %d stacks hold no pixel size in their MRC header (0 or 1.0): using the STAR file's "
-                    "%g A/px (%s)", unset, len(set(stacks)), angpix, path)
-    require(images.shape[-1] % 2 == 0, "particle box must be even", path, "rlnImageSize")
-    return ParticleSet(images, angpix, table.reset_index(drop=True), str(path))
+    (:mod:`cryopipe.cache`)."""
+    ds = open_particles(path)
+    require(ds.box % 2 == 0, "particle box must be even", ds.path, "rlnImageSize")
+    ds.images = ds.read_images(cache, dtype=np.float64)
+    return ds
 
 
 def read_structural_model(path, angpix: float, params: RankParams, box: int | None = None):
@@ -447,3 +441,85 @@ def write_compat_outputs(out_dir, name: str, res: ModelResult, run: CompatRun) -
 def model_name(path) -> str:
     """A model's name for tables: its file name without the extension."""
     return os.path.splitext(os.path.basename(str(path)))[0]
+
+
+# ----------------------------------------------------------------------------------------------- the stage
+
+
+def compat_model(path) -> PointModel:
+    """A model in --compat mode: PDB/mmCIF residues (BioEM's spheres) or a BioEM text model; maps are refused."""
+    low = str(path).lower()
+    if low.endswith((".pdb", ".cif", ".mmcif", ".ent")):
+        return compat.read_pdb_residues(path)
+    if low.endswith((".mrc", ".map")):
+        raise InputError("map models are not read in --compat mode; drop --compat to project maps", path)
+    return compat.read_text_model(path)
+
+
+def run(params: RankParams, inputs: BioEMInputs, out: Path, ctx: StageContext) -> StageResult:
+    """Score every particle against every model (on ``ctx.backend``, orientations split over ``ctx.comm``) and
+    write, on rank 0, into ``out``: logp.star (per particle and model: ln P and the maximising parameters),
+    ranking.star (per model: summed ln P, difference to the best, ensemble weight +- s.d., particles preferring
+    it), ranking.png, cumulative_logp.png, orientation_logp.npz with ``keep_orientations``, and with
+    ``params.compat`` the reference's Output_Probabilities[_model] (and ANG_PROB[_model] with WRITE_PROB_ANGLES).
+
+    Notes: cpu_gpu_split_<model> (default mode: fraction and rates, grid points/s), models, particles,
+    best_model, ensemble_weights."""
+    bk = ctx.backend or get_backend("auto")
+    comm = ctx.comm
+    rank0 = comm.Get_rank() == 0
+    out = Path(out)
+    names = [model_name(m) for m in inputs.models]
+    if len(set(names)) != len(names):
+        raise InputError("model file names must differ (they name the models in the tables)", field="--models")
+    results, files, notes = [], [], {}
+    if params.compat:
+        if not inputs.params_file:
+            raise InputError("--compat bioem2.1 needs --params (the BioEM parameter file)", field="--params")
+        setup = load_compat(inputs.params_file, inputs.particles, params.orientations)
+        for path, name in zip(inputs.models, names, strict=True):
+            res = compute_compat(compat_model(path), setup, bk, comm, params.keep_orientations)
+            results.append(res)
+            if rank0:
+                files += write_compat_outputs(out, "" if len(names) == 1 else f"_{name}", res, setup)
+        image_names = [f"{k + 1}@{inputs.particles}" for k in range(len(setup.images))]
+        orientations = setup.orientations
+        read = [params.orientations] if params.orientations else []
+    else:
+        params.validate()
+        with ctx.cache() as cache:  # copies fill while the models are scored
+            ds = load_particles(inputs.particles, cache)
+            for path, name in zip(inputs.models, names, strict=True):
+                model = read_structural_model(path, ds.angpix, params)
+                log.info("model %s: %d particles", name, len(ds.images))
+                results.append(compute_log_p(model, ds, params, bk, comm))
+                notes[f"cpu_gpu_split_{name}"] = results[-1].split  # fraction, rates (grid points/s)
+        image_names = list(ds.table["rlnImageName"])
+        orientations = results[0].rotations
+        read = [f for f in (params.orientations, params.orientation_prior) if f]
+    read = [*input_files(inputs), *(Path(f) for f in read)]  # the record's inputs: these and the orientation files
+    if not rank0:
+        return StageResult(notes=notes, inputs=read)
+    log_p = np.array([r.log_p for r in results])
+    rows = [r.best.assign(cpModelName=name, cpParticleIndex=np.arange(len(r.log_p)) + 1, rlnImageName=image_names)
+            for r, name in zip(results, names, strict=True)]
+    table = pd.concat(rows, ignore_index=True)
+    first = ["rlnImageName", "cpParticleIndex", "cpModelName"]
+    write_star(out / "logp.star", {"logp": table[first + [c for c in table.columns if c not in first]]})
+    rank_table = ranking.ranking_table(log_p, names, [str(m) for m in inputs.models])
+    write_star(out / "ranking.star", {"ranking": rank_table})
+    ranking.plot_ranking(rank_table, out / "ranking.png")
+    ranking.plot_cumulative(log_p, names, out / "cumulative_logp.png")
+    files += [out / "logp.star", out / "ranking.star", out / "ranking.png", out / "cumulative_logp.png"]
+    if params.keep_orientations:
+        np.savez_compressed(out / "orientation_logp.npz", log_p=np.array([r.orientation_log_p for r in results]),
+                            orientations=orientations, models=np.array(names))
+        files.append(out / "orientation_logp.npz")
+    best = rank_table.iloc[0]
+    weights = dict(zip(rank_table["cpModelName"], rank_table["cpEnsembleWeight"].round(4), strict=True))
+    log.info("best model %s (sum ln P %.2f); weights %s", best["cpModelName"], best["cpSumLogP"],
+             ", ".join(f"{n} {w:.3f}" for n, w in zip(rank_table["cpModelName"], rank_table["cpEnsembleWeight"],
+                                                      strict=True)))
+    notes.update(models=len(names), particles=int(log_p.shape[1]), best_model=best["cpModelName"],
+                 ensemble_weights=weights)
+    return StageResult(files=files, notes=notes, inputs=read)

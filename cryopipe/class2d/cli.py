@@ -1,7 +1,7 @@
 """``cryopipe class2d``: 2D classification by multi-reference alignment (Cryo-RALib), on CPU/GPU, 1 or N MPI ranks.
 
     cryopipe class2d --particles extract/particles.star --classes 50 --out class2d [--box 64] [--iterations 20]
-                     [--shift-range 3] [--shift-step 1] [--angular-sampling DEG] [--mask-diameter 150]
+                     [--shift-range 3] [--shift-step 1] [--angular-sampling DEG] [--diameter 140 | --mask-diameter 150]
                      [--ctf phaseflip|wiener|none] [--references refs.mrcs] [--mirrors] [--device gpu]
 
 writes ``OUT/class_averages.mrcs`` (largest class first), ``OUT/particles.star`` (rlnClassNumber, rlnAnglePsi,
@@ -12,15 +12,15 @@ and ``OUT/class_averages.png``, ``OUT/class2d_histograms.png``.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from cryopipe.backend import get_backend
 from cryopipe.cache import add_arguments as add_cache_arguments
-from cryopipe.cache import stage_cache
-from cryopipe.class2d.stage import CTF_MODES, Class2DParams, classify, load_particles, load_references, write_class2d
+from cryopipe.class2d.stage import CTF_MODES, Class2DInputs, Class2DParams, run
 from cryopipe.cli import add_common
 from cryopipe.errors import InputError
 from cryopipe.io.mrc import read_mrc_header
-from cryopipe.parallel import get_comm
+
+__all__ = ["HELP", "add_arguments", "configure", "run"]
 
 HELP = "2D classification by multi-reference alignment (polar rotational correlation), with class averages"
 
@@ -38,8 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"step of the trial shifts, particle pixels (default {_D.shift_step:g})")
     p.add_argument("--angular-sampling", type=float,
                    help="in-plane angular step, degrees (default: about 1 px on the outer ring)")
+    p.add_argument("--diameter", type=float,
+                   help="particle diameter, Angstrom: the mask diameter is round(1.1 x this) unless --mask-diameter")
     p.add_argument("--mask-diameter", type=float,
-                   help="circular mask and alignment diameter, Angstrom (default 80%% of the box)")
+                   help="circular mask and alignment diameter, Angstrom (default: round(1.1 x --diameter), else 80%% "
+                        "of the box)")
     p.add_argument("--ctf", choices=CTF_MODES, default=_D.ctf,
                    help="CTF correction: phase flip (default), Wiener-weighted averages, or none")
     p.add_argument("--wiener-snr", type=float, default=_D.wiener_snr,
@@ -57,9 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_cache_arguments(p)
 
 
-def main(args: argparse.Namespace, recorder) -> None:
-    bk = get_backend(args.device)
-    comm = get_comm()
+def configure(args: argparse.Namespace) -> tuple[Class2DParams, Class2DInputs]:
     classes = args.classes
     if classes is None:
         if args.references is None:
@@ -67,21 +68,9 @@ def main(args: argparse.Namespace, recorder) -> None:
         classes = read_mrc_header(args.references).shape[0]
     params = Class2DParams(
         classes=classes, box=args.box, iterations=args.iterations, shift_range=args.shift_range,
-        shift_step=args.shift_step, angular_sampling=args.angular_sampling, mask_diameter_A=args.mask_diameter,
-        ctf=args.ctf, mirrors=args.mirrors, convergence=args.convergence, min_class_fraction=args.min_class_fraction,
-        wiener_snr=args.wiener_snr, seed=args.seed, batch_size=args.batch_size,
+        shift_step=args.shift_step, angular_sampling=args.angular_sampling, diameter_A=args.diameter,
+        mask_diameter_A=args.mask_diameter, ctf=args.ctf, mirrors=args.mirrors, convergence=args.convergence,
+        min_class_fraction=args.min_class_fraction, wiener_snr=args.wiener_snr, seed=args.seed,
+        batch_size=args.batch_size,
     )
-    with stage_cache(args, recorder, comm) as cache:  # copies fill while the classification runs
-        table, stack = load_particles(args.particles, params, bk, comm, cache)
-        refs = None
-        if args.references:
-            refs = load_references(args.references, params, int(round(stack.box / stack.scale)), stack.box)
-            recorder.add_input(args.references)
-        result = classify(stack, params, bk, comm, refs)
-    recorder.add_input(args.particles)
-    recorder.device = bk.describe()
-    if comm.Get_rank() == 0:
-        recorder.add_output(*write_class2d(result, table, args.out, args.out_final, params.mirrors))
-    recorder.note(particles=len(table), classes=classes, iterations=result.iterations,
-                  changed_per_iteration=[round(c, 5) for c in result.changed], class_sizes=result.sizes.tolist(),
-                  working_box=stack.box, working_angpix=stack.angpix)
+    return params, Class2DInputs(Path(args.particles), Path(args.references) if args.references else None)

@@ -1,11 +1,19 @@
 """2D classification by multi-reference alignment (MRA), after Cryo-RALib: particles STAR in, class averages out.
 
-Notebook use::
+Notebook use, the whole stage (what ``cryopipe class2d`` runs)::
 
-    params = Class2DParams(classes=50, box=64, mask_diameter_A=150)
+    params = Class2DParams(classes=50, box=64, diameter_A=140)
+    result = run(params, Class2DInputs(Path("extract/particles.star")), Path("class2d"), StageContext.local("auto"))
+
+or step by step::
+
     table, stack = load_particles("extract/particles.star", params, get_backend("auto"))
     result = classify(stack, params)                 # Class2DResult: averages, sizes, per-particle alignment
     write_class2d(result, table, "class2d", mirrors=params.mirrors)
+
+The particles are read through the shared particle source (:mod:`cryopipe.particles`: STAR, stacks, node-local
+cache, pixel-size and box checks); the preprocessing (downscaling, phase flip, background normalisation) is
+this stage's.
 
 Each iteration aligns every particle to every reference over trial shifts and all in-plane angles
 (:mod:`cryopipe.class2d.align`), assigns it to the best reference, and replaces the references by the class
@@ -26,7 +34,6 @@ with mirrors, ``cpMirror`` (1: the average is mirrored x -> -x before the rotati
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -46,9 +53,11 @@ from cryopipe.class2d.polar import PolarGrid, transform_images
 from cryopipe.ctf import CTFParams, ctf_2d, phase_flip
 from cryopipe.errors import InputError, require
 from cryopipe.fourier import backend_of, fourier_crop, normalise_background, soft_circular_mask
-from cryopipe.io.mrc import check_pixel_size, read_mrc, read_mrc_header, write_mrc
-from cryopipe.io.star import parse_image_name, read_particles, write_star, write_table
-from cryopipe.parallel import SerialComm, split_range
+from cryopipe.io.mrc import read_mrc, write_mrc
+from cryopipe.io.star import write_star, write_table
+from cryopipe.parallel import SerialComm
+from cryopipe.particles import ctf_rows, open_particles
+from cryopipe.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +73,10 @@ class Class2DParams:
     classes : number of classes K. box : working box in px (Fourier-downscaled from the particles' box;
     None: keep). iterations : at most this many. shift_range, shift_step : trial shifts in pixels of the
     input particles (as RELION's --offset_range/--offset_step), a square grid about the box centre.
-    angular_sampling : in-plane step (None: about 1 px on the outer ring). mask_diameter_A : circular mask
-    and alignment disc (None: 80% of the box). ctf : "phaseflip" (align and average phase-flipped particles),
-    "wiener" (align phase-flipped, Wiener-average with CTF weights and 1/wiener_snr), or "none".
+    angular_sampling : in-plane step (None: about 1 px on the outer ring). diameter_A : the particle's diameter.
+    mask_diameter_A : circular mask and alignment disc (None: round(1.1 x diameter_A), else 80% of the box).
+    ctf : "phaseflip" (align and average phase-flipped particles), "wiener" (align phase-flipped,
+    Wiener-average with CTF weights and 1/wiener_snr), or "none".
     mirrors : also try mirrored particles. convergence : stop when fewer than this fraction of the particles
     changed class. min_class_fraction : in the first half of the iterations, classes smaller than this
     fraction of the mean class size are reseeded by splitting the largest class. seed : of the initial
@@ -79,6 +89,7 @@ class Class2DParams:
     shift_range: float = 3.0
     shift_step: float = 1.0
     angular_sampling: float | None = None
+    diameter_A: float | None = None
     mask_diameter_A: float | None = None
     ctf: str = "phaseflip"
     mirrors: bool = False
@@ -94,6 +105,7 @@ class Class2DParams:
         require(self.box is None or (self.box >= 8 and self.box % 2 == 0), f"must be even and >= 8, got {self.box}",
                 field="--box")
         require(self.ctf in CTF_MODES, f"must be one of {', '.join(CTF_MODES)}, got {self.ctf!r}", field="--ctf")
+        require(self.diameter_A is None or self.diameter_A > 0, "must be positive", field="--diameter")
         require(self.mask_diameter_A is None or self.mask_diameter_A > 0, "must be positive", field="--mask-diameter")
         require(0 <= self.convergence < 1, "must lie in [0, 1)", field="--convergence")
         require(self.wiener_snr > 0, "must be positive", field="--wiener-snr")
@@ -101,8 +113,18 @@ class Class2DParams:
 
 
 @dataclass
+class Class2DInputs:
+    """The particles STAR (e.g. from cryopipe extract) and, optionally, an MRCS of K initial references (of the
+    particles' box or the working box)."""
+
+    particles: Path
+    references: Path | None = None
+
+
+@dataclass
 class ParticleStack:
-    """One rank's share of the particles, preprocessed on the device.
+    """One rank's share of the particles, preprocessed on the device: what :func:`classify` aligns (the particles
+    as read are a :class:`cryopipe.particles.ParticleSet`).
 
     images : (n, N, N) float32 device array: downscaled, CTF-corrected (phase-flipped unless ctf="none"),
     background-normalised, not masked. index : (n,) global 0-based particle indices. n_total : particles
@@ -149,18 +171,20 @@ def _agree(comm, error: InputError | None) -> None:
         raise InputError(*errors[0])
 
 
-def _ctf_rows(ctf: CTFParams, rows) -> CTFParams:
-    """The CTF parameters of a subset of rows (fields that are arrays are indexed, scalars kept)."""
-    return dataclasses.replace(ctf, **{f.name: np.asarray(getattr(ctf, f.name))[rows] for f in dataclasses.fields(ctf)
-                                       if np.ndim(getattr(ctf, f.name))})
-
-
 def mask_radius_px(params: Class2DParams, box: int, angpix: float) -> float:
-    """Radius of the circular mask in working px; an InputError when it leaves no background."""
-    diameter = params.mask_diameter_A if params.mask_diameter_A is not None else 0.8 * box * angpix
+    """Radius of the circular mask in working px (``box`` px at ``angpix`` A/px): ``mask_diameter_A``, else
+    round(1.1 x ``diameter_A``) A, else 80% of the box; an InputError naming the flag it came from when it leaves
+    no background."""
+    if params.mask_diameter_A is not None:
+        diameter, flag = params.mask_diameter_A, "--mask-diameter"
+    elif params.diameter_A is not None:
+        diameter, flag = float(round(1.1 * params.diameter_A)), "--diameter"
+    else:
+        diameter, flag = 0.8 * box * angpix, "--mask-diameter"
     radius = 0.5 * diameter / angpix
     require(radius < 0.5 * box - 1, f"mask diameter {diameter:.0f} A does not fit the box ({box} px at "
-            f"{angpix:.3f} A/px = {box * angpix:.0f} A)", field="--mask-diameter")
+            f"{angpix:.3f} A/px = {box * angpix:.0f} A)" + (" (1.1 x --diameter)" if flag == "--diameter" else ""),
+            field=flag)
     return radius
 
 
@@ -179,75 +203,44 @@ def preprocess(raw, ctf: CTFParams | None, box: int, angpix: float, radius_px: f
 
 def load_particles(star: str | os.PathLike, params: Class2DParams, bk: Backend | None = None,
                    comm=None, cache: StackCache | None = None) -> tuple[pd.DataFrame, ParticleStack]:
-    """Read the particles STAR, check it, and load and preprocess this rank's share onto the device.
+    """Read the particles STAR (:func:`cryopipe.particles.open_particles`, which checks it and its stacks), and
+    load and preprocess this rank's share onto the device.
 
     ``cache``: read the rank's stacks from their node-local copies where there are some, and stage the others
     (:mod:`cryopipe.cache`).
 
     Returns the whole table (every rank reads it; rlnImageName rewritten so that the stacks resolve from
-    the working directory) and the rank's :class:`ParticleStack`. InputErrors: no particles, missing columns
-    or files, particles of different box or pixel sizes, a pixel size that differs by more than 1% from a
-    stack's MRC header (a header holding 0 or 1.0 is taken as unset and logged), fewer particles than classes,
-    a shift range that does not fit the box, a working box larger than the particles'.
+    the working directory) and the rank's :class:`ParticleStack`. InputErrors: those of the particle source
+    (no particles, missing columns or files, particles of different box or pixel sizes, a pixel size that differs
+    by more than 1% from a stack's MRC header), fewer particles than classes, a shift range that does not fit the
+    box, a working box larger than the particles', a mask that does not fit the working box.
     """
     bk = bk or get_backend("auto")
     comm = comm or SerialComm()
     params.validate()
-    required = ["rlnImageName", "rlnImagePixelSize"]
-    if params.ctf != "none":
-        required += ["rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage", "rlnSphericalAberration",
-                     "rlnAmplitudeContrast"]
-    table = read_particles(star, required=["rlnImageName"])
-    n = len(table)
-    require(n > 0, "holds no particles", star, "data_particles")  # before the columns an empty batch may lack
-    for column in required:
-        require(column in table.columns, f"required column {column} missing", star, column)
+    particles = open_particles(star, ctf=params.ctf != "none", share=(comm.Get_rank(), comm.Get_size()))
+    table, n = particles.table, len(particles)
     require(params.classes <= n, f"{params.classes} classes asked for, but only {n} particles", star, "--classes")
-    sizes = np.unique(table["rlnImagePixelSize"].to_numpy())
-    require(np.ptp(sizes) < 1e-4, f"particles of different pixel sizes {sorted(sizes)}", star, "rlnImagePixelSize")
-    if "rlnImageSize" in table.columns:
-        boxes = sorted(int(b) for b in table["rlnImageSize"].unique())
-        require(len(boxes) == 1, f"particles of different box sizes {boxes} px", star, "rlnImageSize")
-    index, stacks = parse_image_name(table["rlnImageName"], star)
-    table["rlnImageName"] = [f"{i + 1:06d}@{os.path.normpath(s)}" for i, s in zip(index, stacks, strict=True)]
-    box0, unset = None, 0
-    for path in dict.fromkeys(stacks):
-        header = read_mrc_header(path)
-        _, ny, nx = header.shape
-        require(ny == nx, f"images must be square, got {ny}x{nx}", path, "nx/ny")
-        require(box0 is None or nx == box0, f"particles of different box sizes ({box0} and {nx} px)", path, "nx")
-        box0 = nx
-        unset += not check_pixel_size(float(sizes[0]), header.angpix, star, path)
-    if unset:
-        log.warning("%d of %d stacks hold no pixel size in their MRC header (0 or 1.0): using the STAR file's "
-                    "%g A/px (%s)", unset, len(set(stacks)), sizes[0], star)
-    if "rlnImageSize" in table.columns:
-        require(int(table["rlnImageSize"].iloc[0]) == box0, f"rlnImageSize {int(table['rlnImageSize'].iloc[0])} "
-                f"differs from the stacks' box {box0}", star, "rlnImageSize")
-    angpix0 = float(sizes[0])
+    table["rlnImageName"] = [f"{i + 1:06d}@{os.path.normpath(s)}"
+                             for i, s in zip(particles.image_index, particles.stacks, strict=True)]
+    angpix0, box0 = particles.angpix, particles.box
     box = params.box or box0
     require(box <= box0, f"cannot downscale to {box} px: the particles are {box0} px", field="--box")
     require(params.shift_range < 0.5 * box0, f"shift range {params.shift_range:g} px does not fit half the box "
             f"({box0 // 2} px)", field="--shift-range")
     angpix = angpix0 * box0 / box
     radius = mask_radius_px(params, box, angpix)
-    ctf_all = CTFParams.from_star(table, star) if params.ctf != "none" else None
 
-    mine = np.arange(n)[split_range(n, comm.Get_rank(), comm.Get_size())]
-    ctf = _ctf_rows(ctf_all, mine) if ctf_all is not None else None
+    mine = particles.rows
+    ctf = particles.ctf_subset(mine)
     images = bk.xp.empty((len(mine), box, box), dtype=bk.xp.float32)
     error = None
     try:
-        raw = np.empty((len(mine), box0, box0), dtype=np.float32)
-        by_stack = pd.DataFrame({"stack": np.asarray(stacks, dtype=object)[mine], "k": np.arange(len(mine))})
-        cache = cache or StackCache.disabled()
-        cache.adopt(by_stack["stack"].unique())
-        for path, rows in by_stack.groupby("stack", sort=False):
-            raw[rows["k"].to_numpy()] = cache.read(path, read_mrc, indices=index[mine][rows["k"].to_numpy()])[0]
+        raw = particles.read_images(cache)  # (len(mine), box0, box0) float32
         step = max(1, bk.batch_size(box0 * box0 * 4 * 12, fraction=0.25, cap=4096))
         for b0 in range(0, len(mine), step):
             sl = slice(b0, min(b0 + step, len(mine)))
-            images[sl] = preprocess(bk.asarray(raw[sl]), None if ctf is None else _ctf_rows(ctf, sl), box,
+            images[sl] = preprocess(bk.asarray(raw[sl]), None if ctf is None else ctf_rows(ctf, sl), box,
                                     angpix, radius)
     except InputError as exc:
         error = exc
@@ -360,7 +353,7 @@ def classify(stack: ParticleStack, params: Class2DParams, bk: Backend | None = N
             parts.append(al)
             low = al.score < low_below[al.ref]
             if wiener:
-                ctf = _ctf_rows(stack.ctf, sl)
+                ctf = ctf_rows(stack.ctf, sl)
                 num = bk.fft.irfft2(bk.fft.rfft2(images) * xp.abs(ctf_2d(ctf, n, stack.angpix, bk)), s=(n, n))
                 ctf2 = bk.fft.fftshift(ctf_2d(ctf, n, stack.angpix, bk, half=False) ** 2, axes=(-2, -1))
                 sums.add(transform_images(num.astype(xp.float32), al.psi, al.shift, al.mirror), al.ref,
@@ -402,6 +395,26 @@ def classify(stack: ParticleStack, params: Class2DParams, bk: Backend | None = N
         resolution_A=resolution[order], mean_score=np.nan_to_num(sums.mean_scores()[order]),
         alignment=alignment, angpix=stack.angpix, iterations=len(changed), changed=changed,
     )
+
+
+def run(params: Class2DParams, inputs: Class2DInputs, out: Path, ctx: StageContext) -> StageResult:
+    """The stage: classify ``inputs.particles`` (all ranks of ``ctx.comm``, on ``ctx.backend``; stacks through
+    ``ctx.cache()``) and write, on rank 0, ``out``/class_averages.mrcs, particles.star, classes.star and the figures
+    (:func:`write_class2d`; image names point into ``ctx.final(out)``). Notes: particles, classes, iterations,
+    changed_per_iteration, class_sizes, working_box (px), working_angpix (A/px)."""
+    bk = ctx.backend or get_backend("auto")
+    comm = ctx.comm
+    with ctx.cache() as cache:  # copies fill while the classification runs
+        table, stack = load_particles(inputs.particles, params, bk, comm, cache)
+        refs = None
+        if inputs.references:
+            refs = load_references(inputs.references, params, int(round(stack.box / stack.scale)), stack.box)
+        result = classify(stack, params, bk, comm, refs)
+    files = write_class2d(result, table, out, ctx.final(out), params.mirrors) if comm.Get_rank() == 0 else []
+    return StageResult(files=files, notes={
+        "particles": len(table), "classes": params.classes, "iterations": result.iterations,
+        "changed_per_iteration": [round(c, 5) for c in result.changed], "class_sizes": result.sizes.tolist(),
+        "working_box": stack.box, "working_angpix": stack.angpix})
 
 
 def write_class2d(result: Class2DResult, table: pd.DataFrame, out: str | os.PathLike,

@@ -158,3 +158,24 @@ def test_empty_orientation_list_is_an_input_error(tmp_path):
     f.write_text(f"{0:12d}\n")
     with pytest.raises(InputError, match="empty"):
         compat.read_orientation_file(f, quaternions=False, with_prior=False)
+
+
+def test_run_compat_from_a_notebook(case, tmp_path):
+    """compat="bioem2.1" through stage.run: the reference's numbers and layout, the orientation list among the
+    inputs the record names."""
+    from cryopipe.stage import StageContext
+
+    args, folder = case("euler_list")
+    out = tmp_path / "nb"
+    out.mkdir()
+    params = stage.RankParams(compat="bioem2.1", orientations=str(folder / "angles.txt"))
+    inputs = stage.BioEMInputs(str(folder / "particles.txt"), [str(folder / "model.txt")], str(folder / "params.txt"))
+    result = stage.run(params, inputs, out, StageContext.local("cpu"))
+    assert {p.name for p in result.files} >= {"Output_Probabilities", "ANG_PROB", "logp.star", "ranking.star"}
+    assert result.inputs == [folder / f for f in ("particles.txt", "model.txt", "params.txt", "angles.txt")]
+    ours = compat.parse_output_probabilities((out / "Output_Probabilities").read_text())
+    assert [ours[i]["log_p"] for i in range(3)] == pytest.approx([r[0] for r in REFERENCE["euler_list"]], abs=1e-3)
+    with pytest.raises(InputError) as err:
+        stage.run(stage.RankParams(compat="bioem2.1"), stage.BioEMInputs(inputs.particles, inputs.models), out,
+                  StageContext.local("cpu"))
+    assert err.value.field == "--params"

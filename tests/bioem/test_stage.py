@@ -112,3 +112,24 @@ def test_star_pixel_size_contradicting_the_stack_header_is_an_input_error(demo, 
     starfile.write(blocks, wrong, overwrite=True)
     assert stage.load_particles(wrong).angpix == 3.0
     assert "1 of 1 stacks hold no pixel size in their MRC header" in caplog.text
+
+
+def test_run_from_a_notebook(demo, tmp_path):
+    """The stage as a function: run(params, inputs, out, ctx) writes the tables and returns them with its notes."""
+    from cryopipe.stage import StageContext
+
+    star, models, _truth = demo
+    out = tmp_path / "nb"
+    out.mkdir()
+    params = stage.RankParams(orientation_order=0, max_shift_px=1)
+    result = stage.run(params, stage.BioEMInputs(str(star), [str(models["conformation_1"]), str(models["decoy"])]),
+                       out, StageContext.local("cpu"))
+    assert sorted(p.name for p in result.files) == ["cumulative_logp.png", "logp.star", "ranking.png",
+                                                   "ranking.star"]
+    assert all(p.parent == out and p.is_file() for p in result.files)
+    assert (result.notes["models"], result.notes["particles"]) == (2, 50)
+    assert set(result.notes["ensemble_weights"]) == {"conformation_1", "decoy"}
+    assert len(starfile.read(out / "logp.star")) == 100
+    assert result.inputs == [star, models["conformation_1"], models["decoy"]]
+    with pytest.raises(InputError, match="must differ"):
+        stage.run(params, stage.BioEMInputs(str(star), [str(models["decoy"])] * 2), out, StageContext.local("cpu"))

@@ -91,3 +91,39 @@ def test_two_ranks_give_the_one_rank_result(particles_small, launcher, tmp_path,
         np.testing.assert_array_equal(two[column], one[column])
     np.testing.assert_array_equal(read_mrc(tmp_path / "two/class_averages.mrcs")[0],
                                   read_mrc(tmp_path / "one/class_averages.mrcs")[0])
+
+
+def test_diameter_masks_at_1_1_times_it_unless_a_mask_diameter_is_given(particles_small, run_cli, tmp_path, capsys):
+    """--diameter D: the mask the workflow rule used to pass, --mask-diameter round(1.1 D); --mask-diameter wins."""
+    from cryopipe.class2d.stage import Class2DParams, mask_radius_px
+
+    def radius(**kw):
+        return mask_radius_px(Class2DParams(classes=1, **kw), 64, 2.5)
+
+    assert radius(diameter_A=120.0) == radius(mask_diameter_A=132.0) == 0.5 * 132.0 / 2.5
+    assert radius(diameter_A=125.0) == radius(mask_diameter_A=float(round(1.1 * 125)))
+    assert radius(diameter_A=120.0, mask_diameter_A=100.0) == radius(mask_diameter_A=100.0)
+    assert radius() == radius(mask_diameter_A=0.8 * 64 * 2.5)
+    out = tmp_path / "out"
+    args = ["class2d", "--particles", str(particles_small.star), "--out", str(out), "--classes", "3", "--device", "cpu"]
+    assert run_cli([*args, "--diameter", "200"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "[--diameter]: mask diameter 220 A does not fit the box" in err and "(1.1 x --diameter)" in err
+
+
+def test_run_from_a_notebook(particles_small, tmp_path):
+    """The stage as a function: run(params, inputs, out, ctx) writes the outputs and returns them with its notes."""
+    from cryopipe.class2d import Class2DInputs, Class2DParams, run
+    from cryopipe.stage import StageContext
+
+    out = tmp_path / "nb"
+    out.mkdir()
+    params = Class2DParams(classes=3, box=32, iterations=2, diameter_A=120.0)
+    result = run(params, Class2DInputs(particles_small.star), out, StageContext.local("cpu"))
+    assert sorted(p.name for p in result.files) == ["class2d_histograms.png", "class_averages.mrcs",
+                                                   "class_averages.png", "classes.star", "particles.star"]
+    assert all(p.parent == out and p.stat().st_size > 0 for p in result.files)
+    assert result.notes["particles"] == 120 and sum(result.notes["class_sizes"]) == 120
+    assert result.notes["working_box"] == 32 and result.notes["iterations"] <= 2
+    assert read_star(out / "classes.star")["model_classes"]["rlnReferenceImage"][0] == \
+        f"000001@{out / 'class_averages.mrcs'}"
