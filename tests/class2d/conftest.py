@@ -89,22 +89,15 @@ def particles_small(tmp_path_factory) -> SimulatedParticles:
                               seed=11)
 
 
-STAGES = {"class2d": "cryopipe.class2d.cli", "select2d": "cryopipe.select2d.cli"}
-
-
 @pytest.fixture
 def launcher(tmp_path) -> Path:
-    """A script that runs the CLI (in a subprocess, e.g. under mpiexec) with the stages registered."""
+    """A script that runs the CLI in a subprocess (e.g. under mpiexec) with this checkout's cryopipe."""
     path = tmp_path / "launch_cryopipe.py"
-    path.write_text("import sys\nfrom cryopipe import cli\n"
-                    f"for k, v in {STAGES!r}.items():\n    cli.STAGES.setdefault(k, v)\n"
-                    "sys.exit(cli.main())\n")
+    path.write_text("import sys\nfrom cryopipe import cli\nsys.exit(cli.main())\n")
     return path
 
 
 @pytest.fixture
-def run_cli(monkeypatch):
-    """``cryopipe`` in-process with the class2d/select2d stages registered: run_cli([...]) -> exit status."""
-    for name, module in STAGES.items():
-        monkeypatch.setitem(cli.STAGES, name, module)
+def run_cli():
+    """``cryopipe`` in-process: run_cli([...]) -> exit status."""
     return cli.main

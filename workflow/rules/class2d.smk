@@ -21,7 +21,7 @@ rule class2d:
         box=flag("box", config["class2d"]["box"]),
         shift=arg("shift-range", config["class2d"]["shift_range"]),
         ctf=arg("ctf", config["class2d"]["ctf"]),
-        mask=arg("mask-diameter", round(1.1 * config["particle_diameter"])),
+        diameter=arg("diameter", config["particle_diameter"]),
         device=arg("device", DEVICE),
     threads: STAGE_THREADS  # BLAS and FFT threads
     resources:
@@ -33,7 +33,7 @@ rule class2d:
     shell:
         "{params.launch:q} cryopipe class2d --particles {input.particles:q} {params.classes:q}"
         " {params.iterations:q} {params.box:q} {params.shift:q} {params.ctf:q}"
-        " {params.mask:q} {params.device:q} --out {params.out:q} 2> {log:q}"
+        " {params.diameter:q} {params.device:q} --out {params.out:q} 2> {log:q}"
 
 
 rule select2d:
