@@ -139,14 +139,14 @@ def command_class3d(d: Path, p: dict, device: str, out: Path, warm: bool) -> lis
             "--reference", str(d / "reference.mrc"), "--classes", str(p["classes"]),
             "--iterations", str(2 if warm else p["iterations"]), "--healpix-order", str(p["order"]),
             "--offset-range", "5", "--offset-step", "2", "--ini-high", f"{p['ini_high']:g}",
-            "--particle-diameter", f"{2 * p['radius'] + 20:g}", "--device", device, "--out", str(out)]
+            "--diameter", f"{2 * p['radius'] + 20:g}", "--device", device, "--out", str(out)]
 
 
 def command_refine3d(d: Path, p: dict, device: str, out: Path, warm: bool) -> list[str]:
     return ["refine3d", "--particles", str(d / ("warm.star" if warm else "particles.star")),
             "--reference", str(d / "reference.mrc"), "--max-iterations", str(2 if warm else p["iterations"]),
             "--healpix-order", str(p["order"]), "--offset-range", "5", "--offset-step", "2",
-            "--ini-high", f"{p['ini_high']:g}", "--particle-diameter", f"{2 * p['radius'] + 20:g}",
+            "--ini-high", f"{p['ini_high']:g}", "--diameter", f"{2 * p['radius'] + 20:g}",
             "--device", device, "--out", str(out)]
 
 

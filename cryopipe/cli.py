@@ -109,7 +109,7 @@ def _setup_logging(verbose: bool, rank: int, size: int) -> None:
     )
 
 
-VOLATILE = {"out", "out_final", "device", "verbose", "stage", "scratch_dir", "scratch_quota_gb", "continue_from"}
+VOLATILE = {"out", "device", "verbose", "stage", "scratch_dir", "scratch_quota_gb", "continue_from"}
 
 
 def _run_identity(name: str, args: argparse.Namespace) -> str:
@@ -190,10 +190,6 @@ def _start(name: str, module, args: argparse.Namespace, argv: list[str]):
 def _run_module(module, args: argparse.Namespace, recorder: Recorder, comm, work: Path, final: Path) -> StageResult:
     """Flags -> (params, inputs) -> ``run(params, inputs, work, ctx)``; the record gets the inputs, the resolved
     parameters and the stage's notes."""
-    if not hasattr(module, "configure"):  # TRANSITIONAL (removed when every stage follows the contract)
-        args.out, args.out_final = work, final
-        module.main(args, recorder)
-        return StageResult()
     params, inputs = module.configure(args)
     backend = get_backend(args.device) if getattr(args, "device", None) else None
     if backend is not None:

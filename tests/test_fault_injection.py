@@ -64,10 +64,10 @@ def project(tmp_path_factory):
     p["synth"], p["angpix3d"] = synth, synth["angpix"]
     p["cmd"]["class3d"] = ["class3d", "--particles", synth["star"], "--reference", ref, "--classes", "2",
                            "--iterations", "2", "--healpix-order", "1", "--offset-range", "3", "--offset-step", "1.5",
-                           "--particle-diameter", "130", "--device", "cpu", "--out", root / "class3d"]
+                           "--diameter", "130", "--device", "cpu", "--out", root / "class3d"]
     p["cmd"]["refine3d"] = ["refine3d", "--particles", synth["star"], "--reference", ref, "--max-iterations", "3",
                             "--healpix-order", "1", "--offset-range", "1.5", "--offset-step", "1.5",
-                            "--particle-diameter", "130", "--device", "cpu", "--out", root / "refine3d"]
+                            "--diameter", "130", "--device", "cpu", "--out", root / "refine3d"]
     p["cmd"]["select3d"] = ["select3d", "--particles", root / "class3d/run_it002_data.star", "--maps",
                             root / "class3d/run_it002_class001.mrc", root / "class3d/run_it002_class002.mrc",
                             "--out", root / "select3d"]
@@ -245,7 +245,7 @@ CASES = [
     Case("class3d: K larger than the particles", "class3d",
          lambda p, t: _with(p["cmd"]["class3d"], "--classes", "500"), message="--classes"),
     Case("class3d: 99,999 A diameter", "class3d",
-         lambda p, t: _with(p["cmd"]["class3d"], "--particle-diameter", "99999"), message="--particle-diameter"),
+         lambda p, t: _with(p["cmd"]["class3d"], "--diameter", "99999"), message="--diameter"),
     Case("class3d: reference box differs", "class3d",
          lambda p, t: _with(p["cmd"]["class3d"], "--reference",
                             write_mrc(t / "r40.mrc", np.zeros((40, 40, 40), np.float32), p["angpix3d"]) or
@@ -269,7 +269,7 @@ CASES = [
          lambda p, t: _with(p["cmd"]["select3d"], "--particles", t / "none.star"), message="none.star"),
     # refine3d
     Case("refine3d: particle diameter larger than the box", "refine3d",
-         lambda p, t: _with(p["cmd"]["refine3d"], "--particle-diameter", "99999"), message="--particle-diameter"),
+         lambda p, t: _with(p["cmd"]["refine3d"], "--diameter", "99999"), message="--diameter"),
     Case("refine3d: --continue with another symmetry", "refine3d",
          lambda p, t: ["refine3d", "--continue", p["root"] / "refine3d/run_it001", "--symmetry", "C2",
                        "--max-iterations", "4", "--device", "cpu", "--out", p["root"] / "refine3d"],

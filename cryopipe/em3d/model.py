@@ -69,15 +69,14 @@ def write_star_exact(path, blocks: dict) -> None:
 
 
 def write_particles_exact(path, table: pd.DataFrame) -> None:
+    """Write a flat particle table (optics columns merged in) as data_optics + data_particles, full precision."""
     optics, rows = split_optics(table)
     write_star_exact(path, {"optics": optics, "particles": rows})
 
 
-def checkpoint_prefix(folder, iteration: int) -> Path:
-    return Path(folder) / f"run_it{iteration:03d}"
-
-
 def map_names(prefix: Path, n_maps: int, halves: bool) -> list[Path]:
+    """The map files of checkpoint ``prefix`` (DIR/run_itNNN): ``{prefix}_half{h}_class001.mrc`` for the
+    gold-standard halves (``halves``), else ``{prefix}_class{k:03d}.mrc``, ``n_maps`` of them."""
     if halves:
         return [Path(f"{prefix}_half{h + 1}_class001.mrc") for h in range(n_maps)]
     return [Path(f"{prefix}_class{k + 1:03d}.mrc") for k in range(n_maps)]

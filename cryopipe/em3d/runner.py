@@ -1,4 +1,5 @@
-"""Bookkeeping shared by the iterative stages: gathering per-particle E-step results, table columns, --continue."""
+"""Bookkeeping shared by the iterative stages: gathering per-particle E-step results, table columns, checkpoints
+(written in the background) and the options of --continue."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ RESULT_FIELDS = ("best_class", "euler", "origin_px", "loglik", "max_prob", "n_si
 
 
 def gather_results(res: EStepResult, indices, n_total: int, comm) -> dict:
-    """Per-particle results of all ranks as full arrays (every rank gets them)."""
+    """Per-particle results of all ranks as full arrays (every rank gets them): {field: (n_total, ...)} for
+    ``RESULT_FIELDS``: best_class (n,) 0-based, euler (n, 3) deg, origin_px (n, 2) px, loglik (n,), max_prob (n,),
+    n_significant (n,); ``indices`` (n_mine,) are the rows this rank's ``res`` holds."""
     parts = comm.allgather((np.asarray(indices), {f: getattr(res, f) for f in RESULT_FIELDS}))
     out = {}
     for f in RESULT_FIELDS:
@@ -33,7 +36,8 @@ def gather_results(res: EStepResult, indices, n_total: int, comm) -> dict:
 
 
 def update_table(particles: ParticleSet, results: dict) -> None:
-    """Write best class (1-based), angles, origins (A) and statistics into the particle table, in place."""
+    """Write best class (1-based), angles (deg), origins (A: px x angpix) and statistics into the particle table,
+    in place (``results``: :func:`gather_results`)."""
     t = particles.table
     t["rlnClassNumber"] = results["best_class"] + 1
     t["rlnAngleRot"], t["rlnAngleTilt"], t["rlnAnglePsi"] = results["euler"].T
@@ -50,7 +54,8 @@ def absolute_image_names(particles: ParticleSet) -> None:
 
 
 def write_checkpoint(out, iteration: int, model: Model, particles: ParticleSet, halves: bool = False) -> list:
-    """Write run_itNNN_{data,model}.star and maps into ``out``; return the files."""
+    """Write run_itNNN_{data,model}.star and the maps (``halves``: run_itNNN_half{1,2}_class001.mrc, else
+    run_itNNN_classKKK.mrc) into ``out``; return the files."""
     prefix = out / f"run_it{iteration:03d}"
     files = write_model(prefix, model, halves)
     write_particles_exact(f"{prefix}_data.star", particles.table)
@@ -108,11 +113,12 @@ def restore_table(particles: ParticleSet, data_star, columns) -> None:
     particles.table = particles.table[first + [c for c in particles.table.columns if c not in first]]
 
 
-def check_options(stored: dict, given: dict, fixed) -> dict:
+def check_options(stored: dict, given: dict, fixed, flags: dict | None = None) -> dict:
     """Merge the options of a checkpoint with the ones given on --continue.
 
     ``given`` holds None for options the user did not give. An option in ``fixed`` given with a different value
-    raises InputError; the others override the stored value. Returns the merged options.
+    raises InputError naming its flag (``flags[key]``, else ``--key-with-dashes``); the others override the stored
+    value. Returns the merged options.
     """
     merged = dict(stored)
     for key, value in given.items():
@@ -122,7 +128,7 @@ def check_options(stored: dict, given: dict, fixed) -> dict:
         same = old is not None and (str(old) == str(value) or _num_equal(old, value))
         if key in fixed and old is not None and not same:
             raise InputError(f"cannot change {key} on --continue (checkpoint has {old!r}, given {value!r})",
-                             field=f"--{key.replace('_', '-')}")
+                             field=(flags or {}).get(key, f"--{key.replace('_', '-')}"))
         if not same and old is not None:
             log.info("option %s changed on continue: %r -> %r", key, old, value)
         merged[key] = value

@@ -1,5 +1,5 @@
 """Gold-standard 3D auto-refinement (``cryopipe refine3d``): RELION's 3D auto-refine on the em3d E- and M-steps."""
 
-from cryopipe.refine3d.run import Refine3DParams, run_refine3d
+from cryopipe.refine3d.stage import EMInputs, Refine3DParams, Refine3DResult, refine, run
 
-__all__ = ["Refine3DParams", "run_refine3d"]
+__all__ = ["EMInputs", "Refine3DParams", "Refine3DResult", "refine", "run"]

@@ -1,18 +1,25 @@
-"""``cryopipe refine3d``: gold-standard 3D auto-refinement (RELION's 3D auto-refine), CPU/GPU, MPI."""
+"""``cryopipe refine3d``: gold-standard 3D auto-refinement (RELION's 3D auto-refine), CPU/GPU, MPI.
+
+    cryopipe refine3d --particles select3d/particles.star --reference select3d/reference.mrc --out refine3d
+                      [--ini-high 40] [--healpix-order 2] [--diameter 150] [--symmetry C1] [--device gpu]
+    cryopipe refine3d --continue refine3d/run_it005 --max-iterations 30 --out refine3d
+
+writes ``OUT/run_itNNN_{data,model}.star`` and ``OUT/run_itNNN_half{1,2}_class001.mrc`` every iteration, and after
+the final one ``OUT/half1.mrc``, ``OUT/half2.mrc``, ``OUT/map.mrc``, ``OUT/fsc.star``, ``OUT/particles.star`` and
+``OUT/refine3d_{progress,slices}.png``.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from cryopipe.backend import get_backend
 from cryopipe.cache import add_arguments as add_cache_arguments
-from cryopipe.cache import stage_cache
-from cryopipe.cli import add_common
-from cryopipe.em3d.model import parse_continue
-from cryopipe.errors import require
-from cryopipe.parallel import get_comm
-from cryopipe.refine3d.run import Refine3DParams, run_refine3d
+from cryopipe.cli import add_common, add_deprecated_alias
+from cryopipe.em3d.driver import DIAMETER_FLAG, EMInputs, given
+from cryopipe.refine3d.stage import Refine3DParams, run
+
+__all__ = ["HELP", "ITERATIVE", "add_arguments", "configure", "run"]
 
 HELP = ("3D auto-refine: gold-standard half-maps, FSC-driven resolution and auto-sampling (RELION), "
         "checkpoints every iteration")
@@ -33,7 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offset-range", type=float, help=f"initial translation search range, px ({_D.offset_range})")
     p.add_argument("--offset-step", type=float, help=f"initial translation step, px ({_D.offset_step})")
     p.add_argument("--symmetry", help=f"point group C<n>, D<n>, T, O or I ({_D.symmetry})")
-    p.add_argument("--particle-diameter", type=float, help="mask diameter, A (default 0.9 x box)")
+    p.add_argument(DIAMETER_FLAG, dest="particle_diameter", type=float,
+                   help="particle (mask) diameter, A (default 0.9 x box)")
+    add_deprecated_alias(p, "--particle-diameter", DIAMETER_FLAG, dest="particle_diameter", type=float)
     p.add_argument("--low-resol-join-halves", type=float, help="resolution, A, below which the half-maps are "
                    f"averaged ({_D.low_resol_join_halves}; 0: never)")
     p.add_argument("--max-iterations", type=int, help="last iteration number, the final one included "
@@ -43,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"({_D.max_significant})")
     p.add_argument("--seed", type=int, help=f"random seed of the half split when rlnRandomSubset is absent ({_D.seed})")
     p.add_argument("--continue", dest="continue_from", type=Path,
-                   help="resume from a checkpoint DIR/run_itNNN. Fixed: --particles, --symmetry, --particle-diameter, "
+                   help=f"resume from a checkpoint DIR/run_itNNN. Fixed: --particles, --symmetry, {DIAMETER_FLAG}, "
                    "--ini-high, --seed, --low-resol-join-halves, --healpix-order, --auto-local-healpix-order, "
                    "--offset-range, --offset-step, --tau2-fudge (give them unchanged or not at all); --max-iterations "
                    "may grow; --max-significant may change; no --reference (the maps come from the checkpoint). "
@@ -52,23 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_cache_arguments(p)
 
 
-def main(args: argparse.Namespace, recorder) -> None:
-    comm = get_comm()
-    bk = get_backend(args.device)
-    recorder.device = bk.describe()
-    params = Refine3DParams(**{name: getattr(args, name) for name in Refine3DParams.__dataclass_fields__})
-    require(args.continue_from is not None or args.particles is not None, "--particles is required",
-            field="--particles")
-    with stage_cache(args, recorder, comm) as cache:
-        reference = None if args.resumed else args.reference  # a resumed run's maps are its own
-        result = run_refine3d(args.particles, reference, args.out, params, bk, comm, args.continue_from, cache)
-    if comm.Get_rank() == 0:
-        recorder.add_input(*(p for p in (args.particles, args.reference) if p is not None))
-        if args.continue_from is not None and not args.resumed:  # a resumed run's checkpoints are its own
-            prefix, _ = parse_continue(args.continue_from)
-            recorder.add_input(f"{prefix}_model.star", f"{prefix}_data.star")
-        recorder.add_output(*result["files"])
-        state = result["sampling"]
-        recorder.note(iteration=result["model"].iteration, resolution_A=round(float(result["resolution_A"]), 3),
-                      healpix_order=state.order, local_searches=bool(state.local),
-                      converged=bool(state.converged), finished=result["map"] is not None)
+def configure(args: argparse.Namespace) -> tuple[Refine3DParams, EMInputs]:
+    """Flags -> parameters (a flag left out stays None: the default, or on --continue the checkpoint's value) and
+    inputs (``args.continue_from``: the CLI's, set for a resumed run)."""
+    params = given(Refine3DParams, **{name: getattr(args, name) for name in Refine3DParams.__dataclass_fields__})
+    return params, EMInputs(args.particles, args.reference, args.continue_from)

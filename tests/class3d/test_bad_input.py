@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 
 from cryopipe import cli
-from cryopipe.backend import get_backend
-from cryopipe.class3d import Class3DParams, run_class3d
+from cryopipe.class3d import Class3DParams, EMInputs, classify
 from cryopipe.em3d.synthetic import SyntheticSpec, simulate_particles, write_reference
 from cryopipe.io.star import parse_image_name, read_particles, write_table
-from cryopipe.parallel import SerialComm
+from cryopipe.stage import StageContext
 
 N_PARTICLES = 16
 FAST = ["--iterations", "1", "--healpix-order", "0", "--offset-range", "0", "--device", "cpu"]
@@ -25,7 +24,7 @@ def tiny(tmp_path_factory):
     truth = simulate_particles(SyntheticSpec(n=N_PARTICLES, snr=0.1, seed=3, out_box=32), folder)
     truth["reference"] = write_reference(truth["maps"]["conformation_1"], truth["angpix"], 40.0, folder / "ref.mrc")
     params = Class3DParams(classes=2, iterations=1, healpix_order=0, offset_range=0.0, particle_diameter=130.0)
-    run_class3d(truth["star"], truth["reference"], folder / "run", params, get_backend("cpu"), SerialComm())
+    classify(params, EMInputs(truth["star"], truth["reference"]), folder / "run", StageContext.local())
     truth["checkpoint"] = folder / "run"
     return truth
 
@@ -65,11 +64,19 @@ def test_one_particle_is_refused(tiny, tmp_path, capsys):
 
 def test_particle_diameter_larger_than_the_box_is_refused(tiny, tmp_path, capsys):
     status, err = _cli(["--particles", str(tiny["star"]), "--reference", str(tiny["reference"]), "--classes", "2",
-                        "--particle-diameter", "99999", *FAST, "--out", str(tmp_path / "out")], capsys)
+                        "--diameter", "99999", *FAST, "--out", str(tmp_path / "out")], capsys)
     assert status == 2 and len(err) == 1, err
-    assert (f"{tiny['star']} [--particle-diameter]: particle diameter 99999 A is larger than the box (32 px x "
+    assert (f"{tiny['star']} [--diameter]: particle diameter 99999 A is larger than the box (32 px x "
             "5 A/px = 160 A)") in err[0]
     assert not list((tmp_path / "out").glob("run_it*"))
+
+
+def test_the_old_diameter_flag_still_works_and_says_it_is_deprecated(tiny, tmp_path, capsys):
+    status = cli.main(["class3d", "--particles", str(tiny["star"]), "--reference", str(tiny["reference"]),
+                       "--classes", "2", "--particle-diameter", "99999", *FAST, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert status == 2 and "--particle-diameter is deprecated and will be removed; use --diameter" in err
+    assert f"{tiny['star']} [--diameter]: particle diameter 99999 A is larger than the box" in err
 
 
 def _damaged_copy(tiny, tmp_path):
@@ -103,10 +110,10 @@ def test_continue_from_a_checkpoint_missing_a_map_is_refused(tiny, tmp_path, cap
 
 
 def test_defaults_pass_and_few_particles_per_class_only_warn(tiny, caplog):
-    """Without --particle-diameter (0.9 x box) and with 8 particles per class: runs, with a warning."""
+    """Without --diameter (0.9 x box) and with 8 particles per class: runs, with a warning."""
     from cryopipe.em3d.particles import load_particles
 
     particles = load_particles(tiny["star"])
-    Class3DParams(classes=2).validate(particles)
+    Class3DParams(classes=2).check_particles(particles)
     assert "only 8.0 particles per class on average (16 particles, K = 2)" in caplog.text
-    Class3DParams(classes=8, particle_diameter=160.0).validate(particles)  # 2 per class, the whole box: allowed
+    Class3DParams(classes=8, particle_diameter=160.0).check_particles(particles)  # 2 per class, the whole box: allowed

@@ -20,8 +20,9 @@ from scipy.spatial.transform import Rotation
 
 from cryopipe import cli
 from cryopipe.backend import get_backend
-from cryopipe.class3d import Class3DParams, run_class3d
+from cryopipe.class3d import Class3DParams, EMInputs, classify, run
 from cryopipe.ctf import ctf_2d
+from cryopipe.em3d.driver import given
 from cryopipe.em3d.model import read_model
 from cryopipe.em3d.particles import load_particles
 from cryopipe.em3d.synthetic import SyntheticSpec, simulate_particles, write_reference
@@ -29,8 +30,8 @@ from cryopipe.fourier import fsc, resolution_at, shift_phase
 from cryopipe.geometry import euler_to_matrix, rotation_angle_between
 from cryopipe.io.mrc import write_mrc
 from cryopipe.io.star import read_particles, read_star, write_table
-from cryopipe.parallel import SerialComm
 from cryopipe.projection import BackProjector
+from cryopipe.stage import StageContext
 
 FAST = dict(healpix_order=1, offset_range=3.0, offset_step=1.5, particle_diameter=130.0)
 
@@ -54,7 +55,7 @@ def _cli(argv, monkeypatch):
 
 def _fast_flags(out, iterations):
     return ["--out", str(out), "--classes", "2", "--iterations", str(iterations), "--healpix-order", "1",
-            "--offset-range", "3", "--offset-step", "1.5", "--particle-diameter", "130", "--device", "cpu"]
+            "--offset-range", "3", "--offset-step", "1.5", "--diameter", "130", "--device", "cpu"]
 
 
 def rotate_map(vol: np.ndarray, a: np.ndarray) -> np.ndarray:
@@ -105,8 +106,8 @@ def test_separates_conformations(tmp_path_factory, tmp_path):
     truth = _dataset(tmp_path_factory, "mixture", 1000, 5, snr=0.3)
     params = Class3DParams(classes=2, iterations=12, healpix_order=2, offset_range=1.5, offset_step=1.5,
                            particle_diameter=130.0)
-    out = run_class3d(truth["star"], truth["reference"], tmp_path, params, get_backend("cpu"), SerialComm())
-    table, maps = out["particles"].table, out["model"].maps
+    out = classify(params, EMInputs(truth["star"], truth["reference"]), tmp_path, StageContext.local())
+    table, maps = out.particles.table, out.model.maps
     cls = table["rlnClassNumber"].to_numpy() - 1
     # classes are unlabelled: match them to conformations by the permutation that agrees best
     names = ["conformation_1", "conformation_2"]
@@ -130,6 +131,30 @@ def test_separates_conformations(tmp_path_factory, tmp_path):
     for name in ("run_it012_data.star", "run_it012_model.star", "run_it012_class001.mrc", "run_it012_class002.mrc",
                  "class3d_slices.png", "class3d_progress.png"):
         assert (tmp_path / name).exists()
+
+
+def test_run_from_python_lists_its_files_and_notes_and_continues(small, tmp_path):
+    """``run`` as a notebook calls it: the files it wrote (the last iteration linked under run_*), the notes and
+    inputs for the record; then a continue that names only the checkpoint (the particles come from it)."""
+    params = Class3DParams(classes=2, iterations=1, healpix_order=0, offset_range=0.0, particle_diameter=130.0)
+    first = run(params, EMInputs(small["star"], small["reference"]), tmp_path / "a", StageContext.local())
+    assert sorted(Path(f).name for f in first.files) == sorted(
+        [f"run_it001_{x}" for x in ("data.star", "model.star", "class001.mrc", "class002.mrc")]
+        + ["class3d_slices.png", "class3d_progress.png", "run_data.star", "run_model.star", "run_class001.mrc",
+           "run_class002.mrc"])
+    assert all((tmp_path / "a" / Path(f).name).is_file() for f in first.files)
+    assert first.notes["iteration"] == 1 and first.notes["classes"] == 2
+    assert first.notes["parameters"]["particle_diameter"] == 130.0
+    assert first.inputs == [small["star"], small["reference"]]
+    checkpoint = tmp_path / "a" / "run_it001"
+    more = run(given(Class3DParams, iterations=2), EMInputs(continue_from=checkpoint), tmp_path / "b",
+               StageContext.local())
+    assert more.notes["iteration"] == 2
+    assert {k: more.notes["parameters"][k] for k in ("classes", "healpix_order", "particle_diameter", "iterations")} \
+        == {"classes": 2, "healpix_order": 0, "particle_diameter": 130.0, "iterations": 2}
+    assert more.inputs == [Path(os.path.abspath(small["star"])), Path(f"{checkpoint}_model.star"),
+                           Path(f"{checkpoint}_data.star")]
+    assert (tmp_path / "b" / "run_class002.mrc").is_file()
 
 
 def test_continue_equals_uninterrupted(small, tmp_path, monkeypatch):
@@ -186,15 +211,15 @@ def test_mpi_two_ranks_equal_one(small, tmp_path, monkeypatch):
 def test_gpu_equals_cpu(small, tmp_path):
     """One iteration on the GPU gives the CPU's assignments, angles and maps within float32 tolerance."""
     params = Class3DParams(classes=2, iterations=1, **FAST)
-    runs = [run_class3d(small["star"], small["reference"], tmp_path / dev, params, get_backend(dev), SerialComm())
+    runs = [classify(params, EMInputs(small["star"], small["reference"]), tmp_path / dev, StageContext.local(dev))
             for dev in ("cpu", "gpu")]
-    a, b = (r["particles"].table for r in runs)
+    a, b = (r.particles.table for r in runs)
     assert np.mean(a["rlnClassNumber"] == b["rlnClassNumber"]) > 0.97
     err = rotation_angle_between(euler_to_matrix(a.rlnAngleRot, a.rlnAngleTilt, a.rlnAnglePsi),
                                  euler_to_matrix(b.rlnAngleRot, b.rlnAngleTilt, b.rlnAnglePsi))
     assert np.mean(err < 1e-3) > 0.97
     for k in range(2):
-        assert fsc(runs[0]["model"].maps[k], runs[1]["model"].maps[k])[:6].min() > 0.99
+        assert fsc(runs[0].model.maps[k], runs[1].model.maps[k])[:6].min() > 0.99
 
 
 def test_bad_inputs_are_clear_errors(small, tmp_path, monkeypatch, capsys):

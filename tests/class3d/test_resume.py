@@ -27,7 +27,7 @@ def small(tmp_path_factory):
 def _argv(small, out, tau2="4", iterations=4):
     return ["class3d", "--particles", str(small["star"]), "--reference", str(small["reference"]), "--out", str(out),
             "--classes", "2", "--iterations", str(iterations), "--healpix-order", "1", "--offset-range", "3",
-            "--offset-step", "1.5", "--particle-diameter", "130", "--tau2-fudge", tau2, "--device", "cpu"]
+            "--offset-step", "1.5", "--diameter", "130", "--tau2-fudge", tau2, "--device", "cpu"]
 
 
 def _kill_after(argv, out: Path, iteration: int) -> None:

@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 
 from cryopipe import cli
-from cryopipe.backend import get_backend
 from cryopipe.em3d.synthetic import SyntheticSpec, simulate_particles, write_reference
 from cryopipe.io.star import parse_image_name, read_particles, write_table
-from cryopipe.parallel import SerialComm
-from cryopipe.refine3d import Refine3DParams, run_refine3d
+from cryopipe.refine3d import EMInputs, Refine3DParams, refine
+from cryopipe.stage import StageContext
 
 FAST = ["--max-iterations", "1", "--healpix-order", "0", "--offset-range", "0", "--device", "cpu"]
 
@@ -35,12 +34,12 @@ def tiny(tmp_path_factory):
     truth = simulate_particles(SyntheticSpec(n=16, snr=0.1, seed=3, out_box=32, models=("conformation_1",),
                                              fractions=(1.0,)), folder)
     truth["reference"] = write_reference(truth["maps"]["conformation_1"], truth["angpix"], 40.0, folder / "ref.mrc")
-    records, logger = _Records(), logging.getLogger("cryopipe.refine3d.run")
+    records, logger = _Records(), logging.getLogger("cryopipe.refine3d.stage")
     logger.addHandler(records)
     level, logger.level = logger.level, logging.INFO
     try:
         params = Refine3DParams(max_iterations=2, healpix_order=0, offset_range=0.0, particle_diameter=130.0)
-        run_refine3d(truth["star"], truth["reference"], folder / "run", params, get_backend("cpu"), SerialComm())
+        refine(params, EMInputs(truth["star"], truth["reference"]), folder / "run", StageContext.local())
     finally:
         logger.removeHandler(records)
         logger.setLevel(level)
@@ -86,9 +85,9 @@ def test_fewer_than_two_particles_in_a_half_set_are_refused(tiny, tmp_path, caps
 
 def test_particle_diameter_larger_than_the_box_is_refused(tiny, tmp_path, capsys):
     status, err = _cli(["--particles", str(tiny["star"]), "--reference", str(tiny["reference"]),
-                        "--particle-diameter", "99999", *FAST, "--out", str(tmp_path / "out")], capsys)
+                        "--diameter", "99999", *FAST, "--out", str(tmp_path / "out")], capsys)
     assert status == 2 and len(err) == 1, err
-    assert (f"{tiny['star']} [--particle-diameter]: particle diameter 99999 A is larger than the box (32 px x "
+    assert (f"{tiny['star']} [--diameter]: particle diameter 99999 A is larger than the box (32 px x "
             "5 A/px = 160 A)") in err[0]
     assert not list((tmp_path / "out").glob("run_it*"))
 
@@ -107,9 +106,9 @@ def test_continue_from_a_model_star_cut_to_half_is_refused(tiny, tmp_path, capsy
 
 
 def test_defaults_and_the_smallest_valid_set_pass(tiny, tmp_path):
-    """Without --particle-diameter (0.9 x box), and with 2 particles in each half set: no error."""
+    """Without --diameter (0.9 x box), and with 2 particles in each half set: no error."""
     from cryopipe.em3d.particles import load_particles
 
-    Refine3DParams().validate(load_particles(tiny["star"]))
+    Refine3DParams().check_particles(load_particles(tiny["star"]))
     four = load_particles(_subset(tiny, [0, 1, 2, 3], tmp_path / "four.star"))
-    Refine3DParams(particle_diameter=160.0).validate(four)
+    Refine3DParams(particle_diameter=160.0).check_particles(four)

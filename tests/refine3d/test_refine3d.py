@@ -18,7 +18,6 @@ import pytest
 from scipy import ndimage
 
 from cryopipe import cli
-from cryopipe.backend import get_backend
 from cryopipe.em3d.gold import AutoSampling, finest_order, join_low_resolution, random_subsets
 from cryopipe.em3d.model import read_model
 from cryopipe.em3d.synthetic import SyntheticSpec, coarse_grain, simulate_particles, write_reference
@@ -32,9 +31,9 @@ from cryopipe.geometry import (
 )
 from cryopipe.io.mrc import read_mrc, write_mrc
 from cryopipe.io.star import read_particles, read_star, write_table
-from cryopipe.parallel import SerialComm
-from cryopipe.refine3d import Refine3DParams, run_refine3d
+from cryopipe.refine3d import EMInputs, Refine3DParams, refine
 from cryopipe.simulate.complex import build_models, electrons_of
+from cryopipe.stage import StageContext
 
 ONE = dict(models=("conformation_1",), fractions=(1.0,), out_box=32)
 
@@ -60,7 +59,7 @@ def _cli(argv, monkeypatch):
 
 def _flags(out, iterations):
     return ["--out", str(out), "--max-iterations", str(iterations), "--healpix-order", "1", "--offset-range", "1.5",
-            "--offset-step", "1.5", "--particle-diameter", "130", "--device", "cpu"]
+            "--offset-step", "1.5", "--diameter", "130", "--device", "cpu"]
 
 
 def _angular_error(table, truth):
@@ -120,13 +119,13 @@ def test_gold_standard_accuracy_and_hand(tmp_path_factory, tmp_path):
     truth = _dataset(tmp_path_factory, "accuracy", 300, 3, snr=0.3)
     params = Refine3DParams(healpix_order=1, auto_local_healpix_order=3, offset_range=1.5, offset_step=1.5,
                             particle_diameter=130.0, max_iterations=7)
-    out = run_refine3d(truth["star"], truth["reference"], tmp_path, params, get_backend("cpu"), SerialComm())
+    out = refine(params, EMInputs(truth["star"], truth["reference"]), tmp_path, StageContext.local())
     true, ap, box = truth["true_map"], truth["angpix"], 32
     final = read_mrc(tmp_path / "map.mrc")[0]
     gold = float(read_star(tmp_path / "fsc.star")["general"]["rlnFinalResolution"].iloc[0])
     res_true = resolution_at(fsc(final, true), box, ap, 0.5)
     err = _angular_error(read_particles(tmp_path / "particles.star"), truth)
-    sampling = out["sampling"].sampling_deg
+    sampling = out.sampling.sampling_deg
     mirror = fsc(final, true[::-1])
     print(f"gold {gold:.2f} A, true FSC0.5 {res_true:.2f} A, median error {np.median(err):.1f} deg "
           f"(sampling {sampling} deg), mirror FSC0.5 {resolution_at(mirror, box, ap, 0.5):.1f} A")
@@ -157,8 +156,8 @@ def test_symmetric_object_refines_with_its_symmetry(tmp_path_factory, tmp_path):
     truth = _dataset(tmp_path_factory, "c4", 160, 5, snr=0.3, atoms=_c4_atoms(), model="c4")
     params = Refine3DParams(healpix_order=1, auto_local_healpix_order=3, offset_range=1.5, offset_step=1.5,
                             particle_diameter=130.0, max_iterations=4, symmetry="C4")
-    out = run_refine3d(truth["star"], truth["reference"], tmp_path, params, get_backend("cpu"), SerialComm())
-    vol = out["map"]
+    out = refine(params, EMInputs(truth["star"], truth["reference"]), tmp_path, StageContext.local())
+    vol = out.map
     n = vol.shape[0]
     c = np.full(3, n // 2)
     op = axis_angle_to_matrix((0, 0, 1), 90.0)[::-1, ::-1]  # (x, y, z) -> array axes (z, y, x)
@@ -183,10 +182,10 @@ def test_local_searches_improve_perturbed_orientations(tmp_path, small):
     write_table(star, table)
     params = Refine3DParams(healpix_order=2, auto_local_healpix_order=2, offset_range=1.5, offset_step=1.5,
                             particle_diameter=130.0, max_iterations=2, ini_high=20.0)
-    out = run_refine3d(star, small["reference"], tmp_path / "out", params, get_backend("cpu"), SerialComm())
-    assert out["sampling"].local == 1
+    out = refine(params, EMInputs(star, small["reference"]), tmp_path / "out", StageContext.local())
+    assert out.sampling.local == 1
     before = np.median(rotation_angle_between(off, small["rotations"]))
-    after = np.median(_angular_error(out["particles"].table, small))
+    after = np.median(_angular_error(out.particles.table, small))
     print(f"local searches: median error {before:.1f} -> {after:.1f} deg")
     assert after < before, (before, after)
 
@@ -198,11 +197,11 @@ def test_converges_with_local_searches(tmp_path_factory, tmp_path):
     truth = _dataset(tmp_path_factory, "converge", 400, 3, snr=0.1)
     params = Refine3DParams(healpix_order=1, auto_local_healpix_order=3, offset_range=1.5, offset_step=1.5,
                             particle_diameter=130.0, max_iterations=25)
-    out = run_refine3d(truth["star"], truth["reference"], tmp_path, params, get_backend("cpu"), SerialComm())
-    assert out["sampling"].converged and out["sampling"].local and out["model"].iteration < 25
-    res_true = resolution_at(fsc(out["map"], truth["true_map"]), 32, truth["angpix"], 0.5)
-    assert abs(out["resolution_A"] - res_true) <= 0.2 * res_true
-    assert np.median(_angular_error(out["particles"].table, truth)) < out["sampling"].sampling_deg * 2
+    out = refine(params, EMInputs(truth["star"], truth["reference"]), tmp_path, StageContext.local())
+    assert out.sampling.converged and out.sampling.local and out.model.iteration < 25
+    res_true = resolution_at(fsc(out.map, truth["true_map"]), 32, truth["angpix"], 0.5)
+    assert abs(out.resolution_A - res_true) <= 0.2 * res_true
+    assert np.median(_angular_error(out.particles.table, truth)) < out.sampling.sampling_deg * 2
 
 
 # ------------------------------------------------------------------------------------------- checkpoints, MPI, GPU
@@ -264,14 +263,14 @@ def test_gpu_equals_cpu(small, tmp_path):
                             max_iterations=2)
     runs = []
     for dev in ("cpu", "gpu"):
-        runs.append(run_refine3d(small["star"], small["reference"], tmp_path / dev, params, get_backend(dev),
-                                 SerialComm()))
-    a, b = (r["particles"].table for r in runs)
+        runs.append(refine(params, EMInputs(small["star"], small["reference"]), tmp_path / dev,
+                           StageContext.local(dev)))
+    a, b = (r.particles.table for r in runs)
     err = rotation_angle_between(euler_to_matrix(a.rlnAngleRot, a.rlnAngleTilt, a.rlnAnglePsi),
                                  euler_to_matrix(b.rlnAngleRot, b.rlnAngleTilt, b.rlnAnglePsi))
     assert np.mean(err < 1e-3) > 0.97
-    assert fsc(runs[0]["map"], runs[1]["map"])[:8].min() > 0.99
-    assert abs(runs[0]["resolution_A"] - runs[1]["resolution_A"]) < 0.05 * runs[0]["resolution_A"]
+    assert fsc(runs[0].map, runs[1].map)[:8].min() > 0.99
+    assert abs(runs[0].resolution_A - runs[1].resolution_A) < 0.05 * runs[0].resolution_A
 
 
 # ------------------------------------------------------------------------------------------- errors

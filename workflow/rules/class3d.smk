@@ -34,7 +34,7 @@ else:
             ini_high=arg("ini-high", C3["ini_high"]),
             tau2_fudge=arg("tau2-fudge", C3["tau2_fudge"]),
             symmetry=arg("symmetry", C3["symmetry"]),
-            diameter=arg("particle-diameter", config["particle_diameter"]),
+            diameter=arg("diameter", config["particle_diameter"]),
             device=arg("device", DEVICE),
         threads: STAGE_THREADS  # BLAS and FFT threads
         resources:

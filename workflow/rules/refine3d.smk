@@ -31,7 +31,7 @@ if RUN_REFINE3D:
             symmetry=arg("symmetry", R3["symmetry"]),
             join=arg("low-resol-join-halves", R3["low_resol_join_halves"]),
             iterations=arg("max-iterations", R3["max_iterations"]),
-            diameter=arg("particle-diameter", config["particle_diameter"]),
+            diameter=arg("diameter", config["particle_diameter"]),
             device=arg("device", DEVICE),
         threads: STAGE_THREADS  # BLAS and FFT threads
         resources:
