@@ -111,6 +111,14 @@ def given(cls, **values):
     return cls(**{**dict.fromkeys(cls.__dataclass_fields__), **values})
 
 
+def configure(cls, args):
+    """``configure`` of an EM driver's CLI: flags -> parameters of dataclass ``cls`` (a flag left out stays None:
+    the default, or on --continue the checkpoint's value) and :class:`EMInputs` (``args.continue_from``: the
+    CLI's, set for a resumed run)."""
+    params = given(cls, **{name: getattr(args, name) for name in cls.__dataclass_fields__})
+    return params, EMInputs(args.particles, args.reference, args.continue_from)
+
+
 def with_defaults(params):
     """``params`` (a parameter dataclass) with every None field set to the dataclass's default."""
     defaults = type(params)()

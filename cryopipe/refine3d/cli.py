@@ -16,7 +16,8 @@ from pathlib import Path
 
 from cryopipe.cache import add_arguments as add_cache_arguments
 from cryopipe.cli import add_common, add_deprecated_alias
-from cryopipe.em3d.driver import DIAMETER_FLAG, EMInputs, given
+from cryopipe.em3d import driver
+from cryopipe.em3d.driver import DIAMETER_FLAG, EMInputs
 from cryopipe.refine3d.stage import Refine3DParams, run
 
 __all__ = ["HELP", "ITERATIVE", "add_arguments", "configure", "run"]
@@ -62,7 +63,4 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def configure(args: argparse.Namespace) -> tuple[Refine3DParams, EMInputs]:
-    """Flags -> parameters (a flag left out stays None: the default, or on --continue the checkpoint's value) and
-    inputs (``args.continue_from``: the CLI's, set for a resumed run)."""
-    params = given(Refine3DParams, **{name: getattr(args, name) for name in Refine3DParams.__dataclass_fields__})
-    return params, EMInputs(args.particles, args.reference, args.continue_from)
+    return driver.configure(Refine3DParams, args)
