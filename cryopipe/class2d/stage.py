@@ -54,7 +54,7 @@ from cryopipe.ctf import CTFParams, ctf_2d, phase_flip
 from cryopipe.errors import InputError, require
 from cryopipe.fourier import backend_of, fourier_crop, normalise_background, soft_circular_mask
 from cryopipe.io.mrc import read_mrc, write_mrc
-from cryopipe.io.star import write_star, write_table
+from cryopipe.io.star import UNKNOWN_RESOLUTION_A, portable_image_names, write_star, write_table
 from cryopipe.parallel import SerialComm
 from cryopipe.particles import ctf_rows, open_particles
 from cryopipe.stage import StageContext, StageResult
@@ -63,7 +63,6 @@ log = logging.getLogger(__name__)
 
 CTF_MODES = ("phaseflip", "wiener", "none")
 MASK_EDGE_PX = 2.0  # soft edge of the circular mask, working pixels
-UNKNOWN_RESOLUTION_A = 999.0  # RELION's value for "not estimated"
 
 
 @dataclass
@@ -209,11 +208,12 @@ def load_particles(star: str | os.PathLike, params: Class2DParams, bk: Backend |
     ``cache``: read the rank's stacks from their node-local copies where there are some, and stage the others
     (:mod:`cryopipe.cache`).
 
-    Returns the whole table (every rank reads it; rlnImageName rewritten so that the stacks resolve from
-    the working directory) and the rank's :class:`ParticleStack`. InputErrors: those of the particle source
-    (no particles, missing columns or files, particles of different box or pixel sizes, a pixel size that differs
-    by more than 1% from a stack's MRC header), fewer particles than classes, a shift range that does not fit the
-    box, a working box larger than the particles', a mask that does not fit the working box.
+    Returns the whole table (every rank reads it; rlnImageName as the input gives it where it resolves from the
+    working directory, as RELION resolves it, else rewritten so that it does:
+    :func:`cryopipe.io.star.portable_image_names`) and the rank's :class:`ParticleStack`. InputErrors: those of
+    the particle source (no particles, missing columns or files, particles of different box or pixel sizes, a pixel
+    size that differs by more than 1% from a stack's MRC header), fewer particles than classes, a shift range that
+    does not fit the box, a working box larger than the particles', a mask that does not fit the working box.
     """
     bk = bk or get_backend("auto")
     comm = comm or SerialComm()
@@ -221,8 +221,7 @@ def load_particles(star: str | os.PathLike, params: Class2DParams, bk: Backend |
     particles = open_particles(star, ctf=params.ctf != "none", share=(comm.Get_rank(), comm.Get_size()))
     table, n = particles.table, len(particles)
     require(params.classes <= n, f"{params.classes} classes asked for, but only {n} particles", star, "--classes")
-    table["rlnImageName"] = [f"{i + 1:06d}@{os.path.normpath(s)}"
-                             for i, s in zip(particles.image_index, particles.stacks, strict=True)]
+    table["rlnImageName"] = portable_image_names(table["rlnImageName"], star, particles.stacks)
     angpix0, box0 = particles.angpix, particles.box
     box = params.box or box0
     require(box <= box0, f"cannot downscale to {box} px: the particles are {box0} px", field="--box")

@@ -3,7 +3,9 @@
 Iteration 1 splits the particles at random over the K classes (RELION's random seeds), all starting from the
 reference low-passed to ``ini_high`` and scaled to the data's grey scale; later iterations assign particles by
 their posteriors. Every iteration writes ``run_itNNN_{data,model}.star`` and ``run_itNNN_classKKK.mrc``; the last
-one is also linked as ``run_{data,model}.star`` and ``run_classKKK.mrc``. A driver over
+one is also linked as ``run_{data,model}.star`` and ``run_classKKK.mrc``. As in RELION, the model STAR names its maps
+with the output folder (``ctx.final(out)/run_itNNN_classKKK.mrc``) and the data STARs keep rlnImageName as the input
+STAR gives it (relative names stay relative: :func:`cryopipe.io.star.portable_image_names`). A driver over
 :mod:`cryopipe.em3d.driver` (parameters, --continue, initial model)::
 
     from cryopipe.class3d.stage import Class3DParams, EMInputs, run
@@ -136,7 +138,7 @@ def classify(params: Class3DParams, inputs: EMInputs, out: Path, ctx: StageConte
         search = SearchSpace(grid, translation_grid(params.offset_range, params.offset_step), params.offset_step,
                              max_significant=params.max_significant,
                              symmetry_ops=symmetry_operators(params.symmetry), particle_diameter_A=start.diameter_A)
-        writer = CheckpointWriter()
+        writer = CheckpointWriter(names_root=ctx.final(out))
         for it in range(start.iteration + 1, params.iterations + 1):
             t0 = time.perf_counter()
             class_mask = None

@@ -37,7 +37,7 @@ from cryopipe.em3d import mstep
 from cryopipe.em3d.gold import MAX_ORDER
 from cryopipe.em3d.model import Model, initial_sigma2, parse_continue, read_model, reference_scale
 from cryopipe.em3d.particles import ParticleSet, check_reference, load_particles
-from cryopipe.em3d.runner import absolute_image_names, check_options, restore_table
+from cryopipe.em3d.runner import check_options, portable_names, restore_table
 from cryopipe.errors import InputError, require
 from cryopipe.fourier import lowpass
 from cryopipe.geometry import symmetry_operators
@@ -77,7 +77,8 @@ class Start:
     """Where a driver's iterations start (:func:`start_run`).
 
     ``params``: the resolved parameters (no field None that has a default). ``particles``: the loaded set (this
-    rank's share of the image spectra; absolute rlnImageName; on continue the checkpoint's table columns).
+    rank's share of the image spectra; rlnImageName as the input STAR gives it, see
+    :func:`~cryopipe.em3d.runner.portable_names`; on continue the checkpoint's table columns).
     ``model``: the checkpoint's model (None on a fresh start: the driver makes its own, e.g. with
     :func:`initial_model`). ``iteration``: the last completed iteration (0 on a fresh start). ``options``: the
     checkpoint's options (model_general ``cp_*`` without the prefix; {} on a fresh start). ``reference``: the map to
@@ -231,7 +232,7 @@ def start_run(params, inputs: EMInputs, ctx: StageContext, cache=None, *, fixed=
         model = read_model(prefix, halves=halves)
         restore_table(particles, f"{prefix}_data.star", columns)
     params.check_particles(particles)
-    absolute_image_names(particles)
+    portable_names(particles)
     n = len(particles)
     diameter = mask_diameter_A(params, particles)
     mask = mstep.solvent_mask(particles.box, particles.angpix, diameter)

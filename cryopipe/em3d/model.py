@@ -82,10 +82,16 @@ def map_names(prefix: Path, n_maps: int, halves: bool) -> list[Path]:
     return [Path(f"{prefix}_class{k + 1:03d}.mrc") for k in range(n_maps)]
 
 
-def write_model(prefix: Path, model: Model, halves: bool = False) -> list[Path]:
-    """Write ``{prefix}_model.star`` and the class maps; return the files written."""
+def write_model(prefix: Path, model: Model, halves: bool = False, names_root=None) -> list[Path]:
+    """Write ``{prefix}_model.star`` and the class maps; return the files written.
+
+    model_classes' rlnReferenceImage names each map as RELION does, with its folder as seen from the project
+    (working) directory: ``names_root``/file name, ``names_root`` the folder the result is published to (a stage's
+    ``ctx.final(out)``; None: ``prefix``'s folder). :func:`read_checkpoint` reads the maps beside the STAR.
+    """
     k, nsh = model.maps.shape[0], model.box // 2 + 1
     maps = map_names(prefix, k, halves)
+    root = Path(prefix).parent if names_root is None else names_root
     for path, vol in zip(maps, model.maps, strict=True):
         write_mrc(path, vol, model.angpix)
     shells = np.arange(nsh)
@@ -97,7 +103,7 @@ def write_model(prefix: Path, model: Model, halves: bool = False) -> list[Path]:
                "cpNextRmax": model.r_max}
     general.update({f"cp_{key}": value for key, value in model.options.items()})
     blocks = {"model_general": general,
-              "model_classes": pd.DataFrame({"rlnReferenceImage": [os.path.basename(p) for p in maps],
+              "model_classes": pd.DataFrame({"rlnReferenceImage": [str(Path(root) / p.name) for p in maps],
                                              "rlnClassDistribution": model.pdf_class,
                                              "rlnEstimatedResolution": model.resolution_A})}
     for c in range(k):
@@ -148,8 +154,9 @@ def _numbers(star: Path, name: str, table: pd.DataFrame, column: str, rows: int)
 
 
 def read_checkpoint(prefix: Path, halves: bool = False) -> tuple[dict, list[Path]]:
-    """The checked contents of ``{prefix}_model.star`` and the map files it names (not read; ``halves`` names
-    them, as :func:`map_names`, only for a model STAR without rlnReferenceImage).
+    """The checked contents of ``{prefix}_model.star`` and the map files it names (not read): the files of
+    rlnReferenceImage's file names in the STAR's folder (``halves`` names them, as :func:`map_names`, only for a
+    model STAR without rlnReferenceImage).
 
     Returns ({"general": model_general as a dict, plus "classes", "class_K", "group_G", "curves" as
     {column: float64 array}}, [map paths]). Everything :func:`read_model` needs is checked to be there, complete
@@ -200,7 +207,9 @@ def read_checkpoint(prefix: Path, halves: bool = False) -> tuple[dict, list[Path
     out["curves"] = {} if curves is None else {col: _numbers(star, "model_curves", curves, col, nsh)
                                                for col in curves.columns if col != "rlnSpectralIndex"}
     if "rlnReferenceImage" in classes.columns:
-        maps = [Path(n) if os.path.isabs(str(n)) else star.parent / str(n) for n in classes["rlnReferenceImage"]]
+        # the maps beside the STAR: the folder in the name is where the result is published (RELION's project-relative
+        # name), while a checkpoint is also read from its run folder (a resumed run) or from a copy of its folder
+        maps = [star.parent / os.path.basename(str(n)) for n in classes["rlnReferenceImage"]]
     else:
         maps = map_names(prefix, k, halves)
     return out, maps
@@ -209,9 +218,9 @@ def read_checkpoint(prefix: Path, halves: bool = False) -> tuple[dict, list[Path
 def read_model(prefix: Path, halves: bool = False) -> Model:
     """Read a model written by :func:`write_model`.
 
-    The maps are the files the checkpoint names (model_classes' rlnReferenceImage, in its folder); ``halves``
-    only names them for a model STAR without that column. A checkpoint cut short, a missing map or one of
-    another box is an :class:`InputError` naming the file (see :func:`read_checkpoint`).
+    The maps are the files the checkpoint names (model_classes' rlnReferenceImage's file names, in the STAR's
+    folder); ``halves`` only names them for a model STAR without that column. A checkpoint cut short, a missing map
+    or one of another box is an :class:`InputError` naming the file (see :func:`read_checkpoint`).
     """
     prefix = Path(prefix)
     blocks, maps = read_checkpoint(prefix, halves)

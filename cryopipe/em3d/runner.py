@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from cryopipe.em3d.estep import EStepResult
 from cryopipe.em3d.model import Model, write_model, write_particles_exact
 from cryopipe.em3d.particles import ParticleSet
 from cryopipe.errors import InputError
-from cryopipe.io.star import parse_image_name, read_particles
+from cryopipe.io.star import portable_image_names, read_particles
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +47,22 @@ def update_table(particles: ParticleSet, results: dict) -> None:
     t["rlnNrOfSignificantSamples"] = results["n_significant"]
 
 
-def absolute_image_names(particles: ParticleSet) -> None:
-    """Make rlnImageName stack paths absolute, so data STARs written elsewhere still find the images."""
-    idx, stacks = parse_image_name(particles.table["rlnImageName"], particles.path)
-    particles.table["rlnImageName"] = [f"{i + 1}@{os.path.abspath(s)}" for i, s in zip(idx, stacks, strict=True)]
+def portable_names(particles: ParticleSet) -> None:
+    """rlnImageName as the data STARs written into the output folder must give it, in place: as the input STAR
+    had it where it resolves from the working directory (RELION's rule), else the path it resolved to
+    (:func:`cryopipe.io.star.portable_image_names`)."""
+    particles.table["rlnImageName"] = portable_image_names(particles.table["rlnImageName"], particles.path,
+                                                           particles.stacks)
 
 
-def write_checkpoint(out, iteration: int, model: Model, particles: ParticleSet, halves: bool = False) -> list:
+def write_checkpoint(out, iteration: int, model: Model, particles: ParticleSet, halves: bool = False,
+                     names_root=None) -> list:
     """Write run_itNNN_{data,model}.star and the maps (``halves``: run_itNNN_half{1,2}_class001.mrc, else
-    run_itNNN_classKKK.mrc) into ``out``; return the files."""
+    run_itNNN_classKKK.mrc) into ``out``; return the files. ``names_root``: the folder the model STAR's
+    rlnReferenceImage names the maps in (the published folder, ``ctx.final(out)``; None: ``out``)."""
+    out = Path(out)
     prefix = out / f"run_it{iteration:03d}"
-    files = write_model(prefix, model, halves)
+    files = write_model(prefix, model, halves, names_root=out if names_root is None else names_root)
     write_particles_exact(f"{prefix}_data.star", particles.table)
     return [f"{prefix}_data.star", *files]
 
@@ -68,10 +73,12 @@ class CheckpointWriter:
 
     One write in flight at a time; :meth:`submit` snapshots the particle table (the next iteration rewrites it;
     the model is replaced, not changed). An error in a write is raised at the next :meth:`submit` or at
-    :meth:`wait`, which returns every file written so far.
+    :meth:`wait`, which returns every file written so far. ``names_root``: the folder the checkpoints' model STARs
+    name their maps in (the stage's ``ctx.final(out)``; None: the folder written into).
     """
 
-    def __init__(self):
+    def __init__(self, names_root=None):
+        self.names_root = names_root
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.files: list = []
@@ -82,7 +89,7 @@ class CheckpointWriter:
 
         def write():
             try:
-                self.files += write_checkpoint(out, iteration, model, snapshot, halves)
+                self.files += write_checkpoint(out, iteration, model, snapshot, halves, self.names_root)
             except BaseException as exc:  # noqa: BLE001 - handed to the main thread by wait()
                 self._error = exc
 

@@ -32,6 +32,12 @@ OPTICS_COLUMNS = (
     "rlnCtfDataAreCtfPremultiplied",
 )
 
+# RELION's value for a resolution that was not estimated (rlnEstimatedResolution of an empty class, or of a class
+# whose FRC is below its threshold from the lowest frequency on); a reader must treat it (and anything above it) as
+# "unknown", never as a number of Angstrom that enters statistics. (rlnAngstromResolution 999 at shell 0 of a
+# per-shell table is RELION's too: the DC shell has no resolution.)
+UNKNOWN_RESOLUTION_A = 999.0
+
 
 def read_star(path: str | os.PathLike) -> dict[str, pd.DataFrame]:
     """All data blocks of a STAR file as {block name: DataFrame}; a missing or unreadable file is an InputError."""
@@ -139,3 +145,23 @@ def parse_image_name(names: pd.Series, star_path: str | os.PathLike) -> tuple[np
             stack = str(base / stack)
         stacks.append(stack)
     return indices, stacks
+
+
+def portable_image_names(names: pd.Series, star_path: str | os.PathLike, stacks: list[str] | None = None) -> list[str]:
+    """The image names ``names`` (``index@stack``) of the STAR file ``star_path`` as a STAR file written into another
+    folder must give them.
+
+    RELION resolves a relative stack path against the working directory (the project folder), so a name whose stack
+    is absolute or exists from the working directory is kept exactly as the input gives it (relative stays relative,
+    the index keeps its digits). Only a name that resolves against ``star_path``'s folder instead (the fallback of
+    :func:`parse_image_name`, which RELION does not have) is rewritten to that path, normalised: relative to the
+    working directory when ``star_path`` is relative, absolute when it is absolute. The index text is kept.
+    ``stacks``: the stacks :func:`parse_image_name` resolved for ``names``, when the caller has them.
+    """
+    if stacks is None:
+        _, stacks = parse_image_name(names, star_path)
+    out = []
+    for name, stack in zip(names.astype(str), stacks, strict=True):
+        index, given = name.split("@", 1)
+        out.append(name if stack == given else f"{index}@{os.path.normpath(stack)}")
+    return out

@@ -10,6 +10,19 @@
   2003), the B-factor is the slope (x 4) of ln|F| against 1/d^2 from ``fit_low_A`` to the final resolution
   (Guinier plot; from 1.5 x the resolution when that is coarser), the map is multiplied by exp(-B s^2 / 4)
   (B negative: sharpening) and low-pass filtered at the final resolution.
+
+When the map is not sharpened, it says so. The fit range does not adapt to a map whose final resolution is worse
+than ``fit_low_A`` (default 10 A, RELION's --autob_lowres): the Guinier plot of a protein is a straight line only
+beyond ~10 A, and what lies before it is the particle's form factor, whose fall-off a fit would turn into a
+"sharpening" by thousands of A^2 that boosts noise. RELION does not adapt either: its help for the automatic
+B-factor says the map must extend well beyond the lowest fit resolution, and to give an own B-factor for a map that
+does not extend beyond 10 A (--bfactor here). Such a map, and one whose fitted slope is positive (clipped to B = 0),
+or given ``bfactor`` >= 0, is FSC-weighted and low-pass filtered but not sharpened: ``cpSharpened`` is 0 in
+postprocess.star's general block (1 when a negative B-factor was applied), the log says "not sharpened: <why>",
+and the notes of the run record ``sharpened`` and ``not_sharpened`` (the reason). No STAR field holds NaN: the
+Guinier fit's slope and intercept (rlnFittedSlopeGuinierPlot, rlnFittedInterceptGuinierPlot) are written only when
+a B-factor was fitted, as relion_postprocess writes them only with --auto_bfac. rlnAngstromResolution is 999 at
+shell 0 of the FSC table, as RELION writes it (the DC shell has no resolution).
 """
 
 from __future__ import annotations
@@ -102,18 +115,23 @@ class PostprocessInputs:
 
 
 def run(params: PostprocessParams, inputs: PostprocessInputs, out: Path, ctx: StageContext) -> StageResult:
-    """Post-process ``inputs``' half-maps into ``out`` (see :func:`postprocess`). Notes: resolution_A, bfactor."""
+    """Post-process ``inputs``' half-maps into ``out`` (see :func:`postprocess`). Notes: resolution_A, bfactor,
+    sharpened (bool) and, when not, not_sharpened (why)."""
     result = postprocess(inputs.half1, inputs.half2, out, params, final_out=ctx.final(out), mask=inputs.mask)
-    return StageResult(files=result["files"], notes={"resolution_A": round(result["resolution_A"], 3),
-                                                     "bfactor": round(result["bfactor"], 1)})
+    notes = {"resolution_A": round(result["resolution_A"], 3), "bfactor": round(result["bfactor"], 1),
+             "sharpened": result["sharpened"]}
+    if not result["sharpened"]:
+        notes["not_sharpened"] = result["not_sharpened"]
+    return StageResult(files=result["files"], notes=notes)
 
 
 def postprocess(half1_path, half2_path, out: Path, params: PostprocessParams, final_out: Path | None = None,
                 mask: Path | None = None) -> dict:
     """Run post-processing; write map_sharpened.mrc, mask.mrc, postprocess.star and PNGs into ``out``
     (``final_out``: the folder they will end up in, for the mask path recorded in the STAR; default ``out``).
-    ``mask``: a soft mask MRC in [0, 1] (None: made from the maps). Returns resolution_A, bfactor, fsc (table),
-    files, map and mask ((n, n, n) arrays)."""
+    ``mask``: a soft mask MRC in [0, 1] (None: made from the maps). Returns resolution_A, bfactor, sharpened
+    (whether a negative B-factor was applied), not_sharpened (why not, else None), fsc (table), files, map and mask
+    ((n, n, n) arrays)."""
     mask_path = mask
     h1, angpix = read_mrc(half1_path)
     h2, angpix2 = read_mrc(half2_path)
@@ -161,17 +179,23 @@ def postprocess(half1_path, half2_path, out: Path, params: PostprocessParams, fi
     weighted = np.fft.irfftn(np.fft.rfftn(average) * weight[shells], s=average.shape, axes=(0, 1, 2))
     s2, log_orig = guinier(average * mask, angpix)
     _, log_weighted = guinier(weighted * mask, angpix)
-    if params.bfactor is None and resolution > params.fit_low_A:
+    fit = None  # (slope, intercept) of the Guinier fit, when one was made
+    if params.bfactor is not None:
+        bfactor = float(params.bfactor)
+        why = None if bfactor < 0 else f"--bfactor {bfactor:g} given (a B-factor >= 0 does not sharpen)"
+    elif resolution > params.fit_low_A:
         # no Guinier region (it starts near 10 A): a slope fitted to the form factor's fall-off would "sharpen"
         # a 12 A map by thousands of A^2 and boost noise 100-fold; RELION, too, fits only beyond autob_lowres
-        log.warning("final resolution %.1f A is worse than --fit-low %.1f A: no B-factor fitted, none applied",
-                    resolution, params.fit_low_A)
-        bfactor, intercept = 0.0, float("nan")
-    elif params.bfactor is None:
-        bfactor, intercept = fit_bfactor(s2, log_weighted, max(params.fit_low_A, 1.5 * resolution), resolution)
-        bfactor = min(bfactor, 0.0)
+        bfactor = 0.0
+        why = (f"final resolution {resolution:.1f} A is worse than --fit-low {params.fit_low_A:g} A, so there is no "
+               "Guinier region to fit a B-factor to; give one with --bfactor to sharpen")
     else:
-        bfactor, intercept = float(params.bfactor), float("nan")
+        fitted, intercept = fit_bfactor(s2, log_weighted, max(params.fit_low_A, 1.5 * resolution), resolution)
+        fit = (fitted / 4, intercept)
+        bfactor = min(fitted, 0.0)
+        why = None if bfactor < 0 else f"the fitted Guinier slope is not negative (B = {fitted:+.0f} A^2): none applied"
+    if why is not None:
+        (log.info if params.bfactor is not None else log.warning)("not sharpened: %s", why)
     s2_grid = (shells / (n * angpix)) ** 2
     sharpened = np.fft.irfftn(np.fft.rfftn(weighted) * np.exp(-bfactor * s2_grid / 4), s=average.shape, axes=(0, 1, 2))
     sharpened = lowpass(sharpened, angpix, resolution, ndim=3)
@@ -181,9 +205,11 @@ def postprocess(half1_path, half2_path, out: Path, params: PostprocessParams, fi
     write_mrc(out / "map_sharpened.mrc", sharpened, angpix)
     write_mrc(out / "mask.mrc", mask, angpix)
     freq = np.arange(n // 2 + 1) / (n * angpix)
-    general = {"rlnFinalResolution": resolution, "rlnBfactorUsedForSharpening": bfactor,
-               "rlnFittedInterceptGuinierPlot": intercept, "rlnRandomiseFrom": n * angpix / max(rand_shell, 1),
-               "rlnMaskName": str(mask_path or Path(final_out or out) / "mask.mrc")}
+    general = {"rlnFinalResolution": resolution, "rlnBfactorUsedForSharpening": bfactor}
+    if fit is not None:  # RELION writes the fit only when it made one (--auto_bfac)
+        general.update(rlnFittedSlopeGuinierPlot=fit[0], rlnFittedInterceptGuinierPlot=fit[1])
+    general.update(rlnRandomiseFrom=n * angpix / max(rand_shell, 1),
+                   rlnMaskName=str(mask_path or Path(final_out or out) / "mask.mrc"), cpSharpened=int(why is None))
     curves = pd.DataFrame({
         "rlnSpectralIndex": np.arange(n // 2 + 1), "rlnResolution": freq,
         "rlnAngstromResolution": np.where(freq > 0, 1 / np.where(freq > 0, freq, 1), 999.0),
@@ -193,13 +219,13 @@ def postprocess(half1_path, half2_path, out: Path, params: PostprocessParams, fi
     guinier_table = pd.DataFrame({"rlnResolutionSquared": s2, "rlnLogAmplitudesOriginal": log_orig,
                                   "rlnLogAmplitudesWeighted": log_weighted, "rlnLogAmplitudesSharpened": log_sharp})
     write_star_exact(out / "postprocess.star", {"general": general, "fsc": curves, "guinier": guinier_table})
-    figures = _figures(out, freq, curves, guinier_table, sharpened, mask, resolution, bfactor)
+    figures = _figures(out, freq, curves, guinier_table, sharpened, mask, resolution, bfactor, why is None)
     files = [out / "map_sharpened.mrc", out / "mask.mrc", out / "postprocess.star", *figures]
-    return {"resolution_A": resolution, "bfactor": bfactor, "fsc": curves, "files": files, "map": sharpened,
-            "mask": mask}
+    return {"resolution_A": resolution, "bfactor": bfactor, "sharpened": why is None, "not_sharpened": why,
+            "fsc": curves, "files": files, "map": sharpened, "mask": mask}
 
 
-def _figures(out, freq, curves, guinier_table, sharpened, mask, resolution, bfactor) -> list:
+def _figures(out, freq, curves, guinier_table, sharpened, mask, resolution, bfactor, is_sharpened) -> list:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -217,11 +243,13 @@ def _figures(out, freq, curves, guinier_table, sharpened, mask, resolution, bfac
     for col, label in (("rlnLogAmplitudesOriginal", "original"), ("rlnLogAmplitudesWeighted", "FSC-weighted"),
                        ("rlnLogAmplitudesSharpened", "sharpened")):
         a2.plot(guinier_table["rlnResolutionSquared"], guinier_table[col], label=label)
-    a2.set(xlabel="1/d^2 (1/A^2)", ylabel="ln |F|", title=f"Guinier plot, B = {bfactor:.0f} A^2")
+    a2.set(xlabel="1/d^2 (1/A^2)", ylabel="ln |F|",
+           title=f"Guinier plot, B = {bfactor:.0f} A^2" + ("" if is_sharpened else " (not sharpened)"))
     a2.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(out / "postprocess_fsc_guinier.png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return [out / "postprocess_fsc_guinier.png",
-            plot_slices([sharpened, mask], ["sharpened", "mask"], out / "postprocess_slices.png")]
+            plot_slices([sharpened, mask], ["sharpened" if is_sharpened else "not sharpened", "mask"],
+                        out / "postprocess_slices.png")]

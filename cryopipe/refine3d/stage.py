@@ -18,8 +18,10 @@
   (``map.mrc``, regularised with the combined SNR 2 FSC / (1 - FSC)).
 
 Every iteration writes ``run_itNNN_{data,model}.star`` and ``run_itNNN_half{1,2}_class001.mrc`` (masked half-maps
-used by the next E-step; the sampling state rides in model_general as ``cp_state_*``) for ``--continue``. A driver
-over :mod:`cryopipe.em3d.driver` (parameters, --continue, initial model)::
+used by the next E-step; the sampling state rides in model_general as ``cp_state_*``) for ``--continue``. As in
+RELION, the model STAR names its maps with the output folder (``ctx.final(out)/run_itNNN_half1_class001.mrc``) and
+the data STARs and particles.star keep rlnImageName as the input STAR gives it (:mod:`cryopipe.em3d.runner`). A
+driver over :mod:`cryopipe.em3d.driver` (parameters, --continue, initial model)::
 
     from cryopipe.refine3d.stage import EMInputs, Refine3DParams, run
     run(Refine3DParams(symmetry="C4"), EMInputs(particles, reference), Path("r3"), StageContext.local())
@@ -177,7 +179,7 @@ def refine(params: Refine3DParams, inputs: EMInputs, out: Path, ctx: StageContex
             finished = bool(int(float(model.options.get("finished", 0))))
         options = model_options(params, particles, diameter)
         files: list = []
-        writer = CheckpointWriter()
+        writer = CheckpointWriter(names_root=ctx.final(out))
         final_map = None
         fsc_curve = model.extra.get("rlnGoldStandardFsc", np.zeros(box // 2 + 1))
         resolution = float(np.min(model.resolution_A))
@@ -201,7 +203,9 @@ def refine(params: Refine3DParams, inputs: EMInputs, out: Path, ctx: StageContex
             update_table(particles, merged)
             particles.table["rlnRandomSubset"] = subset
             fsc_curve, halves, combined, ssnr, tau2 = _maximise(bps, params, box, bk, estep_r, final, comm)
-            resolution = resolution_at(fsc_curve, box, angpix, FSC_THRESHOLD)
+            # at worst the box itself (resolution_at says inf when the FSC is below the threshold from shell 0 on):
+            # never an inf in the model STAR and fsc.star, which --continue would refuse
+            resolution = min(resolution_at(fsc_curve, box, angpix, FSC_THRESHOLD), box * angpix)
             shell = int(np.floor(box * angpix / resolution + 1e-9))
             new_rot = _table_rotations(particles.table)
             angle = float(np.mean(symmetric_angle(prev_rot, new_rot, ops))) if prev_rot is not None else 1e9

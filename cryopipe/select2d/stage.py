@@ -4,7 +4,12 @@ Classes are kept from an explicit list of class numbers, or automatically when t
 
 * size: at least ``min_size`` particles (default "auto": 20% of the mean class size);
 * resolution: FRC resolution (rlnEstimatedResolution) at most ``max_resolution_A`` Angstrom (default "auto":
-  median + 3 robust s.d. over the classes, robust s.d. = 1.4826 x median absolute deviation);
+  median + 3 robust s.d. over the classes, robust s.d. = 1.4826 x median absolute deviation). A resolution of
+  999 A or more (RELION's value for "not estimated": class2d writes it for an empty class, one of whose half sets is
+  empty, or whose FRC is below the threshold from the lowest frequency on) or not a finite number is unknown: it
+  never enters the median and MAD, and the class fails this criterion with the reason "resolution unknown" (a
+  class whose resolution could not be measured is not a good class). When no populated class has a known
+  resolution, "auto" has nothing to measure against: the criterion is left out, with a warning;
 * score: mean alignment score (cpMeanScore) at least ``min_score`` (default "auto": median - 3 robust s.d.).
 
 Each criterion takes a number, "auto" or "off". Inputs are ``cryopipe class2d``'s particles.star and
@@ -24,7 +29,14 @@ import pandas as pd
 from cryopipe.errors import InputError, require
 from cryopipe.io.atomic import atomic_write_text
 from cryopipe.io.mrc import read_mrc, write_mrc
-from cryopipe.io.star import parse_image_name, read_particles, read_star, write_star, write_table
+from cryopipe.io.star import (
+    UNKNOWN_RESOLUTION_A,
+    parse_image_name,
+    read_particles,
+    read_star,
+    write_star,
+    write_table,
+)
 from cryopipe.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
@@ -62,16 +74,27 @@ class SelectParams:
         require(self.keep is None or len(self.keep) > 0, "give at least one class number", field="--keep")
 
 
-def _robust(values: np.ndarray) -> tuple[float, float]:
-    """Median and robust s.d. (1.4826 x MAD) of the finite values."""
+def known_resolution(values) -> np.ndarray:
+    """(K,) bool: which resolutions (A) were estimated: finite and below RELION's 999 A for "unknown"."""
+    v = np.asarray(values, dtype=float)
+    return np.isfinite(v) & (v < UNKNOWN_RESOLUTION_A)
+
+
+def _robust(values: np.ndarray) -> tuple[float, float] | None:
+    """Median and robust s.d. (1.4826 x MAD) of the finite values; None when there are none."""
     v = values[np.isfinite(values)]
+    if not len(v):
+        return None
     med = float(np.median(v))
     return med, float(1.4826 * np.median(np.abs(v - med)))
 
 
 def _thresholds(classes: pd.DataFrame, params: SelectParams) -> dict[str, float | None]:
-    """Resolved thresholds {size, resolution, score} (None: criterion off), from the populated classes."""
+    """Resolved thresholds {size, resolution, score} (None: criterion off), from the populated classes (for the
+    resolution, those whose resolution is known)."""
     populated = classes[classes["cpClassSize"] > 0]
+    measured = {"resolution": populated[known_resolution(populated["rlnEstimatedResolution"])],
+                "score": populated}
     out: dict[str, float | None] = {}
     for key, value, column, sign in (("size", params.min_size, "cpClassSize", 0),
                                      ("resolution", params.max_resolution_A, "rlnEstimatedResolution", 1),
@@ -83,8 +106,13 @@ def _thresholds(classes: pd.DataFrame, params: SelectParams) -> dict[str, float 
         elif key == "size":
             out[key] = AUTO_SIZE_FRACTION * classes["cpClassSize"].sum() / len(classes)
         else:
-            med, sd = _robust(populated[column].to_numpy(dtype=float))
-            out[key] = med + sign * ROBUST_SIGMAS * sd
+            stats = _robust(measured[key][column].to_numpy(dtype=float))
+            if stats is None:
+                log.warning("no populated class has a known %s (%s): the automatic %s criterion is left out", key,
+                            column, key)
+                out[key] = None
+            else:
+                out[key] = stats[0] + sign * ROBUST_SIGMAS * stats[1]
     return out
 
 
@@ -113,6 +141,9 @@ def select_classes(classes: pd.DataFrame, params: SelectParams, path=None) -> pd
     for _, row in classes.iterrows():
         results = []
         for name, column, op, limit, fmt in criteria:
+            if column == "rlnEstimatedResolution" and not known_resolution(row[column]):
+                results.append((False, "resolution unknown"))
+                continue
             ok = row[column] >= limit if op == ">=" else row[column] <= limit
             results.append((ok, f"{name} {fmt.format(row[column])} {op if ok else _NOT[op]} {fmt.format(limit)}"))
         keep = row["cpClassSize"] > 0 and all(ok for ok, _ in results)

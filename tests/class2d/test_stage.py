@@ -75,3 +75,28 @@ def test_gpu_classification_equals_cpu(particles_small):
     dpsi = ((cpu.alignment.psi - gpu.alignment.psi)[same] + 180) % 360 - 180
     assert np.median(np.abs(dpsi)) < 0.05
     np.testing.assert_allclose(gpu.averages, cpu.averages, atol=0.02 * np.abs(cpu.averages).max())
+
+
+def test_image_names_stay_as_the_input_gives_them(particles_small, tmp_path, monkeypatch):
+    """The table class2d writes keeps rlnImageName as the input STAR gives it where it resolves from the working
+    directory (RELION's rule; the index used to be rewritten to six digits), and gives the path from the working
+    directory where the name resolves only against the STAR file's folder."""
+    import shutil
+
+    from cryopipe.io.star import read_star, write_star
+
+    blocks = read_star(particles_small.star)
+    blocks["particles"] = blocks["particles"].iloc[:4].assign(rlnImageName=[f"{i + 1}@particles.mrcs"
+                                                                            for i in range(4)])
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(particles_small.star.parent / "particles.mrcs", folder / "particles.mrcs")
+    write_star(folder / "four.star", blocks)
+    params = Class2DParams(classes=2, mask_diameter_A=130.0)
+    monkeypatch.chdir(folder)
+    table, _ = load_particles("four.star", params, get_backend("cpu"))
+    assert table["rlnImageName"].tolist() == ["1@particles.mrcs", "2@particles.mrcs", "3@particles.mrcs",
+                                              "4@particles.mrcs"]
+    monkeypatch.chdir(folder.parent)
+    table, _ = load_particles(f"{folder.name}/four.star", params, get_backend("cpu"))
+    assert table["rlnImageName"][3] == f"4@{folder.name}/particles.mrcs"

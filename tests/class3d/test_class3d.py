@@ -248,3 +248,29 @@ def test_bad_inputs_are_clear_errors(small, tmp_path, monkeypatch, capsys):
     assert _cli(["--particles", str(no_ctf), "--reference", ref, *flags], monkeypatch) == 2
     assert "rlnDefocusU" in capsys.readouterr().err
     assert not (tmp_path / "out" / "run_it001_model.star").exists()
+
+
+def test_outputs_keep_the_image_names_and_name_the_maps_with_their_folder(small, tmp_path, monkeypatch):
+    """RELION-clean outputs: the data STARs keep rlnImageName as the input STAR gives it (relative names stay
+    relative, resolved from the working directory as RELION does; they used to be made absolute), and the model STAR
+    names each class map with the published folder as seen from the working directory, as RELION's
+    Class3D/job010/run_it025_class001.mrc (it used to be the bare file name). --continue still reads the maps beside
+    the checkpoint, wherever the run is."""
+    monkeypatch.chdir(small["star"].parent)
+    params = Class3DParams(classes=2, iterations=1, healpix_order=0, offset_range=0.0, particle_diameter=130.0)
+    out = tmp_path / "work"
+    run(params, EMInputs(Path("particles.star"), small["reference"]), out,
+        StageContext.local(out_final=Path("Class3D/job010")))
+    names = read_star("particles.star")["particles"]["rlnImageName"].tolist()
+    assert names[:2] == ["1@particles.mrcs", "2@particles.mrcs"]
+    for star in ("run_it001_data.star", "run_data.star"):
+        assert read_star(out / star)["particles"]["rlnImageName"].tolist() == names
+    for star in ("run_it001_model.star", "run_model.star"):
+        assert read_star(out / star)["model_classes"]["rlnReferenceImage"].tolist() == [
+            "Class3D/job010/run_it001_class001.mrc", "Class3D/job010/run_it001_class002.mrc"]
+    more = run(given(Class3DParams, iterations=2), EMInputs(continue_from=out / "run_it001"), tmp_path / "more",
+               StageContext.local())
+    assert more.notes["iteration"] == 2
+    assert read_star(tmp_path / "more" / "run_it002_data.star")["particles"]["rlnImageName"].tolist() == names
+    assert read_star(tmp_path / "more" / "run_it002_model.star")["model_classes"]["rlnReferenceImage"][0] == str(
+        tmp_path / "more" / "run_it002_class001.mrc")

@@ -17,7 +17,7 @@ def _particles():
 def test_background_checkpoint_writes_the_table_of_its_iteration(monkeypatch):
     release, seen = threading.Event(), []
 
-    def slow_write(out, iteration, model, particles, halves=False):
+    def slow_write(out, iteration, model, particles, halves=False, names_root=None):
         release.wait(5)
         seen.append((iteration, particles.table["rlnAngleRot"].tolist()))
         return [f"run_it{iteration:03d}"]

@@ -1,9 +1,18 @@
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from cryopipe.errors import InputError
-from cryopipe.io.star import parse_image_name, read_particles, read_table, write_star, write_table
+from cryopipe.io.star import (
+    parse_image_name,
+    portable_image_names,
+    read_particles,
+    read_table,
+    write_star,
+    write_table,
+)
 
 
 def _particles(n=4):
@@ -68,3 +77,22 @@ def test_image_names(tmp_path):
         parse_image_name(pd.Series(["stack.mrcs"]), tmp_path / "p.star")
     with pytest.raises(InputError, match="positive integer"):
         parse_image_name(pd.Series(["0@stack.mrcs"]), tmp_path / "p.star")
+
+
+def test_portable_image_names_keep_what_resolves_from_the_working_directory(tmp_path, monkeypatch):
+    """RELION resolves relative stack names against the working directory: such names (and absolute ones) are kept
+    verbatim, index digits included; a name that resolves only against the STAR file's folder gets that path,
+    relative to the working directory when the STAR path is relative (it used to be made absolute)."""
+    project = tmp_path / "project"
+    (project / "Extract" / "job007").mkdir(parents=True)
+    (project / "Extract" / "job007" / "mic1.mrcs").write_bytes(b"")
+    (project / "Extract" / "job007" / "local.mrcs").write_bytes(b"")
+    monkeypatch.chdir(project)
+    names = pd.Series(["000001@Extract/job007/mic1.mrcs", "2@Extract/job007/mic1.mrcs", "3@local.mrcs",
+                       f"4@{project / 'Extract' / 'job007' / 'mic1.mrcs'}"])
+    star = os.path.join("Extract", "job007", "particles.star")
+    assert portable_image_names(names, star) == [
+        "000001@Extract/job007/mic1.mrcs", "2@Extract/job007/mic1.mrcs", "3@Extract/job007/local.mrcs",
+        f"4@{project / 'Extract' / 'job007' / 'mic1.mrcs'}"]
+    # the STAR file named by an absolute path: the fallback gives the absolute path it resolved to
+    assert portable_image_names(names[2:3], project / star) == [f"3@{project / 'Extract' / 'job007' / 'local.mrcs'}"]

@@ -63,19 +63,57 @@ def test_corrected_fsc_and_bfactor(halves, tmp_path):
     assert mask.min() >= 0 and mask.max() == 1 and 0.02 < mask.mean() < 0.6
     general = read_star(tmp_path / "postprocess.star")["general"]
     assert float(general["rlnFinalResolution"].iloc[0]) == pytest.approx(res["resolution_A"])
+    # a fitted B-factor: the fit's slope and intercept are written (as relion_postprocess --auto_bfac does)
+    assert res["sharpened"] and res["not_sharpened"] is None and int(general["cpSharpened"].iloc[0]) == 1
+    assert 4 * float(general["rlnFittedSlopeGuinierPlot"].iloc[0]) == pytest.approx(res["bfactor"])
+    assert np.isfinite(float(general["rlnFittedInterceptGuinierPlot"].iloc[0]))
+    _assert_finite_star(tmp_path / "postprocess.star")
     for name in ("map_sharpened.mrc", "mask.mrc", "postprocess_fsc_guinier.png", "postprocess_slices.png"):
         assert (tmp_path / name).exists()
 
 
-def test_no_bfactor_without_a_guinier_region(halves, tmp_path):
-    """A map whose resolution is worse than --fit-low gets no fitted sharpening (B = 0), and the STAR names the
-    mask in the folder given as final."""
+def _assert_finite_star(path):
+    """No NaN or Inf anywhere in a STAR file: not as a value, not in any numeric column."""
+    assert not {"nan", "inf", "-inf"} & set(Path(path).read_text().lower().split()), path
+    for name, block in read_star(path).items():
+        numbers = block.select_dtypes("number").to_numpy(float)
+        assert np.isfinite(numbers).all(), (path, name)
+
+
+def test_no_bfactor_without_a_guinier_region(halves, tmp_path, caplog):
+    """A map whose resolution is worse than --fit-low gets no fitted sharpening (B = 0), and says so: cpSharpened 0 in
+    the STAR, a "not sharpened: ..." log line and the run's notes; no Guinier fit is written (the intercept used to
+    be written as nan). The STAR names the mask in the folder given as final."""
     truth, (h1, h2) = halves
-    res = postprocess(h1, h2, tmp_path, PostprocessParams(fit_low_A=2.0), final_out=Path("results/postprocess"))
+    with caplog.at_level("WARNING", logger="cryopipe.postprocess.stage"):
+        res = postprocess(h1, h2, tmp_path, PostprocessParams(fit_low_A=2.0), final_out=Path("results/postprocess"))
     assert res["resolution_A"] > 2.0 and res["bfactor"] == 0.0
+    assert not res["sharpened"] and "is worse than --fit-low 2 A" in res["not_sharpened"]
+    assert f"not sharpened: final resolution {res['resolution_A']:.1f} A is worse than --fit-low 2 A" in caplog.text
     general = read_star(tmp_path / "postprocess.star")["general"]
     assert float(general["rlnBfactorUsedForSharpening"].iloc[0]) == 0.0
+    assert int(general["cpSharpened"].iloc[0]) == 0
+    assert "rlnFittedInterceptGuinierPlot" not in general and "rlnFittedSlopeGuinierPlot" not in general
     assert general["rlnMaskName"].iloc[0] == "results/postprocess/mask.mrc"
+    _assert_finite_star(tmp_path / "postprocess.star")
+
+
+@pytest.mark.parametrize("bfactor, sharpened", [(-150.0, True), (0.0, False)])
+def test_given_bfactor_is_flagged_and_writes_no_fit(halves, tmp_path, bfactor, sharpened):
+    """A B-factor given with --bfactor: applied, no Guinier fit in the STAR (it used to be an intercept of nan), and a
+    B >= 0 is flagged as not sharpened in the STAR and the stage's notes."""
+    from cryopipe.postprocess import PostprocessInputs
+    from cryopipe.postprocess.stage import run
+    from cryopipe.stage import StageContext
+
+    _, (h1, h2) = halves
+    result = run(PostprocessParams(bfactor=bfactor), PostprocessInputs(h1, h2), tmp_path, StageContext.local(None))
+    assert result.notes["bfactor"] == bfactor and result.notes["sharpened"] is sharpened
+    assert ("not_sharpened" in result.notes) is not sharpened
+    general = read_star(tmp_path / "postprocess.star")["general"]
+    assert int(general["cpSharpened"].iloc[0]) == int(sharpened)
+    assert "rlnFittedInterceptGuinierPlot" not in general
+    _assert_finite_star(tmp_path / "postprocess.star")
 
 
 def test_cli_and_bad_input(halves, tmp_path, capsys):

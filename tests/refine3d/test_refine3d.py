@@ -302,3 +302,24 @@ def test_bad_inputs_are_clear_errors(small, tmp_path, monkeypatch, capsys):
     assert _cli(["--particles", str(bad_sub), "--reference", ref, *flags], monkeypatch) == 2
     assert "rlnRandomSubset" in capsys.readouterr().err
     assert not (tmp_path / "out" / "run_it001_model.star").exists()
+
+
+def test_outputs_keep_the_image_names_and_name_the_half_maps_with_their_folder(small, tmp_path, monkeypatch):
+    """RELION-clean outputs: particles.star and the data STARs give rlnImageName relative to the working directory,
+    as RELION resolves it (they used to be absolute): here the input STAR names its stack relative to its own folder,
+    which does not resolve from the working directory, so the name becomes that path from the working directory. The
+    model STAR names the half-maps with the published folder (it used to be the bare file name)."""
+    folder = Path(small["star"]).parent
+    monkeypatch.chdir(folder.parent)
+    assert read_star(small["star"])["particles"]["rlnImageName"][0] == "1@particles.mrcs"
+    params = Refine3DParams(healpix_order=0, offset_range=0.0, particle_diameter=130.0, max_iterations=1)
+    out = tmp_path / "work"
+    refine(params, EMInputs(Path(folder.name) / "particles.star", small["reference"]), out,
+           StageContext.local(out_final=Path("Refine3D/job011")))
+    expected = [f"{i + 1}@{folder.name}/particles.mrcs" for i in range(120)]
+    for star in ("particles.star", "run_it001_data.star"):
+        assert read_star(out / star)["particles"]["rlnImageName"].tolist() == expected
+    assert read_star(out / "run_it001_model.star")["model_classes"]["rlnReferenceImage"].tolist() == [
+        "Refine3D/job011/run_it001_half1_class001.mrc", "Refine3D/job011/run_it001_half2_class001.mrc"]
+    general = read_star(out / "fsc.star")["general"]
+    assert np.isfinite(float(general["rlnFinalResolution"].iloc[0]))

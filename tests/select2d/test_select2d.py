@@ -74,3 +74,30 @@ def test_cli_writes_the_kept_particles_and_the_table(class2d_dir, run_cli, tmp_p
     assert record["notes"]["kept_classes"] == [1, 2, 3] and record["notes"]["kept_particles"] == 285
     assert run_cli([*args, "--min-size", "1000"]) == 2
     assert "no class passes the selection" in capsys.readouterr().err
+
+
+def test_unknown_resolution_never_enters_the_statistics_and_fails_the_criterion(caplog):
+    """rlnEstimatedResolution 999 (RELION's "not estimated": an FRC that never rises above the threshold, a half set
+    empty) is no number of Angstrom: the automatic limit comes from the known resolutions only (with the 999s in the
+    median and MAD it became "<= 2683.9 A" and kept everything), and such a class fails the criterion as "resolution
+    unknown", also against a limit given as a number."""
+    classes = pd.DataFrame({"rlnClassNumber": [1, 2, 3, 4, 5, 6], "cpClassSize": [100, 95, 90, 80, 85, 0],
+                            "rlnEstimatedResolution": [10.0, 11.0, 10.5, 999.0, 999.0, 999.0],
+                            "cpMeanScore": [0.40, 0.38, 0.41, 0.39, 0.40, 0.0]})
+    decision = select_classes(classes, SelectParams(min_size="off", min_score="off"))
+    assert decision["cpKept"].tolist() == [1, 1, 1, 0, 0, 0]
+    # median 10.5 + 3 x 1.4826 x MAD 0.5 = 12.7 A
+    assert decision["cpReason"][0] == "kept: resolution 10.0 A <= 12.7 A"
+    assert decision["cpReason"][3] == "rejected: resolution unknown"
+    assert decision["cpReason"][5] == "rejected: empty class"
+    given = select_classes(classes, SelectParams(min_size="off", min_score="off", max_resolution_A=20))
+    assert given["cpKept"].tolist() == [1, 1, 1, 0, 0, 0] and given["cpReason"][4] == "rejected: resolution unknown"
+    # inf or NaN (a table from elsewhere) is unknown too
+    odd = classes.assign(rlnEstimatedResolution=[10.0, 11.0, 10.5, np.inf, np.nan, 999.0])
+    assert select_classes(odd, SelectParams(min_size="off", min_score="off"))["cpKept"].tolist() == [1, 1, 1, 0, 0, 0]
+    # no known resolution at all: nothing to measure "auto" against, the criterion is left out and says so
+    unknown = classes.assign(rlnEstimatedResolution=999.0)
+    with caplog.at_level("WARNING", logger="cryopipe.select2d.stage"):
+        decision = select_classes(unknown, SelectParams(min_size="off", min_score="off"))
+    assert decision["cpKept"].tolist() == [1, 1, 1, 1, 1, 0] and decision["cpReason"][0] == "kept: no criteria"
+    assert "the automatic resolution criterion is left out" in caplog.text
