@@ -69,7 +69,9 @@ def test_killed_run_resumes_and_equals_uninterrupted_and_a_killed_change_keeps_t
     np.testing.assert_array_equal(a.maps, b.maps)
     np.testing.assert_array_equal(a.pdf_class, b.pdf_class)
     for name in ("run_it004_data.star", "run_it001_model.star", "run_it004_model.star"):
-        assert _content(tmp_path / "a" / name) == _content(out / name), name
+        # model STARs name their maps with the folder they are published in (as RELION does): a/ vs b/
+        expected = _content(tmp_path / "a" / name).replace(str(tmp_path / "a").encode(), str(out).encode())
+        assert expected == _content(out / name), name
     assert sorted(p.name for p in out.glob("run_it*_data.star")) == [f"run_it00{i}_data.star" for i in (1, 2, 3, 4)]
 
     # a rerun with another parameter, killed: the published run (and its record) is untouched
