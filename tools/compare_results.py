@@ -1,10 +1,12 @@
 """Compare two results folders file by file: did a change of code (or of machine) change any result?
 
-    python tools/compare_results.py A/results B/results [--rtol 1e-5]
+    python tools/compare_results.py A/results B/results [--rtol 1e-5] [--rename /old/project=/new/project]
 
 Prints one line per file: ``identical`` (same bytes), ``equal`` (same numbers: MRC data and voxel size, STAR
 tables cell by cell; only e.g. starfile's time-stamp comment differs), ``close`` (numbers within ``--rtol`` of
-the largest magnitude), ``DIFFERENT``, or ``figure`` (PNGs differ as bytes; not compared). ``provenance.json``,
+the largest magnitude), ``DIFFERENT`` (with the first differing block, column and row), or ``figure`` (PNGs differ
+as bytes; not compared). ``--rename OLD=NEW`` replaces OLD by NEW in A's text fields first (absolute paths of two
+runs in different folders). ``provenance.json``,
 logs and lock/mark files are skipped: they name hosts, times and checksums by design. Exit status 0 when every
 file is identical, equal, close or a figure and both folders hold the same files; 1 otherwise.
 """
@@ -47,13 +49,13 @@ def _compare_mrc(a: Path, b: Path, rtol: float) -> tuple[str, float]:
         return _array_status(np.asarray(ma.data), np.asarray(mb.data), rtol)
 
 
-def _compare_star(a: Path, b: Path, rtol: float) -> tuple[str, float]:
+def _compare_star(a: Path, b: Path, rtol: float, rename: tuple[str, str] | None) -> tuple[str, float]:
     ta, tb = starfile.read(a, always_dict=True), starfile.read(b, always_dict=True)
     if list(ta) != list(tb):
         return "DIFFERENT", float("inf")
     worst, status = 0.0, "equal"
     for name in ta:
-        da, db = pd.DataFrame(ta[name]), pd.DataFrame(tb[name])
+        da, db = (pd.DataFrame([t[name]]) if isinstance(t[name], dict) else pd.DataFrame(t[name]) for t in (ta, tb))
         if list(da.columns) != list(db.columns) or len(da) != len(db):
             return "DIFFERENT", float("inf")
         for column in da.columns:
@@ -62,15 +64,21 @@ def _compare_star(a: Path, b: Path, rtol: float) -> tuple[str, float]:
                 s, d = _array_status(x.to_numpy(), y.to_numpy(), rtol)
                 worst = max(worst, d)
                 if s == "DIFFERENT":
-                    return s, worst
+                    return f"DIFFERENT: data_{name} {column}", worst
                 if s == "close":
                     status = "close"
-            elif not x.astype(str).equals(y.astype(str)):
-                return "DIFFERENT", float("inf")
+            else:
+                x = x.astype(str).str.replace(*rename, regex=False) if rename else x.astype(str)
+                if x.equals(y.astype(str)):
+                    continue
+                first = int(np.flatnonzero(x.to_numpy() != y.astype(str).to_numpy())[0])
+                return f"DIFFERENT: data_{name} {column} row {first}: {x.iloc[first]!r} vs {y.iloc[first]!r}", \
+                    float("inf")
     return status, worst
 
 
-def compare(a_root: Path, b_root: Path, rtol: float) -> list[tuple[str, str, float]]:
+def compare(a_root: Path, b_root: Path, rtol: float, rename: tuple[str, str] | None = None
+            ) -> list[tuple[str, str, float]]:
     """(relative path, status, largest absolute difference) for every file of either folder."""
     fa, fb = _files(a_root), _files(b_root)
     rows = [(f, "only in A", float("nan")) for f in sorted(fa - fb)]
@@ -82,7 +90,7 @@ def compare(a_root: Path, b_root: Path, rtol: float) -> list[tuple[str, str, flo
         elif a.suffix in (".mrc", ".mrcs", ".ctf"):
             rows.append((f, *_compare_mrc(a, b, rtol)))
         elif a.suffix == ".star":
-            rows.append((f, *_compare_star(a, b, rtol)))
+            rows.append((f, *_compare_star(a, b, rtol, rename)))
         elif a.suffix == ".png":
             rows.append((f, "figure", float("nan")))
         else:
@@ -96,17 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("b", type=Path)
     ap.add_argument("--rtol", type=float, default=1e-5, help="'close': |a - b| <= rtol x max |a| (default 1e-5)")
     ap.add_argument("--quiet", action="store_true", help="print only files that are not identical")
+    ap.add_argument("--rename", metavar="OLD=NEW", help="replace OLD by NEW in A's STAR text fields first")
     args = ap.parse_args(argv)
-    rows = compare(args.a, args.b, args.rtol)
+    rows = compare(args.a, args.b, args.rtol, tuple(args.rename.split("=", 1)) if args.rename else None)
     width = max((len(f) for f, _, _ in rows), default=4)
     counts: dict[str, int] = {}
     for f, status, diff in rows:
-        counts[status] = counts.get(status, 0) + 1
+        kind = status.split(":")[0]
+        counts[kind] = counts.get(kind, 0) + 1
         if not (args.quiet and status == "identical"):
             print(f"{f:<{width}}  {status:<10}  {'' if np.isnan(diff) else f'max |diff| {diff:.3g}'}")
     print("summary: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    bad = {"DIFFERENT", "only in A", "only in B"}
-    return 1 if bad & set(counts) else 0
+    return 1 if any(s.startswith(("DIFFERENT", "only in")) for s in counts) else 0
 
 
 if __name__ == "__main__":
