@@ -89,12 +89,12 @@ def _save(fig: Figure, path: Path) -> None:
 
 def summary_png(path: Path, table, truth=None) -> Path:
     """Defocus U/V (um) and fit resolution (A) per micrograph; flagged micrographs in red; with ``truth`` (the
-    true rlnDefocusU/V of the same rows, simulated data) the true values as open circles."""
-    from cryopipe.plots import plt, save_figure
-
+    true rlnDefocusU/V of the same rows, simulated data) the true values as open circles. A plain Figure with a
+    fixed layout (no pyplot, no layout passes): a fixed cost of every run, kept small."""
     n = np.arange(1, len(table) + 1)
     flagged = table["cpCtfFlagged"].to_numpy() == 1
-    fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(7.0, 4.2), sharex=True)
+    fig = Figure(figsize=(7.0, 4.2))
+    ax0, ax1 = fig.subplots(2, 1, sharex=True)
     ax0.plot(n, table["rlnDefocusU"] / 1e4, ".", ms=3, label="defocus U")
     ax0.plot(n, table["rlnDefocusV"] / 1e4, ".", ms=3, label="defocus V")
     ax0.plot(n[flagged], table["rlnDefocusU"][flagged] / 1e4, "x", color="tab:red", ms=5, label="flagged")
@@ -111,6 +111,8 @@ def summary_png(path: Path, table, truth=None) -> Path:
     for ax in (ax0, ax1):
         ax.tick_params(labelsize=7)
     ax0.set_title(f"{len(table)} micrographs, {int(flagged.sum())} flagged", fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.1, top=0.94, hspace=0.08)
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     return path

@@ -20,6 +20,10 @@ matrix: one matrix product per chunk of candidates, on the CPU or the GPU alike.
 * :func:`best_starts`: the best few distinct candidates of each spectrum (the refinement starts from each).
 * :func:`refine`: a batched pattern search: all 3^d neighbours of every start at once; move to the best, halve
   the steps when the centre is best, until the defocus step is below ``tol_A``.
+
+Each spectrum may score on its own part of the band's pixels: ``weights`` (B, P) of 0 and 1 (the pixels up to a
+micrograph's fit resolution, say) in :func:`band_data`, :func:`scores_batched` and :func:`refine`; the NCC is then
+that of the pixels of weight 1 only, so spectra of different pixel subsets share one batched product.
 """
 
 from __future__ import annotations
@@ -96,8 +100,15 @@ class BandPixels:
 
     def within(self, s_max: float, optics: Optics, xp) -> BandPixels:
         """The pixels with |s| <= s_max (1/A)."""
-        u = self.features[0] / (2.0 * optics.k1)
-        return self.subset(xp.flatnonzero(u <= s_max * s_max), xp)
+        return self.subset(xp.flatnonzero(self.radius_sq(optics) <= s_max * s_max), xp)
+
+    def radius_sq(self, optics: Optics):
+        """|s|^2 (1/A^2) of every pixel (P,) float32, on the device: what :meth:`within` compares."""
+        return self.features[0] / (2.0 * optics.k1)
+
+    def head(self, n: int, xp) -> BandPixels:
+        """The first ``n`` pixels (contiguous copies)."""
+        return BandPixels(self.index[:n], xp.ascontiguousarray(self.features[:, :n]))
 
 
 def band_pixels(grid: SpectrumGrid, optics: Optics, xp, s_min: float | None = None,
@@ -130,16 +141,24 @@ def augment(theta: np.ndarray) -> np.ndarray:
         np.float32)
 
 
-def band_data(spectra, band: BandPixels, xp):
-    """Band values of spectra (B, T, T//2+1) -> (zero-mean (B, P) float32, norms (B,) float32)."""
+def band_data(spectra, band: BandPixels, xp, weights=None):
+    """Band values of spectra (B, T, T//2+1) -> (zero-mean (B, P) float32, norms (B,) float32).
+
+    weights : (B, P) float32 of 0 and 1, on the device: each spectrum's values are zero-mean over its pixels of
+    weight 1 and 0 elsewhere (the norm is theirs).
+    """
     d = spectra.reshape(spectra.shape[0], -1)[:, band.index].astype(xp.float32)
-    d = d - d.mean(axis=1, keepdims=True)
+    if weights is None:
+        d = d - d.mean(axis=1, keepdims=True)
+    else:
+        d = (d - (d * weights).sum(axis=1, keepdims=True) / weights.sum(axis=1, keepdims=True)) * weights
     return d, xp.sqrt((d * d).sum(axis=1))
 
 
-def _ncc(cos2g, num, dnorm, xp):
-    """NCC of CTF^2 with the data from cos(2g) (..., P), num = sum(cos(2g) d0) (..., B) and |d0| (B,)."""
-    P = cos2g.shape[-1]
+def _ncc(cos2g, num, dnorm, xp, count=None):
+    """NCC of CTF^2 with the data from cos(2g) (..., P), num = sum(cos(2g) d0) (..., B) and |d0| (B,). count:
+    pixels per row of cos2g (broadcast to its leading axes; default P) where cos2g is 0 outside a row's pixels."""
+    P = cos2g.shape[-1] if count is None else count
     s1 = cos2g.sum(axis=-1)
     s2 = xp.einsum("...p,...p->...", cos2g, cos2g)
     var = xp.maximum(s2 - s1 * s1 / P, 1e-12)
@@ -168,9 +187,10 @@ def scores_shared(theta, band: BandPixels, data, dnorm, bk):
     return out
 
 
-def scores_batched(theta, band: BandPixels, data, dnorm, bk):
+def scores_batched(theta, band: BandPixels, data, dnorm, bk, weights=None):
     """NCC of candidates of their own per spectrum: theta (N, K, 5) float32 (:func:`augment`), data (N, P),
-    dnorm (N,) -> (N, K) float32, on the device."""
+    dnorm (N,) -> (N, K) float32, on the device. weights : (N, P) 0/1 float32 (see :func:`band_data`, which
+    made ``data`` with the same weights): each spectrum scores on its pixels of weight 1 only."""
     xp = bk.xp
     N, K = theta.shape[:2]
     out = xp.empty((N, K), dtype=xp.float32)
@@ -178,8 +198,13 @@ def scores_batched(theta, band: BandPixels, data, dnorm, bk):
     for k in range(0, N, step):
         c = theta[k:k + step] @ band.features  # (n, K, P)
         c = xp.cos(c, out=c)
+        count = None
+        if weights is not None:
+            w = weights[k:k + step]
+            c *= w[:, None, :]
+            count = w.sum(axis=-1)[:, None]  # (n, 1)
         num = c @ data[k:k + step, :, None]  # (n, K, 1)
-        out[k:k + step] = _ncc(c, num, dnorm[k:k + step, None, None], xp)[..., 0]
+        out[k:k + step] = _ncc(c, num, dnorm[k:k + step, None, None], xp, count)[..., 0]
     return out
 
 
@@ -211,12 +236,23 @@ def best_starts(scores: np.ndarray, grid: np.ndarray, count: int, min_separation
     """The ``count`` best candidates per spectrum whose mean defocus differ by >= min_separation_A.
 
     scores : (C, B) host. grid : (C, 4). Returns (B, count, 4) (repeats of the best where fewer exist).
+
+    Walking the candidates from the best down, only the best of each mean defocus (the first of equal scores) can
+    be taken (the others share its mean), so the walk goes over those alone: one per mean, not per candidate.
     """
-    out = np.empty((scores.shape[1], count, 4))
-    for b in range(scores.shape[1]):
-        order = np.argsort(-scores[:, b], kind="stable")
+    C, B = scores.shape
+    _, group = np.unique(grid[:, 0], return_inverse=True)
+    order = np.argsort(group, kind="stable")  # the candidates by mean, in their order within a mean
+    bounds = np.flatnonzero(np.r_[True, np.diff(group[order]) != 0])
+    ranked = scores[order]
+    top = np.maximum.reduceat(ranked, bounds, axis=0)  # (means, B)
+    position = np.where(ranked == np.repeat(top, np.diff(np.r_[bounds, C]), axis=0), np.arange(C)[:, None], C)
+    best = order[np.minimum.reduceat(position, bounds, axis=0)]  # (means, B): each mean's best candidate
+    out = np.empty((B, count, 4))
+    for b in range(B):
+        walk = best[np.lexsort((best[:, b], -top[:, b])), b]  # by score, ties by candidate index
         chosen: list[int] = []
-        for i in order:
+        for i in walk:
             if all(abs(grid[i, 0] - grid[j, 0]) >= min_separation_A for j in chosen):
                 chosen.append(int(i))
                 if len(chosen) == count:
@@ -226,10 +262,11 @@ def best_starts(scores: np.ndarray, grid: np.ndarray, count: int, min_separation
     return out
 
 
-def _evaluate(cand: np.ndarray, band: BandPixels, data, dnorm, bk) -> np.ndarray:
-    """Scores (N, K) float64 on the host of candidates (N, K, 4) against data (N, P), dnorm (N,) on the device."""
+def _evaluate(cand: np.ndarray, band: BandPixels, data, dnorm, bk, weights=None) -> np.ndarray:
+    """Scores (N, K) float64 on the host of candidates (N, K, 4) against data (N, P), dnorm (N,) (and weights
+    (N, P)) on the device."""
     xp = bk.xp
-    return bk.asnumpy(scores_batched(xp.asarray(augment(cand)), band, data, dnorm, bk)).astype(np.float64)
+    return bk.asnumpy(scores_batched(xp.asarray(augment(cand)), band, data, dnorm, bk, weights)).astype(np.float64)
 
 
 def _quadratic_step(offsets: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -249,23 +286,24 @@ def _quadratic_step(offsets: np.ndarray, scores: np.ndarray) -> np.ndarray:
         else:
             H[:, i, j] = H[:, j, i] = c
     step = np.zeros((len(scores), d))
-    for n in range(len(scores)):
-        if np.all(np.linalg.eigvalsh(H[n]) < 0):
-            x = -np.linalg.solve(H[n], g[n])
-            if np.all(np.abs(x) <= 1.0):
-                step[n] = x
+    concave = np.all(np.linalg.eigvalsh(H) < 0, axis=1)
+    if concave.any():
+        x = -np.linalg.solve(H[concave], g[concave][..., None])[..., 0]
+        inside = np.all(np.abs(x) <= 1.0, axis=1)
+        step[np.flatnonzero(concave)[inside]] = x[inside]
     return step
 
 
 def refine(starts: np.ndarray, owner: np.ndarray, steps: np.ndarray, band: BandPixels, data, dnorm, bk,
-           free: tuple[bool, bool, bool, bool], tol_A: float = 4.0, max_iter: int = 60, polish: bool = True):
+           free: tuple[bool, bool, bool, bool], tol_A: float = 4.0, max_iter: int = 60, polish: bool = True,
+           weights=None):
     """Batched pattern search from ``starts`` (N, 4) [mean, a_c, a_s, phase rad] (host, float64).
 
-    owner : (N,) index of each start's spectrum in data (B, P) / dnorm (B,). steps : (4,) initial steps (A, A,
-    A, rad). free : which parameters move. Every start's 3^d neighbours are scored at once; a start moves to its
-    best neighbour, or halves its steps when it is itself the best, until its defocus step is below ``tol_A``;
-    then (``polish``) it moves to the maximum of a quadratic fitted to its last 3^d scores. Returns (theta (N, 4),
-    score (N,)), host float64.
+    owner : (N,) index of each start's spectrum in data (B, P) / dnorm (B,) (/ weights (B, P), see
+    :func:`band_data`). steps : (4,) initial steps (A, A, A, rad). free : which parameters move. Every start's 3^d
+    neighbours are scored at once; a start moves to its best neighbour, or halves its steps when it is itself the
+    best, until its defocus step is below ``tol_A``; then (``polish``) it moves to the maximum of a quadratic
+    fitted to its last 3^d scores. Returns (theta (N, 4), score (N,)), host float64.
     """
     xp = bk.xp
     dims = [i for i in range(4) if free[i]]
@@ -275,7 +313,17 @@ def refine(starts: np.ndarray, owner: np.ndarray, steps: np.ndarray, band: BandP
     centre = int(np.flatnonzero(~offsets.any(axis=1))[0])
     x = starts.astype(np.float64).copy()
     step = np.broadcast_to(steps, x.shape).astype(np.float64).copy()
-    d, n = data[xp.asarray(owner)], dnorm[xp.asarray(owner)]
+    own = xp.asarray(owner)
+    d, n = data[own], dnorm[own]
+    w = weights[own] if weights is not None else None
+
+    def rows(i: np.ndarray):
+        """data, norms, weights of the starts ``i`` (all of them: no gather)."""
+        if len(i) == len(x):
+            return d, n, w
+        k = xp.asarray(i)
+        return d[k], n[k], (w[k] if w is not None else None)
+
     score = np.full(len(x), -np.inf)
     last_scores = np.zeros((len(x), len(grid)))
     last_step = step.copy()
@@ -286,7 +334,8 @@ def refine(starts: np.ndarray, owner: np.ndarray, steps: np.ndarray, band: BandP
         ia = np.flatnonzero(active)
         cand = x[ia, None, :] + offsets[None] * step[ia, None, :]
         cand[..., 0] = np.maximum(cand[..., 0], 1.0)
-        s = _evaluate(cand, band, d[xp.asarray(ia)], n[xp.asarray(ia)], bk)
+        da, na, wa = rows(ia)
+        s = _evaluate(cand, band, da, na, bk, wa)
         best = np.argmax(s, axis=1)
         stay = best == centre
         x[ia] = cand[np.arange(len(ia)), best]
@@ -301,7 +350,8 @@ def refine(starts: np.ndarray, owner: np.ndarray, steps: np.ndarray, band: BandP
         if moved.any():
             im = np.flatnonzero(moved)
             cand = (x[im] + move[im])[:, None, :]
-            s = _evaluate(cand, band, d[xp.asarray(im)], n[xp.asarray(im)], bk)[:, 0]
+            dm, nm, wm = rows(im)
+            s = _evaluate(cand, band, dm, nm, bk, wm)[:, 0]
             better = s >= score[im]
             x[im[better]], score[im[better]] = cand[better, 0], s[better]
     x[:, 3] = np.mod(x[:, 3], np.pi)

@@ -19,6 +19,7 @@ Arrays follow :mod:`cryopipe.fourier`: unshifted half spectra (..., T, T//2+1), 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,13 +46,25 @@ def tile_centres(shape: tuple[int, int], tile: int) -> np.ndarray:
     return np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float64)
 
 
-def _window(tile: int, xp):
-    """Separable Tukey window (T, T), float32, on the device of ``xp``."""
+def _window(tile: int) -> np.ndarray:
+    """Separable Tukey window (T, T), float32, on the host."""
     edge = max(1, int(round(TAPER_FRACTION * tile)))
     w = np.ones(tile)
     ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(edge) + 0.5) / edge)
     w[:edge], w[tile - edge:] = ramp, ramp[::-1]
-    return xp.asarray(np.outer(w, w).astype(np.float32))
+    return np.outer(w, w).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _tile_constants(tile: int, bk):
+    """(window (T, T) float32 on the device, sum of window^2, pixel coordinates (T,) float32 on the device about the
+    tile's centre, sum over the tile of x^2): computed on the host once per tile size and device, so that
+    :func:`tile_power` waits for nothing on the device."""
+    win = _window(tile)
+    coord = np.arange(tile, dtype=np.float32) - (tile - 1) / 2.0
+    norm = float((win.astype(np.float64) ** 2).sum())
+    cc = float((coord.astype(np.float64) ** 2).sum()) * tile
+    return bk.xp.asarray(win), norm, bk.xp.asarray(coord), cc
 
 
 def tile_power(images, tile: int, bk, keep_tiles: bool = False, chunk: int | None = None):
@@ -67,11 +80,8 @@ def tile_power(images, tile: int, bk, keep_tiles: bool = False, chunk: int | Non
     ys, xs = tile_starts(H, tile), tile_starts(W, tile)
     starts = np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1).reshape(-1, 2)
     n_tiles = len(starts)
-    win = _window(tile, xp)
-    norm = float(bk.asnumpy((win * win).sum()))
-    coord = xp.arange(tile, dtype=xp.float32) - (tile - 1) / 2.0
+    win, norm, coord, cc = _tile_constants(tile, bk)  # cc: the sum over the tile of x^2 (= of y^2)
     cx, cy = coord[None, None, None, :], coord[None, None, :, None]
-    cc = float(bk.asnumpy((coord * coord).sum())) * tile  # sum over the tile of x^2 (= of y^2)
     area = float(tile * tile)
     if chunk is None:
         per_tile = B * tile * tile * 4 * 6  # tile, detrended copy, complex spectrum, power
@@ -90,7 +100,7 @@ def tile_power(images, tile: int, bk, keep_tiles: bool = False, chunk: int | Non
         gy = (row_sums @ coord)[..., None, None] / cc
         t = (t - (mean + gx * cx + gy * cy)) * win
         f = bk.fft.rfft2(t)
-        p = (f.real * f.real + f.imag * f.imag).astype(xp.float32) / norm
+        p = (f.real * f.real + f.imag * f.imag).astype(xp.float32, copy=False) / norm
         total += p.sum(axis=1)
         if keep_tiles:
             kept[:, k:k + len(st)] = p
@@ -135,20 +145,29 @@ def full_from_half(half, xp):
     return xp.concatenate([half, mirrored], axis=-1)
 
 
-def subtract_background(amplitude, grid: SpectrumGrid, bk):
-    """Background-subtracted amplitude spectra (..., T, T//2+1), float32 (see the module docstring)."""
+@functools.lru_cache(maxsize=8)
+def _background_constants(grid: SpectrumGrid, bk):
+    """(inner disc, ring (T, T//2+1) bool, ring pixel count, box filter's transfer function), made on the host
+    once per grid and device (no wait on the device per spectrum)."""
     xp = bk.xp
     T = grid.tile
-    r = grid.radius_px(xp)
+    r = grid.radius_px(np)
     inner = r < grid.r_min_px
     ring = (r >= grid.r_min_px) & (r < grid.r_min_px + max(2.0, grid.box_px / 2))
-    ring_mean = (amplitude * ring).sum(axis=(-2, -1), keepdims=True) / max(1, int(bk.asnumpy(ring.sum())))
-    clamped = xp.where(inner, ring_mean, amplitude)
-    full = full_from_half(clamped, xp)
     b = grid.box_px
     box = np.zeros((T, T), dtype=np.float32)
     idx = np.arange(-(b // 2), b // 2 + 1) % T
     box[np.ix_(idx, idx)] = 1.0 / (b * b)
-    kernel = bk.fft.rfft2(xp.asarray(box))
+    return xp.asarray(inner), xp.asarray(ring), max(1, int(ring.sum())), bk.fft.rfft2(xp.asarray(box))
+
+
+def subtract_background(amplitude, grid: SpectrumGrid, bk):
+    """Background-subtracted amplitude spectra (..., T, T//2+1), float32 (see the module docstring)."""
+    xp = bk.xp
+    T = grid.tile
+    inner, ring, ring_count, kernel = _background_constants(grid, bk)
+    ring_mean = (amplitude * ring).sum(axis=(-2, -1), keepdims=True) / ring_count
+    clamped = xp.where(inner, ring_mean, amplitude)
+    full = full_from_half(clamped, xp)
     background = bk.fft.irfft2(bk.fft.rfft2(full) * kernel, s=(T, T))[..., : T // 2 + 1]
     return (amplitude - background).astype(xp.float32)

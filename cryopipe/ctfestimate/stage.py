@@ -3,10 +3,12 @@
 Rohou A, Grigorieff N (2015) CTFFIND4: Fast and accurate defocus estimation from electron micrographs.
 J Struct Biol 192:216-221. doi:10.1016/j.jsb.2015.08.008
 
-Per batch of micrographs of one shape (:class:`CtfEstimator`):
+Per micrograph as it arrives (threads read the micrographs and copy them to the device ahead of the estimation,
+so that reading the next batch overlaps estimating this one), then per batch of micrographs (:class:`CtfEstimator`):
 
-1. the average amplitude spectrum of half-overlapping tiles, all tiles of the batch in one batched FFT, and its
-   background removed by CTFFIND's box convolution (:mod:`cryopipe.ctfestimate.spectrum`);
+1. the average amplitude spectrum of half-overlapping tiles, all tiles of a micrograph in one batched FFT, and
+   its background removed by CTFFIND's box convolution (:mod:`cryopipe.ctfestimate.spectrum`), queued on the
+   device without waiting for it;
 2. a coarse grid over mean defocus x astigmatism (x phase shift), scored by the NCC between CTF^2 and the
    spectrum on a fixed subset of the band's pixels: one (candidates x pixels) cosine matrix, shared by the
    batch, times the (pixels x micrographs) data; the best few distinct candidates per micrograph are refined
@@ -16,18 +18,28 @@ Per batch of micrographs of one shape (:class:`CtfEstimator`):
    pixels up to 1.1 x the fit frequency only (beyond, the band holds noise and no rings: at low SNR half of its
    pixels), and the resolution measured again; the figure of merit (the NCC over the whole band) and the flag for
    micrographs without trustworthy Thon rings; optionally each tile's defocus and a plane through them
-   (:mod:`cryopipe.ctfestimate.fit`).
+   (:mod:`cryopipe.ctfestimate.fit`). Every step is batched over the micrographs: one equiphase pass for all, and
+   one refinement for all, each micrograph's pixels up to its own fit resolution a prefix of the band's pixels
+   sorted by radius (a 0/1 weight per pixel), so that the device is waited for a fixed number of times per batch,
+   not per micrograph.
 
 Notebook use::
 
     est = CtfEstimator(CtfEstimateParams(voltage=300, cs=2.7, amplitude_contrast=0.1), angpix=1.0, bk=bk)
     fits = est.estimate(images)          # images (B, H, W) -> list of CtfFit (defocus U/V/angle, FOM, ...)
+
+or step by step (what :func:`estimate_micrographs` does): ``est.fit(Spectra.join([est.spectra(image) for image
+in images], xp))``, :meth:`CtfEstimator.fit` being :meth:`~CtfEstimator.search` then :meth:`~CtfEstimator.assess`.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,15 +60,16 @@ from cryopipe.ctfestimate.search import (
     coarse_grid,
     defocus_step,
     refine,
+    scores_batched,
     scores_shared,
     to_relion,
 )
 from cryopipe.ctfestimate.spectrum import SpectrumGrid, subtract_background, tile_centres, tile_power
 from cryopipe.errors import InputError, require
-from cryopipe.io.mrc import UNSET_PIXEL_SIZES, write_mrc
+from cryopipe.io.mrc import UNSET_PIXEL_SIZES, read_mrc, write_mrc
 from cryopipe.io.star import read_table, write_star
 from cryopipe.parallel import SerialComm, split_range
-from cryopipe.pick.stage import Micrograph, list_micrographs, micrograph_angpix, prefetch
+from cryopipe.pick.stage import Micrograph, list_micrographs, micrograph_angpix
 from cryopipe.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
@@ -66,6 +79,7 @@ STARTS = 3  # coarse candidates refined per micrograph
 FIRST_TOL_A = 30.0  # the refinement on the coarse pixel subset stops at this defocus step
 FINAL_TOL_A = 2.0
 FIT_BAND_MARGIN = 1.1  # a fit resolution inside the band: refine again up to 1.1 x its frequency
+READ_THREADS = 4  # micrographs read and copied to the device at once (at most the CPUs), ahead of the estimation
 STAR_COLUMNS = ["rlnMicrographName", "rlnOpticsGroup", "rlnCtfImage", "rlnDefocusU", "rlnDefocusV",
                 "rlnCtfAstigmatism", "rlnDefocusAngle", "rlnCtfFigureOfMerit", "rlnCtfMaxResolution",
                 "rlnPhaseShift", "cpCtfFlagged"]
@@ -148,9 +162,29 @@ class CtfFit:
         return {k: float(v[0]) for k, v in to_relion(self.theta[None]).items()}
 
 
+@dataclass
+class Spectra:
+    """Background-subtracted spectra of micrographs, on the device (:meth:`CtfEstimator.spectra`): d (B, T, T//2+1)
+    float32; constant (B,) bool: micrographs of one value; shapes: each micrograph's (H, W); tiles: each one's
+    tile power spectra (n_tiles, T, T//2+1) (per_tile only, else None)."""
+
+    d: object
+    constant: object
+    shapes: list
+    tiles: list | None = None
+
+    @staticmethod
+    def join(parts: list[Spectra], xp) -> Spectra:
+        """One batch of the spectra of ``parts``, in order."""
+        return Spectra(xp.concatenate([q.d for q in parts]), xp.concatenate([q.constant for q in parts]),
+                       [shape for q in parts for shape in q.shapes],
+                       None if parts[0].tiles is None else [t for q in parts for t in q.tiles])
+
+
 class CtfEstimator:
-    """Everything that depends only on the geometry (tile, pixel size, optics, band): the band's pixels, the
-    coarse pixel subset and the coarse candidate grid, on the device; :meth:`estimate` fits batches."""
+    """Everything that depends only on the geometry (tile, pixel size, optics, band): the band's pixels (also sorted
+    by radius), the coarse pixel subset and the coarse candidate grid, on the device; :meth:`estimate` fits batches.
+    """
 
     def __init__(self, params: CtfEstimateParams, angpix: float, bk):
         params.validate(angpix)
@@ -164,6 +198,9 @@ class CtfEstimator:
                 f"{params.tile} px tile", field="--resolution-range")
         pick = np.random.default_rng(0).choice(self.band.size, min(self.band.size, COARSE_PIXELS), replace=False)
         self.coarse_band = self.band.subset(np.sort(pick), xp)
+        u = np.asarray(bk.asnumpy(self.band.radius_sq(self.optics)))
+        order = np.argsort(u, kind="stable")
+        self.radial_band, self.radial_u = self.band.subset(order, xp), u[order]  # the band's pixels by radius
         self.step = defocus_step(self.optics, self.grid.s_max)
         lo, hi = params.defocus_range_um
         # with a phase shift the coarse astigmatism lattice is twice as coarse (a quarter of the points): the
@@ -183,9 +220,28 @@ class CtfEstimator:
             return 4
         return 16
 
-    def _search(self, d, B: int):
-        """Coarse grid, then the two refinements. d: (B, T, T//2+1) on the device. Returns (theta (B, 4), score)."""
+    def upload(self, image):
+        """One micrograph (H, W) as float32 on the device (the reader threads of :func:`estimate_micrographs` call
+        it, so that the copy overlaps the estimation)."""
+        return self.bk.asarray(image, dtype=self.bk.xp.float32)
+
+    def spectra(self, images) -> Spectra:
+        """Background-subtracted spectra of micrographs (B, H, W) or of one (H, W), host or device. Only queues work
+        on the device (nothing here waits for it)."""
         xp, bk, p = self.bk.xp, self.bk, self.params
+        x = bk.asarray(images, dtype=xp.float32)
+        x = x[None] if x.ndim == 2 else x
+        B = x.shape[0]
+        constant = x.reshape(B, -1).std(axis=1) == 0
+        mean_power, tile_powers = tile_power(x, p.tile, bk, keep_tiles=p.per_tile)
+        d = subtract_background(xp.sqrt(mean_power), self.grid, bk)
+        return Spectra(d, constant, [tuple(x.shape[1:])] * B, list(tile_powers) if p.per_tile else None)
+
+    def search(self, d):
+        """Coarse grid, then the two refinements, of spectra d (B, T, T//2+1) on the device. Returns (theta (B, 4),
+        score (B,)), host."""
+        xp, bk, p = self.bk.xp, self.bk, self.params
+        B = d.shape[0]
         cd, cn = band_data(d, self.coarse_band, xp)
         scores = bk.asnumpy(scores_shared(self.coarse_dev, self.coarse_band, cd, cn, bk))
         starts = best_starts(scores, self.coarse, STARTS, 2 * self.step).reshape(-1, 4)
@@ -199,52 +255,71 @@ class CtfEstimator:
         return refine(th, np.arange(B), np.array([FIRST_TOL_A] * 3 + [np.deg2rad(4.0)]), self.band, fd, fn, bk,
                       free, tol_A=FINAL_TOL_A)
 
-    def _resolution(self, spectrum, theta: np.ndarray):
-        """(fit resolution A, EPA dict) of one spectrum (T, T//2+1) on the device for theta (4,)."""
-        p = self.params
-        s, prof, ctf2, counts = fitmod.equiphase_average(spectrum, theta, self.grid, self.optics, self.bk)
-        res, corr, first, last = fitmod.fit_resolution(s, prof, ctf2, counts, theta[0], self.grid, self.optics,
-                                                       p.fit_threshold)
-        return res, {"s": s, "profile": prof, "ctf2": ctf2, "corr": corr, "first": first, "last": last,
-                     "resolution_A": res, "threshold": p.fit_threshold}
-
-    def _within_fit(self, spectrum, theta: np.ndarray, resolution_A: float):
-        """Refine theta again on the band's pixels up to 1.1 x the fit frequency (the shells beyond carry no rings,
-        only noise), and score it on the whole band. Returns (theta (4,), score)."""
-        xp, bk = self.bk.xp, self.bk
-        band = self.band.within(min(self.grid.s_max, FIT_BAND_MARGIN / resolution_A), self.optics, xp)
-        d, n = band_data(spectrum[None], band, xp)
-        free = (True, True, True, self.params.phase_shift)
-        th, _ = refine(theta[None], np.zeros(1, dtype=np.int64), np.array([FIRST_TOL_A] * 3 + [np.deg2rad(4.0)]),
-                       band, d, n, bk, free, tol_A=FINAL_TOL_A)
-        fd, fn = band_data(spectrum[None], self.band, xp)
-        score = bk.asnumpy(scores_shared(xp.asarray(augment(th)), self.band, fd, fn, bk))[0, 0]
-        return th[0], float(score)
-
-    def estimate(self, images) -> list[CtfFit]:
-        """Fit every micrograph of ``images`` (B, H, W) (host or device; H, W >= tile)."""
-        xp, bk, p, grid = self.bk.xp, self.bk, self.params, self.grid
-        x = bk.asarray(images, dtype=xp.float32)
-        B = x.shape[0]
-        constant = bk.asnumpy(x.reshape(B, -1).std(axis=1)) == 0
-        mean_power, tile_powers = tile_power(x, p.tile, bk, keep_tiles=p.per_tile)
-        d = subtract_background(xp.sqrt(mean_power), grid, bk)
-        theta, score = self._search(d, B)
+    def assess(self, spectra: Spectra, theta: np.ndarray, score: np.ndarray) -> list[CtfFit]:
+        """From the search's (theta (B, 4), score (B,)): the fit resolutions; where one falls inside the band, the
+        fit refined again up to it and the resolution measured again; the FOM and flags; all micrographs at once.
+        With per_tile, each micrograph's tiles and plane (one micrograph at a time)."""
+        bk, p, grid = self.bk, self.params, self.grid
+        d = spectra.d
+        theta, score = np.array(theta, dtype=np.float64), np.array(score, dtype=np.float64)
+        constant = bk.asnumpy(spectra.constant).astype(bool)
+        res, epa = self._resolutions(d, theta)
+        z = score * np.sqrt(self.band.size)
+        redo = np.flatnonzero(~constant & (z >= p.min_z) & (FIT_BAND_MARGIN / res < grid.s_max))
+        if redo.size:
+            theta[redo], score[redo] = self._within_fit(d, redo, theta[redo], res[redo])
+            res[redo], again = self._resolutions(d[bk.xp.asarray(redo)], theta[redo])
+            for b, e in zip(redo, again, strict=True):
+                epa[b] = e
+        host = bk.asnumpy(d)
         fits = []
-        for b in range(B):
-            res, epa = self._resolution(d[b], theta[b])
-            z = score[b] * np.sqrt(self.band.size)
-            if not constant[b] and z >= p.min_z and FIT_BAND_MARGIN / res < grid.s_max:
-                theta[b], score[b] = self._within_fit(d[b], theta[b], res)
-                res, epa = self._resolution(d[b], theta[b])
+        for b in range(d.shape[0]):
             sc = float(score[b]) if not constant[b] else 0.0
-            flagged = bool(constant[b]) or fitmod.is_flagged(sc, self.band.size, res, grid, p.min_z)
-            fit = CtfFit(theta[b], sc, sc * np.sqrt(self.band.size), res, flagged, bool(constant[b]),
-                         bk.asnumpy(d[b]), epa)
+            flagged = bool(constant[b]) or fitmod.is_flagged(sc, self.band.size, res[b], grid, p.min_z)
+            fit = CtfFit(theta[b], sc, sc * np.sqrt(self.band.size), float(res[b]), flagged, bool(constant[b]),
+                         host[b], epa[b])
             if p.per_tile:
-                self._tiles(fit, tile_powers[b], x.shape[1:])
+                self._tiles(fit, spectra.tiles[b], spectra.shapes[b])
             fits.append(fit)
         return fits
+
+    def fit(self, spectra: Spectra) -> list[CtfFit]:
+        """:meth:`search` then :meth:`assess` of a batch of spectra."""
+        return self.assess(spectra, *self.search(spectra.d))
+
+    def estimate(self, images) -> list[CtfFit]:
+        """Fit every micrograph of ``images`` (B, H, W), or a list of 2D micrographs of any shapes (host or device;
+        H, W >= tile), one batch."""
+        return self.fit(Spectra.join([self.spectra(image) for image in images], self.bk.xp))
+
+    def _resolutions(self, d, theta: np.ndarray):
+        """(fit resolutions A (B,), EPA dicts) of spectra d (B, T, T//2+1) on the device for theta (B, 4)."""
+        p = self.params
+        s, prof, ctf2, counts = fitmod.equiphase_average(d, theta, self.grid, self.optics, self.bk)
+        res, corr, first, last = fitmod.fit_resolutions(s, prof, ctf2, counts, theta[:, 0], self.grid, self.optics,
+                                                        p.fit_threshold)
+        return res, [{"s": s, "profile": prof[b], "ctf2": ctf2[b], "corr": corr[b], "first": first,
+                      "last": int(last[b]), "resolution_A": float(res[b]), "threshold": p.fit_threshold}
+                     for b in range(len(res))]
+
+    def _within_fit(self, d, rows: np.ndarray, theta: np.ndarray, resolution_A: np.ndarray):
+        """Refine theta (N, 4) of the spectra ``rows`` of d again, each on the band's pixels up to 1.1 x its fit
+        frequency (the shells beyond carry no rings, only noise), all in one refinement: the pixels sorted by radius,
+        each spectrum's are a prefix (weight 1, the rest 0). Score them on the whole band. Returns (theta (N, 4),
+        score (N,))."""
+        xp, bk = self.bk.xp, self.bk
+        s_max = np.minimum(self.grid.s_max, FIT_BAND_MARGIN / resolution_A)
+        count = np.searchsorted(self.radial_u, (s_max * s_max).astype(np.float32), side="right")
+        band = self.radial_band.head(int(count.max()), xp)
+        weights = (xp.arange(band.size)[None, :] < xp.asarray(count)[:, None]).astype(xp.float32)
+        spectra = d[xp.asarray(rows)]
+        data, norms = band_data(spectra, band, xp, weights)
+        free = (True, True, True, self.params.phase_shift)
+        th, _ = refine(theta, np.arange(len(rows)), np.array([FIRST_TOL_A] * 3 + [np.deg2rad(4.0)]), band, data,
+                       norms, bk, free, tol_A=FINAL_TOL_A, weights=weights)
+        fd, fn = band_data(spectra, self.band, xp)
+        score = bk.asnumpy(scores_batched(xp.asarray(augment(th[:, None])), self.band, fd, fn, bk))[:, 0]
+        return th, score.astype(np.float64)
 
     def _tiles(self, fit: CtfFit, powers, shape) -> None:
         """Per-tile defocus on the band up to the micrograph's fit resolution, and the plane through the tiles whose
@@ -271,34 +346,51 @@ class CtfResult:
     notes: dict = field(default_factory=dict)
 
 
-def _batches(items, size: int):
-    """Consecutive (micrograph, image) pairs grouped by image shape, at most ``size`` per group."""
-    batch: list = []
-    for item in items:
-        if batch and (len(batch) == size or batch[0][1].shape != item[1].shape):
-            yield batch
-            batch = []
-        batch.append(item)
-    if batch:
-        yield batch
+def _use_device(bk) -> None:
+    """Make ``bk``'s device the current one of this thread (CuPy's current device is per thread)."""
+    if bk.is_gpu:
+        bk.xp.cuda.Device(bk.device_id).use()
 
 
-def _read_checked(mics: list[Micrograph], tile: int, errors: list):
-    """(micrograph, image) in order, read ahead by a thread; stops at the first input error (kept in ``errors``)."""
-    for mic, image, err in prefetch(mics):
-        if err is not None:
-            if not isinstance(err, InputError):
-                raise err
-            errors.append(err)
-            return
-        if image.ndim != 2:
-            errors.append(InputError(f"expected one 2D micrograph, got shape {image.shape}", mic.path, "data"))
-            return
-        if min(image.shape) < tile:
-            errors.append(InputError(f"micrograph of {image.shape[1]}x{image.shape[0]} px is smaller than the "
-                                     f"{tile} px tile (give a smaller --tile)", mic.path, "--tile"))
-            return
-        yield mic, image
+def _load(mic: Micrograph, est: CtfEstimator):
+    """One micrograph read, checked and on the device (in a reader thread)."""
+    image = read_mrc(mic.path)[0]
+    tile = est.params.tile
+    if image.ndim != 2:
+        raise InputError(f"expected one 2D micrograph, got shape {image.shape}", mic.path, "data")
+    if min(image.shape) < tile:
+        raise InputError(f"micrograph of {image.shape[1]}x{image.shape[0]} px is smaller than the {tile} px tile "
+                         "(give a smaller --tile)", mic.path, "--tile")
+    return est.upload(image)
+
+
+def _read_ahead(mics: list[Micrograph], est: CtfEstimator, errors: list, depth: int, threads: int = READ_THREADS):
+    """(micrograph, image on the device) in order. ``threads`` threads read, check and copy to the device up to
+    ``depth`` micrographs ahead of the consumer (at least a batch: the next batch is read while this one is
+    estimated). Stops at the first input error (kept in ``errors``); other errors are raised.
+
+    The copies go to the device's one default stream (as every kernel), so the kernels that use an image run after
+    its copy.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, min(threads, cpus))
+    todo = iter(mics)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="micrograph-reader", initializer=_use_device,
+                              initargs=(est.bk,))
+    try:
+        ahead = deque((m, pool.submit(_load, m, est)) for m in itertools.islice(todo, max(1, depth)))
+        while ahead:
+            mic, future = ahead.popleft()
+            try:
+                image = future.result()
+            except InputError as err:
+                errors.append(err)
+                return
+            for m in itertools.islice(todo, 1):
+                ahead.append((m, pool.submit(_load, m, est)))
+            yield mic, image
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _row(mic: Micrograph, fit: CtfFit, ctf_image: str, per_tile: bool) -> dict:
@@ -377,8 +469,13 @@ def estimate_micrographs(mics: list[Micrograph], params: CtfEstimateParams, out:
     rows, written, errors = [], [], []
     t0 = time.perf_counter()
     progress = tqdm(total=len(mine), desc="ctf", unit="mic", disable=None if rank == 0 else True)
-    for batch in _batches(_read_checked(mine, params.tile, errors), est.batch_size()):
-        fits = est.estimate(np.stack([image for _, image in batch]))
+    batch_size = est.batch_size()
+    batch: list[tuple[Micrograph, Spectra]] = []
+    for mic, image in _read_ahead(mine, est, errors, depth=batch_size + READ_THREADS):
+        batch.append((mic, est.spectra(image)))  # queued on the device while the next micrographs arrive
+        if len(batch) < batch_size and len(batch) + len(rows) < len(mine):
+            continue
+        fits = est.fit(Spectra.join([sp for _, sp in batch], bk.xp))
         for (mic, _), fit in zip(batch, fits, strict=True):
             r = fit.relion()
             if fit.constant:
@@ -395,6 +492,7 @@ def estimate_micrographs(mics: list[Micrograph], params: CtfEstimateParams, out:
                 ctf_image = f"{root / 'spectra' / (mic.stem + '.ctf')}:mrc"
             rows.append(_row(mic, fit, ctf_image, params.per_tile))
         progress.update(len(batch))
+        batch = []
     progress.close()
     seconds = time.perf_counter() - t0
     all_errors = [e for e in comm.allgather(errors[0] if errors else None) if e is not None]

@@ -76,3 +76,21 @@ def test_noise_and_constant_micrographs_are_flagged(sim):
         assert f.flagged and f.score < 0.03 and f.z < 7
     assert fits[3].constant and fits[3].score == 0.0
     assert not fits[4].flagged and fits[4].score > 0.15 and fits[4].resolution_A < 8.0
+
+
+def test_a_batch_fits_each_micrograph_as_alone(sim):
+    """The steps after the search run on the whole batch at once (one refinement, each micrograph on the band's
+    pixels up to its own fit resolution): each micrograph of a batch gets the fit it gets alone."""
+    rng = np.random.default_rng(21)
+    truths = [sim.random_truth(rng) for _ in range(3)]
+    images = [sim.ice_micrograph(rng, t, ice_snr=0.05, bfactor=300.0) for t in truths]  # rings fade before 5 A
+    together = _estimate(sim, images, 1.5, 512)
+    assert sum(f.resolution_A > 1.1 * 5.0 and not f.flagged for f in together) >= 2  # refined up to their resolution
+    for image, t in zip(images, together, strict=True):
+        a = _estimate(sim, [image], 1.5, 512)[0]
+        ra, rt = a.relion(), t.relion()
+        assert rt["rlnDefocusU"] == pytest.approx(ra["rlnDefocusU"], abs=5.0)
+        assert rt["rlnDefocusV"] == pytest.approx(ra["rlnDefocusV"], abs=5.0)
+        assert abs(sim.angle_error(rt["rlnDefocusAngle"], ra["rlnDefocusAngle"])) < 0.5
+        assert t.score == pytest.approx(a.score, abs=1e-4) and t.flagged == a.flagged
+        assert t.resolution_A == pytest.approx(a.resolution_A, rel=0.01)

@@ -119,3 +119,46 @@ def test_plane_fit_is_robust(rng):
     a, b, c, rms, kept = fitmod.fit_plane(xy, defocus, np.ones(60), (2048, 2048))
     assert a == pytest.approx(0.8, abs=0.02) and b == pytest.approx(-0.3, abs=0.02)
     assert c == pytest.approx(15000.0, abs=10) and not kept[:5].any() and kept[5:].all() and rms < 15
+
+
+def test_weights_score_each_spectrum_on_its_own_pixels(cpu, rng):
+    """Spectra that score on the band's pixels up to their own radius (a prefix of the pixels sorted by radius, weight
+    1, the rest 0) get the NCC of those pixels alone, as a subset of the band would."""
+    band = srch.band_pixels(GRID, OPTICS, np)
+    u = band.radius_sq(OPTICS)
+    order = np.argsort(u, kind="stable")
+    limits = [1 / 6.0, 1 / 9.0, 1 / 5.0]
+    counts = np.searchsorted(u[order], np.float32(np.square(limits)), side="right")
+    head = band.subset(order, np).head(int(counts.max()), np)
+    weights = (np.arange(head.size)[None, :] < counts[:, None]).astype(np.float32)
+    spectra = rng.standard_normal((3, 128, 65)).astype(np.float32)
+    data, norms = srch.band_data(spectra, head, np, weights)
+    thetas = np.stack([_theta(20000, 19500, 10), _theta(9000, 9000, 0), _theta(30000, 29000, 100, 40)])
+    weighted = srch.scores_batched(np.repeat(srch.augment(thetas)[None], 3, axis=0), head, data, norms, cpu, weights)
+    for b, limit in enumerate(limits):
+        subset = band.within(limit, OPTICS, np)
+        assert subset.size == counts[b]
+        d, n = srch.band_data(spectra[b:b + 1], subset, np)
+        np.testing.assert_allclose(weighted[b], srch.scores_shared(srch.augment(thetas), subset, d, n, cpu)[:, 0],
+                                   atol=2e-5)
+
+
+def test_batched_fit_resolutions_equal_one_at_a_time():
+    grid = SpectrumGrid(512, 1.0, 1 / 30, 1 / 5)
+    s = np.arange(257) / 512.0
+    rng = np.random.default_rng(1)
+    defoci = [15000.0, 8000.0, 30000.0, 15000.0]
+    ctf2 = np.stack([np.sin(OPTICS.phase(s, df)) ** 2 for df in defoci])
+    profiles = np.stack([np.where(s < 1 / 6.0, ctf2[0], 0.0), np.where(s < 1 / 9.0, ctf2[1], 0.0), ctf2[2],
+                         np.zeros(257)]) + 0.01 * rng.standard_normal((4, 257))
+    profiles[3] = 0.0  # no rings at all
+    counts = np.ones((4, 257))
+    counts[2, 60:] = 0  # empty shells bound the search
+    res, corr, first, last = fitmod.fit_resolutions(s, profiles, ctf2, counts, np.array(defoci), grid, OPTICS)
+    for b in range(4):
+        one = fitmod.windowed_correlation(profiles[b], ctf2[b], np.full(257, 5))
+        np.testing.assert_allclose(fitmod.windowed_correlation(profiles, ctf2, np.full(257, 5))[b], one)
+        r, c, f, l = fitmod.fit_resolution(s, profiles[b], ctf2[b], counts[b], defoci[b], grid, OPTICS)
+        assert (r, f, l) == (res[b], first, last[b])
+        np.testing.assert_array_equal(c, corr[b])
+    assert 5.6 < res[0] < 6.5 and 7.5 < res[1] < 10.0 and last[2] == 59 and res[3] == pytest.approx(30.0)
