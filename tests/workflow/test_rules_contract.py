@@ -57,6 +57,29 @@ def test_rules_are_declarations(stem):
             assert (RULES / caption).is_file() and Path(caption).stem == name, f"{name}: caption {caption}"
 
 
+def params_block(block: str) -> str:
+    """The text of a rule's params: section (up to the next directive)."""
+    if "params:" not in block:
+        return ""
+    body = block.split("params:", 1)[1]
+    end = re.search(r"^\s+\w+:(\s|$)", body, flags=re.M)
+    return body[: end.start()] if end else body
+
+
+@pytest.mark.parametrize("stem", sorted(STAGE_FILES))
+def test_params_are_values_snakemake_compares(stem):
+    """Snakemake reruns a job whose parameters changed only for values and functions of the wildcards alone; a
+    function of the job's input, output, threads or resources is never compared (a changed config value would give
+    'Nothing to be done'). Only the MPI launcher, which changes where a stage runs and not its result, is one."""
+    helpers = dict(re.findall(r"^def (\w+)\(([^)]*)\)", (RULES / "common.smk").read_text(), flags=re.M))
+    for name, block in rule_blocks(RULES / f"{stem}.smk").items():
+        params = params_block(block)
+        assert "lambda" not in params, f"{name}: a params function; build the value from config instead"
+        for param, value in re.findall(r"^\s+(\w+)=(\w+),?(?:\s+#.*)?$", params, flags=re.M):
+            if value in helpers and (param, value) != ("launch", "mpi_launch"):
+                assert helpers[value] == "wildcards", f"{name}: {param}={value}({helpers[value]}) is not compared"
+
+
 @pytest.mark.parametrize("env", ["cpu.yaml", "gpu.yaml"])
 def test_conda_environments_install_cryopipe_from_this_checkout(env):
     """Snakemake runs <env>.post-deploy.sh in the new environment; common.smk exports CRYOPIPE_REPO."""

@@ -4,11 +4,12 @@
 BIO = config["bioem"]
 
 if RUN_BIOEM:
+    BIOEM_PARTICLES = rules.refine3d.output.particles if RUN_REFINE3D else rules.class3d.output.data
 
     rule bioem:
         input:
             # particles at their refined orientations: refine3d's when it runs, else class3d's
-            particles=rules.refine3d.output.particles if RUN_REFINE3D else rules.class3d.output.data,
+            particles=BIOEM_PARTICLES,
             models=bioem_models(),
         output:
             logp=f"{RESULTS}/bioem/logp.star",
@@ -21,7 +22,7 @@ if RUN_BIOEM:
         params:
             out=f"{RESULTS}/bioem",
             launch=mpi_launch,
-            orientations=bioem_orientation_flags,
+            orientations=bioem_orientation_flags(BIOEM_PARTICLES),
             shift=arg("displacement", [BIO["max_shift"], BIO["shift_step"]]),
             defocus=arg("defocus-grid", BIO["defocus_grid"]),
             device=arg("device", DEVICE),

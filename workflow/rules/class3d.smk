@@ -3,9 +3,7 @@
 
 C3 = config["class3d"]
 
-if not RUN_CLASS3D:
-    sys.stderr.write("cryopipe: class3d.reference is empty: 3D classification and model ranking are left out\n")
-else:
+if RUN_CLASS3D:  # common.smk says what runs when it does not
 
     rule class3d:
         input:

@@ -17,7 +17,7 @@ if ESTIMATE_CTF:
                 subcategory="batch {batch}",
             ),
         params:
-            out=lambda w: f"{RESULTS}/ctf/batch_{w.batch}",
+            out=f"{RESULTS}/ctf/batch_{{batch}}",
             angpix=angpix_flag(),
             voltage=arg("voltage", optics("voltage")),
             cs=arg("cs", optics("cs")),
@@ -27,7 +27,7 @@ if ESTIMATE_CTF:
             defocus=arg("defocus-range", CTF["defocus_range"]),
             per_tile=flag("per-tile", CTF["per_tile"]),
             device=arg("device", DEVICE),
-            truth=lambda w, input: ["--truth", *input.truth] if input.truth else [],
+            truth=["--truth", f"{RESULTS}/simulate/micrographs_ctf.star"] if USE_SIM else [],
         threads: 2
         resources:
             **stage_resources(),

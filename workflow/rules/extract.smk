@@ -4,17 +4,19 @@
 rule extract:
     input:
         picks=rules.pick.output.picks,
-        ctf=ctf_star,
+        ctf=ctf_star,  # the batch's own (estimated), or the whole STAR as ancient() with its rows in params
         micrographs=lambda w: BATCHES[w.batch],
     output:
         particles=f"{RESULTS}/extract/batch_{{batch}}/particles.star",
     params:
-        out=lambda w: f"{RESULTS}/extract/batch_{w.batch}",
-        box=arg("box", config["extract"]["box"]),
+        out=f"{RESULTS}/extract/batch_{{batch}}",
+        box=arg("box", EXTRACT_BOX),  # extract.box, or derived from particle_diameter (common.smk)
+        angpix=angpix_flag(),
         out_box=flag("out-box", config["extract"]["out_box"]),
         invert=flag("invert", config["extract"]["invert"]),
         ctf_limit=flag("max-ctf-resolution", CTF["max_resolution"]),
         device=arg("device", DEVICE),
+        ctf_rows=ctf_rows,  # compared, not passed: this batch's rows of your CTF STAR (a function of the batch)
     threads: 2
     conda:
         "../../envs/gpu.yaml"  # it passes --device on
@@ -22,7 +24,7 @@ rule extract:
         f"{RESULTS}/logs/extract_{{batch}}.log",
     shell:
         "cryopipe extract --picks {input.picks:q} --ctf {input.ctf:q} --micrographs {input.micrographs:q}"
-        " {params.box:q} {params.out_box:q} {params.invert:q} {params.ctf_limit:q} {params.device:q}"
+        " {params.box:q} {params.angpix:q} {params.out_box:q} {params.invert:q} {params.ctf_limit:q} {params.device:q}"
         " --out {params.out:q} 2> {log:q}"
 
 

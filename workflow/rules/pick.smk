@@ -3,8 +3,7 @@
 
 rule pick:
     input:
-        micrographs=lambda w: BATCHES[w.batch],
-        ctf=ctf_star,
+        micrographs=lambda w: BATCHES[w.batch],  # its own micrographs only: new ones leave finished batches alone
         reference=pick_reference(),
     output:
         picks=f"{RESULTS}/pick/batch_{{batch}}/picks.star",
@@ -15,7 +14,7 @@ rule pick:
             subcategory="batch {batch}",
         ),
     params:
-        out=lambda w: f"{RESULTS}/pick/batch_{w.batch}",
+        out=f"{RESULTS}/pick/batch_{{batch}}",
         angpix=angpix_flag(),
         diameter=arg("diameter", config["particle_diameter"]),
         directions=arg("directions", config["pick"]["directions"]),

@@ -8,6 +8,7 @@ if RUN_REFINE3D:
         input:
             half1=rules.refine3d.output.half1,
             half2=rules.refine3d.output.half2,
+            mask=[PP["mask"]] if PP["mask"] else [],  # a file: an edited mask reruns the job
         output:
             map=f"{RESULTS}/postprocess/map_sharpened.mrc",
             mask=f"{RESULTS}/postprocess/mask.mrc",
