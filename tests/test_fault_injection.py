@@ -395,7 +395,7 @@ WORKFLOW_CASES = [
     ("workflow: empty micrographs glob", {"micrographs": {"glob": ""}}, "[micrographs.glob]: must name"),
     ("workflow: glob matching nothing", {"micrographs": {"glob": "nowhere/*.mrc"}}, "matches no file"),
     ("workflow: no CTF STAR and no optics to estimate it", {"micrographs": {"glob": "{mics}", "ctf_star": ""}},
-     "[micrographs.voltage]: needed to estimate the CTF"),
+     "[micrographs.voltage]: the microscope's optics are needed to estimate the CTF"),
     ("workflow: CTF STAR missing", {"micrographs": {"glob": "{mics}", "ctf_star": "none.star"}},
      "'none.star': no such file"),
     ("workflow: no pick reference", {"micrographs": {"glob": "{mics}", "ctf_star": "{ctf}"}},

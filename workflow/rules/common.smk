@@ -138,6 +138,7 @@ def micrograph_paths():
     return [check_star_safe("micrographs.glob", p) for p in paths]
 
 
+MICROGRAPHS = micrograph_paths()  # first: without micrographs nothing else can be checked
 CTF = config["ctf"]
 # estimate the CTF (rule ctf) when asked, or when real micrographs come without a CTF STAR
 ESTIMATE_CTF = CTF["estimate"] or (not USE_SIM and not config["micrographs"].get("ctf_star", ""))
@@ -190,7 +191,6 @@ def optics(key):
     return value
 
 
-MICROGRAPHS = micrograph_paths()
 # Files named in the config: missing ones stop here, naming the key, not later as a failed job
 _FILES = ("pick.reference", "class3d.reference", "refine3d.reference", "postprocess.mask")
 for _key, _path in [*((k, get_key(k)) for k in _FILES), *(("bioem.models", m) for m in config["bioem"]["models"])]:
