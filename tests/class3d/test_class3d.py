@@ -48,8 +48,7 @@ def small(tmp_path_factory):
     return _dataset(tmp_path_factory, "small", 120, 11, box=32)
 
 
-def _cli(argv, monkeypatch):
-    monkeypatch.setitem(cli.STAGES, "class3d", "cryopipe.class3d.cli")
+def _cli(argv):
     return cli.main(["class3d", *argv])
 
 
@@ -157,13 +156,12 @@ def test_run_from_python_lists_its_files_and_notes_and_continues(small, tmp_path
     assert (tmp_path / "b" / "run_class002.mrc").is_file()
 
 
-def test_continue_equals_uninterrupted(small, tmp_path, monkeypatch):
+def test_continue_equals_uninterrupted(small, tmp_path):
     """3 iterations + --continue to 5 give the iteration-5 result of 5 uninterrupted iterations."""
     ref, star = str(small["reference"]), str(small["star"])
-    assert _cli(["--particles", star, "--reference", ref, *_fast_flags(tmp_path / "a", 5)], monkeypatch) == 0
-    assert _cli(["--particles", star, "--reference", ref, *_fast_flags(tmp_path / "b", 3)], monkeypatch) == 0
-    assert _cli(["--continue", str(tmp_path / "b" / "run_it003"), *_fast_flags(tmp_path / "b", 5)[:6]],
-                monkeypatch) == 0
+    assert _cli(["--particles", star, "--reference", ref, *_fast_flags(tmp_path / "a", 5)]) == 0
+    assert _cli(["--particles", star, "--reference", ref, *_fast_flags(tmp_path / "b", 3)]) == 0
+    assert _cli(["--continue", str(tmp_path / "b" / "run_it003"), *_fast_flags(tmp_path / "b", 5)[:6]]) == 0
     a, b = read_model(tmp_path / "a" / "run_it005"), read_model(tmp_path / "b" / "run_it005")
     np.testing.assert_array_equal(a.maps, b.maps)
     np.testing.assert_array_equal(a.pdf_class, b.pdf_class)
@@ -176,20 +174,20 @@ def test_continue_equals_uninterrupted(small, tmp_path, monkeypatch):
     # an option that cannot change on continue is refused
     flags = _fast_flags(tmp_path / "b", 6)
     flags[flags.index("--classes") + 1] = "3"
-    assert _cli(["--continue", str(tmp_path / "b" / "run_it005"), *flags], monkeypatch) == 2
+    assert _cli(["--continue", str(tmp_path / "b" / "run_it005"), *flags]) == 2
 
 
 @pytest.mark.mpi
-def test_mpi_two_ranks_equal_one(small, tmp_path, monkeypatch):
+def test_mpi_two_ranks_equal_one(small, tmp_path):
     """2 MPI ranks (size asserted) give the single-rank result within float tolerance, after one iteration.
 
     Per-particle results and the reduced sums agree to float rounding; the maps agree less tightly because the
     half-set SSNR = 2 FSC / (1 - FSC) is ill-conditioned near FSC = 1 (a few % SSNR change at the limit shell)."""
     ref, star = str(small["reference"]), str(small["star"])
-    assert _cli(["--particles", star, "--reference", ref, *_fast_flags(tmp_path / "one", 1)], monkeypatch) == 0
+    assert _cli(["--particles", star, "--reference", ref, *_fast_flags(tmp_path / "one", 1)]) == 0
     mpiexec = Path(sys.executable).parent / "mpiexec"
     code = ("import sys; from mpi4py import MPI; assert MPI.COMM_WORLD.Get_size() == 2; from cryopipe import cli; "
-            "cli.STAGES['class3d'] = 'cryopipe.class3d.cli'; sys.exit(cli.main(sys.argv[1:]))")
+            "sys.exit(cli.main(sys.argv[1:]))")
     argv = ["class3d", "--particles", star, "--reference", ref, *_fast_flags(tmp_path / "two", 1)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-c", code, *argv], capture_output=True,
@@ -222,30 +220,30 @@ def test_gpu_equals_cpu(small, tmp_path):
         assert fsc(runs[0].model.maps[k], runs[1].model.maps[k])[:6].min() > 0.99
 
 
-def test_bad_inputs_are_clear_errors(small, tmp_path, monkeypatch, capsys):
+def test_bad_inputs_are_clear_errors(small, tmp_path, capsys):
     star, ref = str(small["star"]), str(small["reference"])
     flags = _fast_flags(tmp_path / "out", 1)
     # reference box differs from the particles'
     bad_box = tmp_path / "box.mrc"
     write_mrc(bad_box, np.zeros((40, 40, 40), np.float32), small["angpix"])
-    assert _cli(["--particles", star, "--reference", str(bad_box), *flags], monkeypatch) == 2
+    assert _cli(["--particles", star, "--reference", str(bad_box), *flags]) == 2
     assert "box" in capsys.readouterr().err
     # reference pixel size differs
     bad_pix = tmp_path / "pix.mrc"
     write_mrc(bad_pix, np.zeros((32, 32, 32), np.float32), 2.0)
-    assert _cli(["--particles", star, "--reference", str(bad_pix), *flags], monkeypatch) == 2
+    assert _cli(["--particles", star, "--reference", str(bad_pix), *flags]) == 2
     assert "pixel size" in capsys.readouterr().err
     # K < 1
     k0 = list(flags)
     k0[k0.index("--classes") + 1] = "0"
-    assert _cli(["--particles", star, "--reference", ref, *k0], monkeypatch) == 2
+    assert _cli(["--particles", star, "--reference", ref, *k0]) == 2
     assert "K must be >= 1" in capsys.readouterr().err
     # particles without CTF columns
     table = read_particles(star)
     no_ctf = tmp_path / "noctf.star"
     table["rlnImageName"] = [f"{i + 1}@{Path(star).parent / 'particles.mrcs'}" for i in range(len(table))]
     write_table(no_ctf, table.drop(columns=["rlnDefocusU"]))
-    assert _cli(["--particles", str(no_ctf), "--reference", ref, *flags], monkeypatch) == 2
+    assert _cli(["--particles", str(no_ctf), "--reference", ref, *flags]) == 2
     assert "rlnDefocusU" in capsys.readouterr().err
     assert not (tmp_path / "out" / "run_it001_model.star").exists()
 

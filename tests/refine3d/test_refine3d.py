@@ -52,8 +52,7 @@ def small(tmp_path_factory):
     return _dataset(tmp_path_factory, "small", 120, 11)
 
 
-def _cli(argv, monkeypatch):
-    monkeypatch.setitem(cli.STAGES, "refine3d", "cryopipe.refine3d.cli")
+def _cli(argv):
     return cli.main(["refine3d", *argv])
 
 
@@ -207,12 +206,12 @@ def test_converges_with_local_searches(tmp_path_factory, tmp_path):
 # ------------------------------------------------------------------------------------------- checkpoints, MPI, GPU
 
 
-def test_continue_equals_uninterrupted(small, tmp_path, monkeypatch):
+def test_continue_equals_uninterrupted(small, tmp_path):
     """--continue from iteration 1 of a 3-iteration run (into another folder) reproduces iterations 2 and 3 (the
     final one) exactly, and the new folder holds the whole run."""
     ref, star = str(small["reference"]), str(small["star"])
-    assert _cli(["--particles", star, "--reference", ref, *_flags(tmp_path / "a", 3)], monkeypatch) == 0
-    assert _cli(["--continue", str(tmp_path / "a" / "run_it001"), *_flags(tmp_path / "b", 3)[:4]], monkeypatch) == 0
+    assert _cli(["--particles", star, "--reference", ref, *_flags(tmp_path / "a", 3)]) == 0
+    assert _cli(["--continue", str(tmp_path / "a" / "run_it001"), *_flags(tmp_path / "b", 3)[:4]]) == 0
     # the published run is whole: the iteration it continued from comes along, unchanged
     first = [(tmp_path / x / "run_it001_model.star").read_bytes() for x in "ab"]
     assert first[0] == first[1]
@@ -226,19 +225,19 @@ def test_continue_equals_uninterrupted(small, tmp_path, monkeypatch):
     np.testing.assert_array_equal(da[cols].to_numpy(), db[cols].to_numpy())
     # an option that cannot change on continue is refused
     flags = _flags(tmp_path / "c", 4) + ["--symmetry", "C2"]
-    assert _cli(["--continue", str(tmp_path / "a" / "run_it001"), *flags], monkeypatch) == 2
+    assert _cli(["--continue", str(tmp_path / "a" / "run_it001"), *flags]) == 2
 
 
 @pytest.mark.mpi
-def test_mpi_two_ranks_equal_one(small, tmp_path, monkeypatch):
+def test_mpi_two_ranks_equal_one(small, tmp_path):
     """2 MPI ranks (size asserted) give the single-rank result after one (non-final) iteration (per-rank particle
     batches differ, so float32 sums agree to ~1e-6 relative)."""
     ref, star = str(small["reference"]), str(small["star"])
     flags = _flags(tmp_path / "one", 2)
-    assert _cli(["--particles", star, "--reference", ref, *flags], monkeypatch) == 0
+    assert _cli(["--particles", star, "--reference", ref, *flags]) == 0
     mpiexec = Path(sys.executable).parent / "mpiexec"
     code = ("import sys; from mpi4py import MPI; assert MPI.COMM_WORLD.Get_size() == 2; from cryopipe import cli; "
-            "cli.STAGES['refine3d'] = 'cryopipe.refine3d.cli'; sys.exit(cli.main(sys.argv[1:]))")
+            "sys.exit(cli.main(sys.argv[1:]))")
     argv = ["refine3d", "--particles", star, "--reference", ref, *_flags(tmp_path / "two", 2)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-c", code, *argv], capture_output=True,
@@ -276,30 +275,30 @@ def test_gpu_equals_cpu(small, tmp_path):
 # ------------------------------------------------------------------------------------------- errors
 
 
-def test_bad_inputs_are_clear_errors(small, tmp_path, monkeypatch, capsys):
+def test_bad_inputs_are_clear_errors(small, tmp_path, capsys):
     star, ref = str(small["star"]), str(small["reference"])
     flags = _flags(tmp_path / "out", 1)
     bad_box = tmp_path / "box.mrc"
     write_mrc(bad_box, np.zeros((40, 40, 40), np.float32), small["angpix"])
-    assert _cli(["--particles", star, "--reference", str(bad_box), *flags], monkeypatch) == 2
+    assert _cli(["--particles", star, "--reference", str(bad_box), *flags]) == 2
     err = capsys.readouterr().err
     assert "box" in err and "box.mrc" in err
     bad_pix = tmp_path / "pix.mrc"
     write_mrc(bad_pix, np.zeros((32, 32, 32), np.float32), 2.0)
-    assert _cli(["--particles", star, "--reference", str(bad_pix), *flags], monkeypatch) == 2
+    assert _cli(["--particles", star, "--reference", str(bad_pix), *flags]) == 2
     assert "pixel size" in capsys.readouterr().err
-    assert _cli(["--particles", star, "--reference", ref, *flags, "--symmetry", "X7"], monkeypatch) == 2
+    assert _cli(["--particles", star, "--reference", ref, *flags, "--symmetry", "X7"]) == 2
     assert "--symmetry" in capsys.readouterr().err
     table = read_particles(star)
     table["rlnImageName"] = [f"{i + 1}@{Path(star).parent / 'particles.mrcs'}" for i in range(len(table))]
     no_ctf = tmp_path / "noctf.star"
     write_table(no_ctf, table.drop(columns=["rlnDefocusU"]))
-    assert _cli(["--particles", str(no_ctf), "--reference", ref, *flags], monkeypatch) == 2
+    assert _cli(["--particles", str(no_ctf), "--reference", ref, *flags]) == 2
     err = capsys.readouterr().err
     assert "rlnDefocusU" in err and "noctf.star" in err
     bad_sub = tmp_path / "subset.star"
     write_table(bad_sub, table.assign(rlnRandomSubset=3))
-    assert _cli(["--particles", str(bad_sub), "--reference", ref, *flags], monkeypatch) == 2
+    assert _cli(["--particles", str(bad_sub), "--reference", ref, *flags]) == 2
     assert "rlnRandomSubset" in capsys.readouterr().err
     assert not (tmp_path / "out" / "run_it001_model.star").exists()
 
