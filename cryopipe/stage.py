@@ -62,10 +62,6 @@ class StageContext:
         """A one-process context for notebooks and tests (``device=None``: no backend)."""
         return cls(backend=None if device is None else get_backend(device), out_final=out_final)
 
-    @property
-    def rank(self) -> int:
-        return self.comm.Get_rank()
-
     def final(self, out: Path) -> Path:
         """The folder the results of ``out`` will be read from: where paths inside files must point."""
         return Path(self.out_final) if self.out_final is not None else Path(out)
