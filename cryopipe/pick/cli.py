@@ -1,8 +1,15 @@
 """``cryopipe pick``: template picking by FFT locally normalised cross-correlation (gEMpicker / RELION-2 autopick).
 
+Templates: 2D images (class averages), projections of a 3D map, or a blob of the particle diameter (no
+reference at all). The threshold is chosen per micrograph to keep the estimated false-discovery rate at
+--fdr, against a null search with phase-randomised templates; picks where the micrograph's local mean or
+texture is an outlier (carbon, contaminants, aggregates) are set aside.
+
 Writes ``OUT/coords/<micrograph>.star`` (rlnCoordinateX/Y in micrograph pixels, rlnAutopickFigureOfMerit = NCC,
-rlnClassNumber = template, rlnAnglePsi), ``OUT/picks.star`` (all picks with rlnMicrographName),
-``OUT/picks_preview.png`` and, with ``--write-maps``, ``OUT/maps/<micrograph>_ncc.mrc``.
+rlnClassNumber = template, rlnAnglePsi; then a ``pick_summary`` block: threshold, estimated FDR, counts),
+``OUT/picks.star`` (all picks with rlnMicrographName), ``OUT/pick_summary.star`` (a row per micrograph),
+``OUT/rejected.star`` (artefact picks with the reason), ``OUT/picks_preview.png`` and, with ``--write-maps``,
+``OUT/maps/<micrograph>_ncc.mrc``.
 Under ``mpiexec -n N`` ranks split micrographs, or template-rotations when micrographs are fewer than ranks.
 """
 
@@ -11,7 +18,8 @@ from __future__ import annotations
 import argparse
 
 from cryopipe.cli import add_common
-from cryopipe.pick.stage import PickInputs, PickParams, run
+from cryopipe.pick.stage import DISTANCE_FACTOR, MASK_FACTOR, PickInputs, PickParams, run
+from cryopipe.pick.templates import BLOB_KINDS
 
 __all__ = ["HELP", "add_arguments", "configure", "run"]
 
@@ -20,6 +28,10 @@ HELP = "pick particles by FFT locally normalised cross-correlation with rotated 
 
 def _threshold(text: str) -> float | None:
     return None if text == "auto" else float(text)
+
+
+def _off_or_float(text: str) -> float | None:
+    return None if text == "off" else float(text)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,12 +44,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="2D templates: MRCS stacks or MRC images of one box size (e.g. class averages; white "
                           "protein by default)")
     src.add_argument("--reference", help="3D map (MRC) projected along --directions directions as templates")
+    src.add_argument("--blob", choices=BLOB_KINDS,
+                     help="no templates: a blob of --diameter, 'disc' (a compact particle) or 'ring' (a hollow one)")
     p.add_argument("--masks", help="masks for --templates (MRCS, one per template or one for all; default circular)")
     p.add_argument("--directions", type=int, default=PickParams.directions,
                    help=f"projection directions for --reference (default {PickParams.directions})")
     p.add_argument("--template-angpix", type=float, help="pixel size of templates/reference (default: header)")
     p.add_argument("--angpix", type=float, help="micrograph pixel size, A/px (default: STAR optics, else header)")
     p.add_argument("--diameter", type=float, required=True, help="particle diameter, Angstrom")
+    p.add_argument("--mask-diameter", type=float,
+                   help=f"diameter of the normalisation mask, Angstrom (default {MASK_FACTOR:g} x --diameter)")
     p.add_argument("--angular-step", type=float, default=PickParams.angular_step,
                    help=f"in-plane rotation step, degrees (default {PickParams.angular_step:g})")
     p.add_argument("--lowpass", type=float, default=PickParams.lowpass_A,
@@ -45,11 +61,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"accordingly; 0: full resolution (default {PickParams.lowpass_A:g})")
     p.add_argument("--highpass", type=float, help="also high-pass at this resolution, Angstrom (default none)")
     p.add_argument("--threshold", type=_threshold, default=None,
-                   help="minimum NCC of a pick, or 'auto' (default): median + K robust s.d. of the micrograph's "
-                        "NCC map (K = --auto-sigmas)")
-    p.add_argument("--auto-sigmas", type=float, default=PickParams.auto_sigmas,
-                   help=f"K of the automatic threshold (default {PickParams.auto_sigmas})")
-    p.add_argument("--min-distance", type=float, help="minimum distance between picks, Angstrom (default: diameter)")
+                   help="minimum NCC of a pick, or 'auto' (default): per micrograph, the lowest that keeps the "
+                        "estimated false-discovery rate at --fdr")
+    p.add_argument("--fdr", type=float, default=PickParams.fdr,
+                   help=f"false-discovery rate of the automatic threshold (default {PickParams.fdr:g})")
+    p.add_argument("--reject-sigmas", type=_off_or_float, default=PickParams.reject_sigmas,
+                   help="set aside picks where the local mean or s.d. is this many robust s.d. from the "
+                        f"micrograph's trend (carbon, contaminants), or 'off' (default {PickParams.reject_sigmas:g})")
+    p.add_argument("--min-distance", type=float,
+                   help=f"minimum distance between picks, Angstrom (default {DISTANCE_FACTOR:g} x --diameter)")
     p.add_argument("--max-picks", type=int, help="keep at most this many picks per micrograph (the best)")
     p.add_argument("--box", type=int, help="no pick whose box of this size (px) leaves the micrograph "
                    "(default: the template box at the micrograph pixel size)")
@@ -67,9 +87,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def configure(args: argparse.Namespace) -> tuple[PickParams, PickInputs]:
     params = PickParams(
-        diameter_A=args.diameter, angular_step=args.angular_step, lowpass_A=args.lowpass or None,
-        highpass_A=args.highpass, threshold=args.threshold, auto_sigmas=args.auto_sigmas,
+        diameter_A=args.diameter, mask_diameter_A=args.mask_diameter, angular_step=args.angular_step,
+        lowpass_A=args.lowpass or None, highpass_A=args.highpass, threshold=args.threshold, fdr=args.fdr,
         min_distance_A=args.min_distance, max_picks=args.max_picks, box_px=args.box, invert=args.invert,
+        blob=args.blob, reject_sigmas=args.reject_sigmas,
         batch_size=args.batch_size, angpix=args.angpix, template_angpix=args.template_angpix,
         directions=args.directions, write_maps=args.write_maps, preview=args.preview, mpi_mode=args.mpi_mode,
     )

@@ -142,10 +142,12 @@ class Correlator:
     grid : the working grid (only ``grid.corr`` is used).
     bk : backend. batch_size : template-rotations per batched FFT (default: from free memory).
     subset : the bank indices this instance handles (MPI per-template mode); indices returned are global.
+    null : also return the null map for the automatic threshold: the maximum NCC with the contrast-inverted
+        templates, ``max_k -NCC_k = -min_k NCC_k``, taken from the same correlations (no extra FFT).
     """
 
     def __init__(self, bank: TemplateBank, grid: Grid, bk, batch_size: int | None = None,
-                 subset: slice = slice(None)):
+                 subset: slice = slice(None), null: bool = False):
         self.bk, self.grid = bk, grid
         xp = bk.xp
         self.first, stop, _ = subset.indices(len(bank))
@@ -156,19 +158,20 @@ class Correlator:
         # per template-rotation: its spectrum made on the fly, the product, the correlation, argmax temporaries
         per_item = (1 if shared else 3) * (4 * spec_bytes + 3 * Hc * Wc * 4)
         self.batch = batch_size or bk.batch_size(per_item, fraction=0.25, cap=128 if bk.is_gpu else 16)
-        images = bank.images[self.first : self.first + self.count]
-        masks = None if shared else bank.masks[self.first : self.first + self.count]
+        part = slice(self.first, self.first + self.count)
         cached = (1 if shared else 2) * self.count * spec_bytes <= 0.25 * bk.free_bytes()
-        self._images, self._masks = images, masks
-        self._spec = self._spectra(images) if cached else None
-        self._mask_spec = self._spectra(masks) if (cached and masks is not None) else None
+        self.null = null
+        self._images = bank.images[part]
+        self._masks = None if shared else bank.masks[part]
+        self._spec = self._spectra(self._images) if cached else None
+        self._mask_spec = self._spectra(self._masks) if (cached and not shared) else None
         if shared:
             self.shared_mask_spec = self._spectra(bank.masks[None])[0]
             self.shared_msum = float(bank.masks.sum())
         else:
-            self.msum = xp.asarray(masks.sum(axis=(1, 2)), dtype=xp.float32)[:, None, None]
-        log.debug("correlator: %d template-rotations, grid %s, batch %d, spectra cached: %s",
-                  self.count, grid.corr, self.batch, cached)
+            self.msum = xp.asarray(self._masks.sum(axis=(1, 2)), dtype=xp.float32)[:, None, None]
+        log.debug("correlator: %d template-rotations, grid %s, batch %d, spectra cached: %s", self.count,
+                  grid.corr, self.batch, cached)
 
     def _spectra(self, images: np.ndarray):
         """Conjugate spectra (n, Hc, Wc//2+1) complex64 of images (n, b, b) placed with centre b//2 at 0."""
@@ -185,32 +188,33 @@ class Correlator:
             xp.conjugate(fft.rfft2(pad), out=out[k : k + len(chunk)])
         return out
 
-    def _local_sd(self, f_spec, f2_spec, mask_spec, msum):
-        """sd of the micrograph under the mask at every position; 0 where the variance vanishes."""
+    def _local_moments(self, f_spec, f2_spec, mask_spec, msum):
+        """Mean and sd of the micrograph under the mask at every position (sd 0 where the variance vanishes)."""
         xp, fft = self.bk.xp, self.bk.fft
         s = self.grid.corr
         mean = fft.irfft2(f_spec * mask_spec, s=s, overwrite_x=True) / msum
         var = fft.irfft2(f2_spec * mask_spec, s=s, overwrite_x=True) / msum - mean * mean
-        return xp.sqrt(xp.maximum(var, 0.0))
+        return mean, xp.sqrt(xp.maximum(var, 0.0))
 
-    def __call__(self, work):
-        """Best NCC and its bank index at every position of ``work`` (Hc, Wc): device float32, int32 arrays.
+    def __call__(self, work) -> Correlation:
+        """Best NCC and its bank index at every position of ``work`` (Hc, Wc), the null's best NCC, and the
+        micrograph's mean and s.d. under the shared mask (device float32 arrays; see :class:`Correlation`).
 
         Positions where the micrograph is flat under the mask score 0 (index of the first template). With
-        no template-rotations (an empty MPI share) the score is -inf.
+        no template-rotations (an empty MPI share) the scores are -inf.
         """
         xp, fft = self.bk.xp, self.bk.fft
         s = self.grid.corr
         f_spec = fft.rfft2(work)
         f2_spec = fft.rfft2(work * work)
         floor = 1e-6 * float(xp.sqrt((work * work).mean()))  # sd below this counts as flat
-        best = xp.full(s, -xp.inf, dtype=xp.float32)
-        arg = xp.zeros(s, dtype=xp.int32)
-        if self.count == 0:
-            return best, arg
         shared = self._masks is None
+        mean = sd = None
         if shared:
-            sd = self._local_sd(f_spec, f2_spec, self.shared_mask_spec, self.shared_msum)
+            mean, sd = self._local_moments(f_spec, f2_spec, self.shared_mask_spec, self.shared_msum)
+        best = xp.full(s, -xp.inf, dtype=xp.float32)
+        worst = xp.full(s, xp.inf, dtype=xp.float32) if self.null else None
+        arg = xp.zeros(s, dtype=xp.int32)
         for k0 in range(0, self.count, self.batch):
             k1 = min(self.count, k0 + self.batch)
             spec = self._spec[k0:k1] if self._spec is not None else self._spectra(self._images[k0:k1])
@@ -218,13 +222,34 @@ class Correlator:
             if not shared:
                 mspec = self._mask_spec[k0:k1] if self._mask_spec is not None else self._spectra(self._masks[k0:k1])
                 msum = self.msum[k0:k1]
-                local = self._local_sd(f_spec[None], f2_spec[None], mspec, msum)
+                local = self._local_moments(f_spec[None], f2_spec[None], mspec, msum)[1]
                 c = xp.where(local > floor, c / (msum * xp.maximum(local, floor)), 0.0).astype(xp.float32)
             i = xp.argmax(c, axis=0)
             v = xp.take_along_axis(c, i[None], axis=0)[0]
             better = v > best
             best = xp.where(better, v, best)
             arg = xp.where(better, (i + self.first + k0).astype(xp.int32), arg)
-        if shared:
-            best = xp.where(sd > floor, best / (self.shared_msum * xp.maximum(sd, floor)), 0.0).astype(xp.float32)
-        return best, arg
+            if self.null:
+                worst = xp.minimum(worst, c.min(axis=0))
+        null = -worst if self.null else None
+        if shared and self.count:
+            scale = xp.where(sd > floor, 1.0 / (self.shared_msum * xp.maximum(sd, floor)), 0.0)
+            best = (best * scale).astype(xp.float32)
+            null = None if null is None else (null * scale).astype(xp.float32)
+        return Correlation(best, arg, null, mean, sd)
+
+
+@dataclass
+class Correlation:
+    """One micrograph's correlation maps on the working grid (device arrays, (Hc, Wc)).
+
+    best : float32, the maximum NCC over the template-rotations. index : int32, its bank index.
+    null : float32, the maximum NCC over the contrast-inverted templates (None unless asked for).
+    mean, sd : float32, the micrograph's mean and s.d. under the shared mask (None with per-template masks).
+    """
+
+    best: object
+    index: object
+    null: object = None
+    mean: object = None
+    sd: object = None

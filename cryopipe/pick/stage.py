@@ -34,10 +34,13 @@ from cryopipe.io.atomic import atomic_path
 from cryopipe.io.mrc import read_mrc, read_mrc_header, write_mrc
 from cryopipe.io.star import read_table, write_star
 from cryopipe.parallel import SerialComm, split_range
+from cryopipe.pick.artefacts import OUTLIER_REASONS, outliers
 from cryopipe.pick.ncc import Correlator, Grid, plan_grid, prepare_micrograph
-from cryopipe.pick.peaks import auto_threshold, find_peaks
+from cryopipe.pick.peaks import Threshold, candidate_heights, fdr_threshold, find_peaks
 from cryopipe.pick.templates import (
+    BLOB_KINDS,
     TemplateStack,
+    blob_templates,
     build_bank,
     load_templates,
     project_reference,
@@ -51,20 +54,32 @@ log = logging.getLogger(__name__)
 PICK_COLUMNS = ["rlnCoordinateX", "rlnCoordinateY", "rlnAutopickFigureOfMerit", "rlnClassNumber", "rlnAnglePsi"]
 
 
+MASK_FACTOR = 1.2  # default local-normalisation mask diameter / particle diameter
+DISTANCE_FACTOR = 0.8  # default minimum distance between picks / particle diameter
+
+
 @dataclass
 class PickParams:
     """Picking parameters. Lengths in Angstrom unless marked px; angles in degrees.
 
-    diameter_A : particle diameter (circular template mask; default minimum distance between picks).
-    angular_step : in-plane rotation step of the templates.
+    diameter_A : particle diameter (sets the default mask, minimum distance and blob size).
+    mask_diameter_A : diameter of the circular mask under which templates and micrograph are normalised (None:
+        ``MASK_FACTOR`` x diameter: a little wider than the particle, so that the ring of ice around it is part
+        of the match, as a plain NCC picker does).
+    angular_step : in-plane rotation step of the templates (blobs are not rotated).
     lowpass_A : low-pass the micrographs and templates and shrink the micrographs to match (None: full size).
     highpass_A : optional high-pass of micrographs and templates (e.g. against ice gradients).
-    threshold : minimum NCC of a pick; None: automatic, ``median + auto_sigmas * robust s.d.`` per micrograph.
-    min_distance_A : non-maximum suppression distance (None: the diameter).
+    threshold : minimum NCC of a pick; None: automatic, chosen per micrograph to keep the estimated
+        false-discovery rate at ``fdr`` (:mod:`cryopipe.pick.peaks`).
+    fdr : the false-discovery rate of the automatic threshold.
+    min_distance_A : non-maximum suppression distance (None: ``DISTANCE_FACTOR`` x diameter).
     max_picks : at most this many picks per micrograph (the best), None: no cap.
     box_px : no pick whose box of this size (micrograph px) leaves the micrograph (None: the template box).
     invert : templates have the opposite contrast to the micrographs (white-protein templates, e.g.
         projections or class averages, against dark-protein micrographs; RELION's default).
+    blob : pick with a blob of the particle diameter instead of templates: "disc" or "ring" (None: templates).
+    reject_sigmas : reject picks where the micrograph's local mean or s.d. under the mask lies more than this many
+        robust s.d. from the micrograph's own trend (carbon, contaminants, aggregates); None: keep all.
     batch_size : template-rotations per batched FFT (None: from free device memory).
     angpix : micrograph pixel size, A/px (None: the STAR's optics, else the MRC header).
     template_angpix : pixel size of the templates or reference (None: their header).
@@ -76,15 +91,18 @@ class PickParams:
     """
 
     diameter_A: float
+    mask_diameter_A: float | None = None
     angular_step: float = 5.0
     lowpass_A: float | None = 20.0
     highpass_A: float | None = None
     threshold: float | None = None
-    auto_sigmas: float = 4.0
+    fdr: float = 0.05
     min_distance_A: float | None = None
     max_picks: int | None = None
     box_px: int | None = None
     invert: bool = True
+    blob: str | None = None
+    reject_sigmas: float | None = 5.0
     batch_size: int | None = None
     angpix: float | None = None
     template_angpix: float | None = None
@@ -95,25 +113,60 @@ class PickParams:
 
     def validate(self) -> None:
         require(self.diameter_A > 0, f"must be positive, got {self.diameter_A}", field="--diameter")
+        require(self.mask_diameter_A is None or self.mask_diameter_A > 0, "must be positive", field="--mask-diameter")
         require(self.lowpass_A is None or self.lowpass_A > 0, "must be positive", field="--lowpass")
         require(self.highpass_A is None or self.highpass_A > (self.lowpass_A or 0), "must be coarser than --lowpass",
                 field="--highpass")
         require(self.threshold is None or -1 <= self.threshold <= 1, "NCC threshold must lie in [-1, 1]",
                 field="--threshold")
+        require(0 < self.fdr < 1, f"must lie in (0, 1), got {self.fdr}", field="--fdr")
         require(self.min_distance_A is None or self.min_distance_A > 0, "must be positive", field="--min-distance")
         require(self.max_picks is None or self.max_picks >= 1, "must be >= 1", field="--max-picks")
         require(self.box_px is None or self.box_px >= 2, "must be >= 2 px", field="--box")
+        require(self.blob is None or self.blob in BLOB_KINDS, f"choose from {', '.join(BLOB_KINDS)}", field="--blob")
+        require(self.reject_sigmas is None or self.reject_sigmas > 0, "must be positive", field="--reject-sigmas")
+
+    @property
+    def mask_diameter(self) -> float:
+        return self.mask_diameter_A or MASK_FACTOR * self.diameter_A
+
+    @property
+    def min_distance(self) -> float:
+        return self.min_distance_A or DISTANCE_FACTOR * self.diameter_A
 
 
 @dataclass
 class ScoreMap:
-    """NCC max over template-rotations (``ncc``, (Hc, Wc) float32) and its bank index (``index`` int32) for one
-    micrograph, on the host, with the working ``grid`` and the prepared micrograph ``work`` (device) or None."""
+    """One micrograph's maps on the host, (Hc, Wc) on the working ``grid``: ``ncc`` (float32, NCC max over the
+    template-rotations), ``index`` (int32, its bank index), ``null`` (the contrast-inverted templates' max NCC,
+    the automatic threshold's null, or None),
+    ``mean`` and ``sd`` (the micrograph under the mask, or None), and the prepared micrograph ``work`` (device)
+    or None."""
 
     grid: Grid
     ncc: np.ndarray
     index: np.ndarray
+    null: np.ndarray | None = None
+    mean: np.ndarray | None = None
+    sd: np.ndarray | None = None
     work: object = None
+
+
+@dataclass
+class Picks:
+    """What :meth:`Picker.peaks` found on one micrograph: ``picks`` (DataFrame, :data:`PICK_COLUMNS`, best
+    first), ``rejected`` (the same columns plus ``cpRejected``: why), and the ``threshold``."""
+
+    picks: pd.DataFrame
+    rejected: pd.DataFrame
+    threshold: Threshold
+
+    def summary(self) -> dict:
+        """One row for the micrograph's summary: threshold, estimated FDR, counts, status."""
+        t = self.threshold
+        return {"cpPickThreshold": t.value, "cpPickFdr": t.fdr, "cpPicks": len(self.picks),
+                "cpRejected": len(self.rejected), "cpCandidates": t.candidates, "cpNullCandidates": t.background,
+                "cpPickStatus": t.status.replace(" ", "_")}
 
 
 class Picker:
@@ -128,7 +181,13 @@ class Picker:
         self.templates = rescale_templates(templates, self.angpix)
         self.box_px = params.box_px or self.templates.images.shape[-1]
         self.margin_px = 0.5 * max(self.box_px, params.diameter_A / self.angpix)  # micrograph px
+        self.angular_step = 360.0 if params.blob else params.angular_step  # a blob looks the same at every psi
         self.grid: Grid | None = None
+
+    def _bank(self, stack: TemplateStack):
+        p = self.params
+        return build_bank(stack, self.grid.scale, p.diameter_A, self.angular_step, p.lowpass_A, p.highpass_A,
+                          p.invert, mask_diameter_A=p.mask_diameter)
 
     def _setup(self, shape: tuple[int, int]) -> None:
         if self.grid is not None and self.grid.shape == shape:
@@ -138,22 +197,25 @@ class Picker:
         require(min(H, W) >= 2 * self.margin_px, f"micrograph {W}x{H} px is smaller than the {self.box_px} px box "
                 f"(and particle diameter {p.diameter_A} A)", field="--box")
         self.grid = plan_grid(shape, self.angpix, p.lowpass_A)
-        self.bank = build_bank(self.templates, self.grid.scale, p.diameter_A, p.angular_step, p.lowpass_A,
-                               p.highpass_A, p.invert)
-        self.correlator = Correlator(self.bank, self.grid, self.bk, p.batch_size, self.subset)
+        self.bank = self._bank(self.templates)
+        self.correlator = Correlator(self.bank, self.grid, self.bk, p.batch_size, self.subset,
+                                     null=p.threshold is None)
         log.info("working grid %s -> %s at %.3g A/px (%s FFTs), %d template-rotations of %d px",
                  shape, self.grid.crop, self.grid.work_angpix, self.grid.corr, len(self.bank),
                  self.bank.images.shape[-1])
 
     def score(self, image: np.ndarray, keep_work: bool = False) -> ScoreMap | None:
-        """NCC map of one micrograph (H, W); None when it is flat (constant: nothing to pick)."""
+        """NCC maps of one micrograph (H, W); None when it is flat (constant: nothing to pick)."""
         self._setup(tuple(image.shape))
         p = self.params
         work = prepare_micrograph(image, self.grid, self.bk, p.lowpass_A, p.highpass_A)
         if work is None:
             return None
-        best, arg = self.correlator(work)
-        return ScoreMap(self.grid, self.bk.asnumpy(best), self.bk.asnumpy(arg), work if keep_work else None)
+        c = self.correlator(work)
+        host = self.bk.asnumpy
+        return ScoreMap(self.grid, host(c.best), host(c.index), None if c.null is None else host(c.null),
+                        None if c.mean is None else host(c.mean), None if c.sd is None else host(c.sd),
+                        work if keep_work else None)
 
     def valid(self, grid: Grid) -> np.ndarray:
         """(Hc, Wc) bool: working positions whose box stays inside the micrograph."""
@@ -162,14 +224,32 @@ class Picker:
         m = self.margin_px
         return ((ys >= m) & (ys <= H - 1 - m))[:, None] & ((xs >= m) & (xs <= W - 1 - m))[None, :]
 
-    def peaks(self, scores: ScoreMap) -> pd.DataFrame:
-        """Picks from a score map: DataFrame with :data:`PICK_COLUMNS`, best first, micrograph pixels."""
+    def peaks(self, scores: ScoreMap) -> Picks:
+        """Picks from a score map, micrograph pixels: the threshold (fixed, or from the FDR), non-maximum
+        suppression, then the picks in artefacts set aside (:func:`cryopipe.pick.artefacts.outliers`)."""
         p, grid = self.params, scores.grid
         valid = self.valid(grid)
-        threshold = p.threshold if p.threshold is not None else auto_threshold(scores.ncc, valid, p.auto_sigmas)
-        dist = (p.min_distance_A or p.diameter_A) / self.angpix  # micrograph px
+        dist = p.min_distance / self.angpix  # micrograph px
         sy, sx = grid.scale
-        y, x, value, iy, ix = find_peaks(scores.ncc, valid, threshold, (dist / sy, dist / sx), p.max_picks)
+        spacing = (dist / sy, dist / sx)
+        if p.threshold is not None:
+            threshold = Threshold(p.threshold, float("nan"), "fixed")
+        else:
+            threshold = fdr_threshold(candidate_heights(scores.ncc, valid, spacing),
+                                      candidate_heights(scores.null, valid, spacing), p.fdr)
+            if threshold.status != "fdr":
+                log.warning("no picks at FDR %g: %s (%d candidates)", p.fdr, threshold.status, threshold.candidates)
+        y, x, value, iy, ix = find_peaks(scores.ncc, valid, threshold.value, spacing, p.max_picks)
+        table = self._table(scores, y, x, value, iy, ix)
+        if p.reject_sigmas is None or scores.mean is None:
+            return Picks(table, empty_rejected(), threshold)
+        grow = 0.5 * p.mask_diameter / grid.work_angpix
+        code = outliers(scores.mean, scores.sd, valid, iy, ix, p.reject_sigmas, grow)
+        rejected = table[code > 0].assign(cpRejected=[OUTLIER_REASONS[c] for c in code[code > 0]])
+        return Picks(table[code == 0].reset_index(drop=True), rejected.reset_index(drop=True), threshold)
+
+    def _table(self, scores: ScoreMap, y, x, value, iy, ix) -> pd.DataFrame:
+        grid = scores.grid
         (H, W), m = grid.shape, self.margin_px
         yo, xo = grid.to_micrograph(y, x)
         k = scores.index[iy, ix]
@@ -185,11 +265,15 @@ class Picker:
     def pick(self, image: np.ndarray) -> pd.DataFrame:
         """Score and pick one micrograph (H, W) at ``angpix``; an empty table when it is flat."""
         scores = self.score(image)
-        return empty_picks() if scores is None else self.peaks(scores)
+        return empty_picks() if scores is None else self.peaks(scores).picks
 
 
 def empty_picks() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=np.int64 if c == "rlnClassNumber" else np.float64) for c in PICK_COLUMNS})
+
+
+def empty_rejected() -> pd.DataFrame:
+    return empty_picks().assign(cpRejected=pd.Series(dtype=str))
 
 
 # --------------------------------------------------------------------------------------------- micrograph lists
@@ -287,7 +371,8 @@ def prefetch(mics: list[Micrograph], depth: int = 2) -> Iterator[tuple[Micrograp
 
 
 def _reduce_maxloc(comm, scores: ScoreMap) -> ScoreMap | None:
-    """Element-wise (max NCC, its index) over ranks at rank 0 (MPI_Reduce with MAXLOC); None elsewhere."""
+    """Element-wise (max NCC, its index) over ranks at rank 0 (MPI_Reduce with MAXLOC), and the null's maximum
+    (MPI_Reduce with MAX); None elsewhere. The mean and s.d. maps are the same on every rank."""
     from mpi4py import MPI
 
     buf = np.empty(scores.ncc.shape, dtype=[("v", np.float32), ("i", np.int32)])
@@ -295,15 +380,21 @@ def _reduce_maxloc(comm, scores: ScoreMap) -> ScoreMap | None:
     root = comm.Get_rank() == 0
     out = np.empty_like(buf) if root else None
     comm.Reduce([buf, MPI.FLOAT_INT], [out, MPI.FLOAT_INT] if root else None, op=MPI.MAXLOC, root=0)
+    null = None
+    if scores.null is not None:
+        null = np.empty_like(scores.null) if root else None
+        comm.Reduce(np.ascontiguousarray(scores.null), null, op=MPI.MAX, root=0)
     if not root:
         return None
-    return ScoreMap(scores.grid, np.ascontiguousarray(out["v"]), np.ascontiguousarray(out["i"]), scores.work)
+    return ScoreMap(scores.grid, np.ascontiguousarray(out["v"]), np.ascontiguousarray(out["i"]), null, scores.mean,
+                    scores.sd, scores.work)
 
 
 @dataclass
 class PickInputs:
     """Micrographs (files, glob patterns or a micrographs STAR) and the templates: 2D ``templates`` (MRCS stacks or
-    MRC images, optional ``masks``) or a 3D ``reference`` map projected into templates."""
+    MRC images, optional ``masks``) or a 3D ``reference`` map projected into templates (neither with
+    ``PickParams.blob``)."""
 
     micrographs: list[str]
     templates: list[Path] | None = None
@@ -317,14 +408,17 @@ def run(params: PickParams, inputs: PickInputs, out: Path, ctx: StageContext) ->
     params.validate()
     mics = list_micrographs(inputs.micrographs)
     angpix = micrograph_angpix(mics, params.angpix)
-    if inputs.templates:
+    if params.blob:
+        templates = blob_templates(params.diameter_A, angpix, params.blob)
+    elif inputs.templates:
         templates = load_templates(inputs.templates, params.template_angpix, inputs.masks, fallback_angpix=angpix)
     else:
         templates = project_reference(inputs.reference, ctx.backend, params.directions, params.template_angpix,
                                       angpix)
     result = pick_micrographs(mics, templates, params, out, ctx.backend, ctx.comm, angpix, params.mpi_mode,
                               params.write_maps, params.preview)
-    used = [m.path for m in mics] + list(inputs.templates or [inputs.reference]) + [inputs.masks] * bool(inputs.masks)
+    used = [m.path for m in mics] + list(inputs.templates or [inputs.reference] * bool(inputs.reference)) \
+        + [inputs.masks] * bool(inputs.masks)
     return StageResult(files=result.outputs, notes=result.notes, inputs=used)
 
 
@@ -350,8 +444,10 @@ def pick_micrographs(
     write_maps: bool = False,
     preview: int = 3,
 ) -> PickResult:
-    """Pick every micrograph; write ``out/coords/<stem>.star``, ``out/picks.star``, optional
-    ``out/maps/<stem>_ncc.mrc`` (NCC map on the working grid) and ``out/picks_preview.png``.
+    """Pick every micrograph; write ``out/coords/<stem>.star`` (the picks, then a ``pick_summary`` block: threshold,
+    estimated FDR, counts), ``out/picks.star``, ``out/pick_summary.star`` (one row per micrograph),
+    ``out/rejected.star`` (picks set aside as artefacts, with the reason), optional ``out/maps/<stem>_ncc.mrc``
+    (NCC map on the working grid) and ``out/picks_preview.png`` (picks in red, rejected ones in yellow).
 
     mode : "micrographs" (ranks split micrographs), "templates" (ranks split template-rotations, maps
     reduced to rank 0) or "auto" (templates when there are fewer micrographs than ranks).
@@ -370,7 +466,7 @@ def pick_micrographs(
     picker = Picker(templates, angpix, params, bk, share)
     mine = mics if mode == "templates" else mics[split_range(len(mics), rank, size)]
     finalise = mode == "micrographs" or rank == 0
-    tables, written, previews, error = [], [], [], None
+    tables, rejected, summaries, written, previews, error = [], [], [], [], [], None
     t_score = 0.0
     t0 = time.perf_counter()
     progress = tqdm(prefetch(mine), total=len(mine), desc="pick", unit="mic", disable=None if rank == 0 else True)
@@ -391,11 +487,12 @@ def pick_micrographs(
                 continue
             if scores is None:
                 log.warning("%s: flat micrograph (zero variance), skipped: no picks", mic.path)
-                picks = empty_picks()
+                found = Picks(empty_picks(), empty_rejected(), Threshold(float("inf"), float("nan"), "flat"))
             else:
-                picks = picker.peaks(scores)
+                found = picker.peaks(scores)
+            picks, summary = found.picks, pd.DataFrame([found.summary()])
             coords = out / "coords" / f"{mic.stem}.star"
-            write_star(coords, {"": picks})
+            write_star(coords, {"": picks, "pick_summary": summary})
             written.append(coords)
             if write_maps and scores is not None:
                 h, w = scores.grid.extent
@@ -403,9 +500,13 @@ def pick_micrographs(
                 write_mrc(maps, scores.ncc[:h, :w], scores.grid.work_angpix)
                 written.append(maps)
             if scores is not None and scores.work is not None:
-                previews.append((mic, bk.asnumpy(scores.work), scores.grid, picks))
+                previews.append((mic, bk.asnumpy(scores.work), scores.grid, found))
             tables.append(picks.assign(rlnMicrographName=mic.name))
-            log.info("%s: %d picks", mic.name, len(picks))
+            rejected.append(found.rejected.assign(rlnMicrographName=mic.name))
+            summaries.append(summary.assign(rlnMicrographName=mic.name))
+            t = found.threshold
+            log.info("%s: %d picks (threshold %.3f, %s, estimated FDR %.3f), %d rejected as artefacts", mic.name,
+                     len(picks), t.value, t.status, t.fdr, len(found.rejected))
         except InputError as exc:
             error = InputError(exc.message, exc.path or mic.path, exc.field)
             break
@@ -413,40 +514,54 @@ def pick_micrographs(
     errors = [e for e in comm.allgather(error) if e is not None]
     if errors:
         raise errors[0]
-    gathered = comm.gather((tables, written, t_score / max(1, len(mine))), root=0)
+    gathered = comm.gather((tables, rejected, summaries, written, t_score / max(1, len(mine))), root=0)
     if rank != 0:
         return PickResult(empty_picks())
-    tables = [t for g in gathered for t in g[0]]
-    written = [w for g in gathered for w in g[1]]
+    tables, rejected, summaries, written = ([t for g in gathered for t in g[k]] for k in range(4))
     picks = pd.concat(tables, ignore_index=True) if tables else empty_picks().assign(rlnMicrographName="")
     picks = picks[["rlnMicrographName", *PICK_COLUMNS]]
     write_star(out / "picks.star", {"particles": picks})
-    written.append(out / "picks.star")
+    rejected = pd.concat(rejected, ignore_index=True) if rejected else empty_rejected().assign(rlnMicrographName="")
+    write_star(out / "rejected.star", {"particles": rejected[["rlnMicrographName", *rejected.columns[:-1]]]})
+    summaries = pd.concat(summaries, ignore_index=True)
+    write_star(out / "pick_summary.star", {"micrographs": summaries[["rlnMicrographName", *summaries.columns[:-1]]]})
+    written += [out / "picks.star", out / "rejected.star", out / "pick_summary.star"]
     if previews:
         written.append(write_preview(out / "picks_preview.png", previews, params.diameter_A))
     notes = {
         "micrographs": len(mics), "picks": len(picks), "mpi_mode": mode, "mpi_size": size,
         "template_rotations": n_rot, "working_angpix": picker.grid and round(picker.grid.work_angpix, 4),
-        "score_seconds_per_micrograph": round(max(g[2] for g in gathered), 4),
+        "rejected": len(rejected),
+        "no_picks": sorted(str(r.rlnMicrographName) for r in summaries.itertuples() if r.cpPicks == 0),
+        "score_seconds_per_micrograph": round(max(g[4] for g in gathered), 4),
         "wall_seconds": round(t_total, 3),
     }
     return PickResult(picks, written, notes)
 
 
 def write_preview(path: Path, previews: list, diameter_A: float) -> Path:
-    """PNG of a few working micrographs (list of (Micrograph, work image, Grid, picks)) with picks circled."""
+    """PNG of a few working micrographs (list of (Micrograph, work image, Grid, Picks)): picks circled in red,
+    picks set aside as artefacts in yellow with their reason; the title gives the threshold and its FDR."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Circle
 
-    fig = Figure(figsize=(5 * len(previews), 5))
-    for ax, (mic, work, grid, picks) in zip(fig.subplots(1, len(previews), squeeze=False)[0], previews, strict=True):
+    fig = Figure(figsize=(5 * len(previews), 5.4))
+    for ax, (mic, work, grid, found) in zip(fig.subplots(1, len(previews), squeeze=False)[0], previews, strict=True):
         h, w = grid.extent
         lo, hi = np.percentile(work[:h, :w], [1, 99])
         ax.imshow(work[:h, :w], cmap="gray", vmin=lo, vmax=hi)
-        y, x = picks["rlnCoordinateY"] / grid.scale[0], picks["rlnCoordinateX"] / grid.scale[1]
-        for xy in zip(x, y, strict=True):
-            ax.add_patch(Circle(xy, 0.5 * diameter_A / grid.work_angpix, fill=False, color="red", lw=0.8))
-        ax.set_title(f"{mic.stem}: {len(picks)} picks", fontsize=9)
+        radius = 0.5 * diameter_A / grid.work_angpix
+        for table, colour in ((found.picks, "red"), (found.rejected, "yellow")):
+            y, x = table["rlnCoordinateY"] / grid.scale[0], table["rlnCoordinateX"] / grid.scale[1]
+            for xy in zip(x, y, strict=True):
+                ax.add_patch(Circle(xy, radius, fill=False, color=colour, lw=0.8))
+        for why, n in found.rejected["cpRejected"].value_counts().items() if len(found.rejected) else ():
+            ax.plot([], [], "o", mfc="none", color="yellow", label=f"{n} rejected: {why}")
+        if len(found.rejected):
+            ax.legend(loc="lower right", fontsize=7, framealpha=0.6)
+        t = found.threshold
+        rule = f"NCC >= {t.value:.3f}, FDR {t.fdr:.2f}" if t.status == "fdr" else t.status
+        ax.set_title(f"{mic.stem}: {len(found.picks)} picks ({rule})", fontsize=9)
         ax.set_axis_off()
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -2,13 +2,14 @@
 
 Pipeline (RELION autopick / gEMpicker):
 
-1. :func:`load_templates` (2D images, e.g. class averages) or :func:`project_reference` (projections of a 3D
-   map along ``n`` directions spread evenly over the sphere).
+1. :func:`load_templates` (2D images, e.g. class averages), :func:`project_reference` (projections of a 3D
+   map along ``n`` directions spread evenly over the sphere) or :func:`blob_templates` (a disc or a ring of the
+   particle diameter, for picking without any reference, as cryoSPARC's blob picker).
 2. :func:`rescale_templates` Fourier-crops/pads them to the micrograph pixel size (as RELION does with the
    reference pixel size).
 3. :func:`build_bank` low-passes them, then samples every in-plane rotation ``psi`` directly on the shrunk
    working grid of the micrographs (cubic spline: one interpolation for rotation and shrink), applies the
-   mask (circular of the particle diameter, or the given masks rotated alike) and normalises each
+   mask (circular, a little wider than the particle, or the given masks rotated alike) and normalises each
    template-rotation under its mask to zero mean and unit variance (Roseman's ``t'``).
 
 Rotation convention (RELION, :func:`cryopipe.geometry.euler_to_matrix`): the template rotated by ``psi`` is
@@ -135,6 +136,28 @@ def project_reference(path, bk, directions=12, angpix: float | None = None, fall
     return TemplateStack(np.asarray(images, np.float32), apix, None, angles)
 
 
+BLOB_KINDS = ("disc", "ring")
+
+
+def blob_templates(diameter_A: float, angpix: float, kind: str = "disc") -> TemplateStack:
+    """One white blob template of the particle diameter at ``angpix`` (A/px), box about 1.5 diameters.
+
+    kind : "disc", the projection of a uniform sphere of the diameter (a compact particle), or "ring", that of a
+        shell whose inner diameter is 0.6 of the outer one (a hollow particle such as ferritin).
+    """
+    require(kind in BLOB_KINDS, f"unknown blob kind {kind!r}; choose from {', '.join(BLOB_KINDS)}", field="--blob")
+    require(diameter_A > 0 and angpix > 0, "diameter and pixel size must be positive", field="--diameter")
+    box = _even(1.5 * diameter_A / angpix + 4)
+    yy, xx = np.mgrid[:box, :box] - box // 2
+    r = np.hypot(yy, xx) * angpix / (0.5 * diameter_A)  # in units of the particle radius
+
+    def chord(radius: float) -> np.ndarray:
+        return np.sqrt(np.clip(radius * radius - r * r, 0.0, None))
+
+    image = chord(1.0) - (chord(0.6) if kind == "ring" else 0.0)
+    return TemplateStack(image[None].astype(np.float32), float(angpix))
+
+
 def _even(x: float) -> int:
     return max(2, 2 * int(round(x / 2)))
 
@@ -170,6 +193,7 @@ def build_bank(
     highpass_A: float | None = None,
     invert: bool = True,
     mask_edge_px: float = 1.0,
+    mask_diameter_A: float | None = None,
 ) -> TemplateBank:
     """Rotated, masked, normalised templates on the working grid.
 
@@ -177,8 +201,9 @@ def build_bank(
     ----------
     stack : templates at the micrograph pixel size (see :func:`rescale_templates`).
     scale : (sy, sx) micrograph pixels per working pixel along rows and columns (>= 1 when shrunk).
-    diameter_A : particle diameter; the default circular mask has radius diameter/2 (plus a soft edge). Given
-        masks (``stack.masks``) are rotated with their templates and used as they are.
+    diameter_A : particle diameter. mask_diameter_A : diameter of the default circular mask (plus a soft edge;
+        None: the particle diameter). Given masks (``stack.masks``) are rotated with their templates and used as
+        they are.
     angular_step : in-plane rotation step, degrees. lowpass_A, highpass_A : filters as for the micrographs.
     invert : flip the templates' contrast (white-protein templates against dark-protein micrographs).
     mask_edge_px : width of the mask's raised-cosine edge in working pixels.
@@ -191,10 +216,12 @@ def build_bank(
         images = lowpass(images, apix, max(lowpass_A or 0.0, 2.0 * apix * max(sy, sx)))
     if highpass_A:
         images = highpass(images, apix, highpass_A)
-    radius = 0.5 * diameter_A / apix  # micrograph px
     require(diameter_A > 0, f"particle diameter must be positive, got {diameter_A}", field="--diameter")
-    require(radius <= box / 2, f"particle diameter {diameter_A} A does not fit the {box} px templates at "
-            f"{apix:.4g} A/px", field="--diameter")
+    mask_diameter_A = mask_diameter_A or diameter_A
+    radius = 0.5 * mask_diameter_A / apix  # micrograph px
+    require(radius <= box / 2, f"the {mask_diameter_A:g} A mask does not fit the {box} px templates at "
+            f"{apix:.4g} A/px ({box * apix:.4g} A); use a smaller --mask-diameter or larger templates",
+            field="--mask-diameter")
     edge = mask_edge_px * work_apix / apix
     extent = radius + edge if stack.masks is None else box / 2  # micrograph px from the centre to keep
     n = 2 * int(np.ceil(extent / min(sy, sx) + 1))  # working box

@@ -37,7 +37,8 @@ def test_ncc_equals_direct_pearson_correlation(synth, rng, own_masks):
     f = rng.normal(size=(96, 110)).astype(np.float32)
     grid = plan_grid(f.shape, 2.0, None)
     work = prepare_micrograph(f, grid, bk)
-    best, arg = (bk.asnumpy(a) for a in Correlator(bank, grid, bk, batch_size=3)(work))
+    c = Correlator(bank, grid, bk, batch_size=3)(work)
+    best, arg = bk.asnumpy(c.best), bk.asnumpy(c.index)
     fn = (f - f.mean()) / f.std()
     for k in range(len(bank)):
         m = bank.masks if bank.shared_mask else bank.masks[k]
@@ -90,12 +91,13 @@ def test_template_subsets_combine_to_the_full_map(synth, rng):
     f, _ = synth.micrograph(rng, n=6)
     grid = plan_grid(f.shape, 2.0, 8.0)
     work = prepare_micrograph(f, grid, bk, 8.0)
-    full = Correlator(bank, grid, bk)(work)
-    a = Correlator(bank, grid, bk, subset=slice(0, 13))(work)
-    b = Correlator(bank, grid, bk, subset=slice(13, None))(work)
-    take_b = b[0] > a[0]
-    np.testing.assert_array_equal(np.where(take_b, b[0], a[0]), full[0])
-    np.testing.assert_array_equal(np.where(take_b, b[1], a[1]), full[1])
+    full = Correlator(bank, grid, bk, null=True)(work)
+    a = Correlator(bank, grid, bk, subset=slice(0, 13), null=True)(work)
+    b = Correlator(bank, grid, bk, subset=slice(13, None), null=True)(work)
+    take_b = b.best > a.best
+    np.testing.assert_array_equal(np.where(take_b, b.best, a.best), full.best)
+    np.testing.assert_array_equal(np.where(take_b, b.index, a.index), full.index)
+    np.testing.assert_array_equal(np.maximum(a.null, b.null), full.null)
 
 
 def test_gpu_scores_equal_cpu(synth, rng, bk):
@@ -104,7 +106,8 @@ def test_gpu_scores_equal_cpu(synth, rng, bk):
     bank = build_bank(TemplateStack(synth.blob_template()[None], 2.0), (2.0, 2.0), 80.0, lowpass_A=8.0)
     f, _ = synth.micrograph(rng, n=6)
     grid = plan_grid(f.shape, 2.0, 8.0)
-    ref = [cpu.asnumpy(a) for a in Correlator(bank, grid, cpu)(prepare_micrograph(f, grid, cpu, 8.0))]
-    got = [bk.asnumpy(a) for a in Correlator(bank, grid, bk)(prepare_micrograph(f, grid, bk, 8.0))]
-    np.testing.assert_allclose(got[0], ref[0], atol=2e-5)
-    assert (got[1] == ref[1]).mean() > 0.999
+    ref = Correlator(bank, grid, cpu, null=True)(prepare_micrograph(f, grid, cpu, 8.0))
+    got = Correlator(bank, grid, bk, null=True)(prepare_micrograph(f, grid, bk, 8.0))
+    for name in ("best", "null", "mean", "sd"):
+        np.testing.assert_allclose(bk.asnumpy(getattr(got, name)), getattr(ref, name), atol=2e-5, err_msg=name)
+    assert (bk.asnumpy(got.index) == ref.index).mean() > 0.999
