@@ -105,6 +105,14 @@ def ctf_2d(params: CTFParams, box: int, angpix: float, bk: Backend | None = None
     in ``dtype``. Grid geometry is formed in float64, the per-image terms in ``dtype``.
     """
     bk = backend_or_cpu(bk)
+    sy, sx = frequency_grid(box, angpix, half, 2, bk, np.float64)
+    return ctf_on_grid(params, sy, sx, bk, dtype)
+
+
+def ctf_on_grid(params: CTFParams, sy, sx, bk: Backend | None = None, dtype=np.float32):
+    """CTF images at the frequencies ``sy`` (rows, 1/A) and ``sx`` (columns), broadcastable float64 device arrays,
+    e.g. (H, 1) and (1, W//2+1) for a rectangular grid. Returns (B, *broadcast shape) in ``dtype``."""
+    bk = backend_or_cpu(bk)
     xp = bk.xp
     fields = np.broadcast_arrays(*(np.atleast_1d(np.asarray(getattr(params, f), dtype=np.float64)) for f in (
         "defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amplitude_contrast", "bfactor",
@@ -119,7 +127,6 @@ def ctf_2d(params: CTFParams, box: int, angpix: float, bk: Backend | None = None
     }
     c = {k: bk.asarray(v.reshape(-1, 1, 1), dtype=dtype) for k, v in per_image.items()}
 
-    sy, sx = frequency_grid(box, angpix, half, 2, bk, np.float64)
     u = sx * sx + sy * sy
     alpha = xp.arctan2(sy, sx)
     cos2a, sin2a = (xp.cos(2 * alpha).astype(dtype), xp.sin(2 * alpha).astype(dtype))

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from cryopipe.errors import InputError, require
 from cryopipe.fourier import fourier_crop, normalise_background
 from cryopipe.io.mrc import UNSET_PIXEL_SIZES, check_pixel_size, read_mrc, read_mrc_header, write_mrc
-from cryopipe.io.star import OPTICS_COLUMNS, parse_image_name, read_star, read_table, write_star
+from cryopipe.io.star import OPTICS_COLUMNS, match_names, parse_image_name, read_star, read_table, write_star
 from cryopipe.pick.stage import Micrograph, list_micrographs
 from cryopipe.stage import StageContext, StageResult
 
@@ -113,26 +113,6 @@ def process_particles(stack: np.ndarray, params: ExtractParams, bk) -> np.ndarra
     return out
 
 
-def _key(name: str) -> str:
-    return os.path.normpath(os.path.abspath(name))
-
-
-def _match(names, candidates) -> dict[str, int | None]:
-    """Index into ``candidates`` of each of ``names``: the same string, else the same absolute path, else the
-    same file name when only one candidate has it; None when none matches."""
-    candidates = [str(c) for c in candidates]
-    exact = {n: i for i, n in enumerate(candidates)}
-    absolute = {_key(n): i for i, n in enumerate(candidates)}
-    by_file: dict[str, list[int]] = {}
-    for i, n in enumerate(candidates):
-        by_file.setdefault(os.path.basename(n), []).append(i)
-    out = {}
-    for n in names:
-        same_file = by_file.get(os.path.basename(n), [])
-        out[n] = exact.get(n, absolute.get(_key(n), same_file[0] if len(same_file) == 1 else None))
-    return out
-
-
 @dataclass
 class ExtractInputs:
     """To extract: ``picks`` (picks STAR), ``ctf`` (micrographs CTF STAR) and optionally the ``micrographs`` of this
@@ -207,13 +187,13 @@ def extract_particles(
         base = Path(picks_path).parent if picks_path else Path(".")
         mics = [Micrograph(n, n if os.path.exists(n) or os.path.isabs(n) else str(base / n))
                 for n in dict.fromkeys(picks["rlnMicrographName"].astype(str))]
-    ctf_rows = _match([m.name for m in mics], ctf["rlnMicrographName"])
+    ctf_rows = match_names([m.name for m in mics], ctf["rlnMicrographName"])
     missing = [n for n, i in ctf_rows.items() if i is None]
     if missing:
         raise InputError(f"micrograph {missing[0]} is not in the CTF STAR file", ctf_path, "rlnMicrographName")
     groups = dict(list(picks.groupby(picks["rlnMicrographName"].astype(str), sort=False)))
     pick_names = list(groups)
-    pick_of = _match([m.name for m in mics], pick_names)
+    pick_of = match_names([m.name for m in mics], pick_names)
     ctf_cols = [c for c in ctf.columns if c.startswith(CTF_PREFIXES) and c != "rlnCtfImage"]
     drop = {"rlnImageName", "rlnMicrographName", "rlnOpticsGroup", *OPTICS_COLUMNS, *ctf_cols}
     tables, outputs, skipped, picked, unset, dropped = [], [], 0, 0, 0, []

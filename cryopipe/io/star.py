@@ -165,3 +165,22 @@ def portable_image_names(names: pd.Series, star_path: str | os.PathLike, stacks:
         index, given = name.split("@", 1)
         out.append(name if stack == given else f"{index}@{os.path.normpath(stack)}")
     return out
+
+
+def match_names(names, candidates) -> dict[str, int | None]:
+    """Index into ``candidates`` (e.g. a CTF STAR's rlnMicrographName) of each of ``names``: the same string, else
+    the same absolute path, else the same file name when only one candidate has it; None when none matches."""
+    def key(name: str) -> str:
+        return os.path.normpath(os.path.abspath(name))
+
+    candidates = [str(c) for c in candidates]
+    exact = {n: i for i, n in enumerate(candidates)}
+    absolute = {key(n): i for i, n in enumerate(candidates)}
+    by_file: dict[str, list[int]] = {}
+    for i, n in enumerate(candidates):
+        by_file.setdefault(os.path.basename(n), []).append(i)
+    out = {}
+    for n in names:
+        same_file = by_file.get(os.path.basename(n), [])
+        out[n] = exact.get(n, absolute.get(key(n), same_file[0] if len(same_file) == 1 else None))
+    return out

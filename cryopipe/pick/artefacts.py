@@ -1,13 +1,17 @@
-"""Artefact regions of a micrograph: where its local mean or s.d. under the picking mask is an outlier.
+"""Artefact regions of a micrograph: where its local mean or texture stands out from the ice that holds the picks.
 
-Carbon film, ice contaminants and aggregates differ from the ice that holds the particles by their mean (thicker
-or denser: darker; ethane or holes: brighter) and their texture (s.d.), on the scale of the particle. The
-correlation maps already hold the micrograph's mean and s.d. under the mask at every position
-(:class:`cryopipe.pick.ncc.Correlation`). Each is compared with the micrograph's own smooth trend (a robust
-quadratic surface, so an ice gradient is not an artefact) in units of the robust s.d. of the residuals
-(1.4826 x MAD over the positions where a pick may lie). A pick whose neighbourhood (one mask radius: a particle
-beside a contaminant's edge is not measurable either) lies more than ``k`` units from the other picks' values,
-on either side for the mean or above for the s.d., is set aside.
+Carbon film, ice contaminants and aggregates differ from the ice around the particles by their mean (thicker or
+denser: darker; ethane or holes: brighter) and their texture (s.d.), over areas larger than one particle. The
+correlator gives the micrograph's mean and s.d. in a Gaussian window of about the particle's size at every
+position (:class:`cryopipe.pick.ncc.Correlation`); a single particle is diluted in it, a region of carbon is
+not. Each map is taken relative to the micrograph's own trend (the plane most of it follows, so that an ice
+gradient is not an artefact) in units of its own fluctuation (:func:`robust_residual`).
+
+The reference is what the picks themselves see: positions whose value differs from the picks' median by more
+than ``k`` times the larger of 1 and the picks' own spread, darker or brighter for the mean, above for the s.d.,
+form the artefact regions (grown by a particle radius: a particle at a contaminant's edge is not measurable
+either). So strong particles that all darken their surroundings alike are not artefacts, and a carbon region
+that holds a minority of the picks is. Without picks to compare with, the background's median is the reference.
 """
 
 from __future__ import annotations
@@ -15,61 +19,71 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-OUTLIER_REASONS = {1: "dark", 2: "bright", 3: "texture"}  # codes of :func:`outliers`, as written to the STARs
+OUTLIER_REASONS = {1: "dark", 2: "bright", 3: "texture"}  # codes of :func:`artefact_map`, as written to the STARs
 
 
-def _robust_residual(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """``values`` (H, W) minus a quadratic surface fitted to ``values[valid]`` by iteratively reweighted least
-    squares (two rounds of Tukey's biweight), in units of 1.4826 x MAD of the valid residuals."""
-    H, W = values.shape
-    yy, xx = np.mgrid[:H, :W]
-    y, x = (yy / H - 0.5).ravel(), (xx / W - 0.5).ravel()
-    basis = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
-    v = values.ravel().astype(np.float64)
-    sel = np.flatnonzero(valid.ravel())
-    sel = sel[:: max(1, len(sel) // 40_000)]  # a regular subsample is plenty for six coefficients
-    weights = np.ones(len(sel))
-    for _ in range(3):
-        coef = np.linalg.lstsq(basis[sel] * weights[:, None], v[sel] * weights, rcond=None)[0]
-        r = v[sel] - basis[sel] @ coef
-        scale = 1.4826 * np.median(np.abs(r - np.median(r))) or 1.0
-        u = r / (4.685 * scale)
-        weights = np.where(np.abs(u) < 1.0, (1.0 - u * u) ** 2, 0.0)
-    residual = v - basis @ coef
-    r = residual[sel]
-    med = np.median(r)
-    scale = 1.4826 * np.median(np.abs(r - med)) or 1.0
-    return ((residual - med) / scale).reshape(H, W)
+def robust_residual(values: np.ndarray, valid: np.ndarray, lag: int) -> np.ndarray:
+    """``values`` (H, W) minus the plane that most valid positions follow, in units of the map's own fluctuation.
 
-
-def outliers(mean: np.ndarray, sd: np.ndarray, valid: np.ndarray, iy: np.ndarray, ix: np.ndarray, k: float,
-             grow_px: float = 0.0) -> np.ndarray:
-    """Artefact code of each pick (P,) uint8: 0 none, 1 dark, 2 bright, 3 texture (see OUTLIER_REASONS).
-
-    mean, sd : (H, W) local mean and s.d. of the micrograph under the mask. valid : (H, W) bool, where picks may
-    lie (the trend and the background scale come from there). iy, ix : (P,) the picks' map positions.
-    k : threshold. grow_px : each pick is judged by the most extreme value within this radius (map pixels), so a
-    particle at a contaminant's edge goes with the contaminant.
-
-    The scale is the larger of the background's robust s.d. and the picks' own spread (1.4826 x MAD about their
-    median), so strong particles that all darken their neighbourhood alike are not outliers: a pick is one when it
-    differs from the other picks, by more than ``k`` background s.d.
+    The unit is 1.4826 x MAD of the differences between positions ``lag`` pixels apart, over sqrt(2): steps and
+    gradients barely touch it (they change few of the differences, or all alike). The plane is the consensus of
+    300 planes through random triples of valid positions (RANSAC: the one with the most positions within 3
+    units), refitted by least squares to its inliers, so that up to about half the micrograph may be carbon
+    without tilting it. Deterministic (a fixed seed).
     """
-    code = np.zeros(len(iy), np.uint8)
-    if len(iy) == 0:
-        return code
-    size = 2 * int(grow_px) + 1
-    zm = _robust_residual(mean, valid)
-    zs = _robust_residual(sd, valid)
-    lowest = ndimage.minimum_filter(zm, size=size)[iy, ix]
-    highest = ndimage.maximum_filter(zm, size=size)[iy, ix]
-    texture = ndimage.maximum_filter(zs, size=size)[iy, ix]
+    H, W = values.shape
+    v = values.astype(np.float64)
+    diffs = np.concatenate([(v[lag:, :] - v[:-lag, :])[valid[lag:, :] & valid[:-lag, :]],
+                            (v[:, lag:] - v[:, :-lag])[valid[:, lag:] & valid[:, :-lag]]])
+    unit = (1.4826 * np.median(np.abs(diffs - np.median(diffs))) / np.sqrt(2.0)) if len(diffs) else 0.0
+    unit = unit or float(np.std(v[valid])) or 1.0
+    iy, ix = np.nonzero(valid)
+    sel = np.arange(len(iy))[:: max(1, len(iy) // 4000)]
+    basis = np.stack([np.ones(len(sel)), ix[sel] / W, iy[sel] / H], axis=1)
+    target = v[iy[sel], ix[sel]]
+    rng = np.random.default_rng(0)
+    best, best_count = np.array([np.median(target), 0.0, 0.0]), -1
+    for _ in range(300):
+        pick = rng.choice(len(sel), 3, replace=False)
+        try:
+            coef = np.linalg.solve(basis[pick], target[pick])
+        except np.linalg.LinAlgError:
+            continue
+        count = int((np.abs(target - basis @ coef) < 3.0 * unit).sum())
+        if count > best_count:
+            best, best_count = coef, count
+    inliers = np.abs(target - basis @ best) < 3.0 * unit
+    if inliers.sum() >= 3:
+        best = np.linalg.lstsq(basis[inliers], target[inliers], rcond=None)[0]
+    yy, xx = np.mgrid[:H, :W]
+    return (v - (best[0] + best[1] * xx / W + best[2] * yy / H)) / unit
 
-    def centre_scale(values):
-        med = np.median(values)
+
+def artefact_map(mean: np.ndarray, sd: np.ndarray, valid: np.ndarray, iy: np.ndarray, ix: np.ndarray, k: float,
+                 grow_px: float = 0.0) -> np.ndarray:
+    """Artefact code at every position (H, W) uint8: 0 none, 1 dark, 2 bright, 3 texture (OUTLIER_REASONS).
+
+    mean, sd : (H, W) the micrograph's mean and s.d. in the context window. valid : (H, W) bool, where picks may
+    lie. iy, ix : (P,) the preliminary picks' positions (the reference; with fewer than 3, the background's).
+    k : threshold. grow_px : grow each region by this radius (map pixels); the grown ring takes the nearest code.
+    """
+    code = np.zeros(mean.shape, np.uint8)
+    lag = max(1, int(round(2.0 * grow_px)))
+    z_mean, z_sd = robust_residual(mean, valid, lag), robust_residual(sd, valid, lag)
+
+    def reference(z: np.ndarray) -> tuple[float, float]:
+        if len(iy) < 3:
+            return 0.0, 1.0
+        values = z[iy, ix]
+        med = float(np.median(values))
         return med, max(1.0, 1.4826 * float(np.median(np.abs(values - med))))
 
-    for values, sign, c in ((texture, 1, 3), (highest, 1, 2), (lowest, -1, 1)):
-        med, scale = centre_scale(values)
-        code[sign * (values - med) > k * scale] = c
+    (m0, ms), (s0, ss) = reference(z_mean), reference(z_sd)
+    code[z_sd - s0 > k * ss] = 3
+    code[z_mean - m0 > k * ms] = 2
+    code[z_mean - m0 < -k * ms] = 1
+    code[~valid] = 0
+    if grow_px > 0 and code.any():
+        dist, (ny, nx) = ndimage.distance_transform_edt(code == 0, return_indices=True)
+        code = np.where(dist <= grow_px, code[ny, nx], 0).astype(np.uint8)
     return code

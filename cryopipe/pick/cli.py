@@ -1,9 +1,10 @@
 """``cryopipe pick``: template picking by FFT locally normalised cross-correlation (gEMpicker / RELION-2 autopick).
 
-Templates: 2D images (class averages), projections of a 3D map, or a blob of the particle diameter (no
-reference at all). The threshold is chosen per micrograph to keep the estimated false-discovery rate at
---fdr, against a null search with phase-randomised templates; picks where the micrograph's local mean or
-texture is an outlier (carbon, contaminants, aggregates) are set aside.
+Templates: 2D images (class averages), projections of a 3D map, or blobs of the particle's size (no
+reference at all). The threshold is chosen per micrograph against a null search with the contrast-inverted
+templates: where the estimated F1 is best, or (--fdr) where the estimated false-discovery rate reaches a
+given value. Picks where the micrograph's local mean or texture stands out (carbon, contaminants,
+aggregates) are set aside.
 
 Writes ``OUT/coords/<micrograph>.star`` (rlnCoordinateX/Y in micrograph pixels, rlnAutopickFigureOfMerit = NCC,
 rlnClassNumber = template, rlnAnglePsi; then a ``pick_summary`` block: threshold, estimated FDR, counts),
@@ -46,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--reference", help="3D map (MRC) projected along --directions directions as templates")
     src.add_argument("--blob", choices=BLOB_KINDS,
                      help="no templates: a blob of --diameter, 'disc' (a compact particle) or 'ring' (a hollow one)")
+    p.add_argument("--ctf", help="the micrographs' CTF STAR: correlate templates as imaged under each micrograph's "
+                   "CTF (RELION's CTF-aware autopick; default: templates as given)")
     p.add_argument("--masks", help="masks for --templates (MRCS, one per template or one for all; default circular)")
     p.add_argument("--directions", type=int, default=PickParams.directions,
                    help=f"projection directions for --reference (default {PickParams.directions})")
@@ -61,10 +64,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"accordingly; 0: full resolution (default {PickParams.lowpass_A:g})")
     p.add_argument("--highpass", type=float, help="also high-pass at this resolution, Angstrom (default none)")
     p.add_argument("--threshold", type=_threshold, default=None,
-                   help="minimum NCC of a pick, or 'auto' (default): per micrograph, the lowest that keeps the "
-                        "estimated false-discovery rate at --fdr")
+                   help="minimum NCC of a pick, or 'auto' (default): per micrograph, where the estimated F1 is best "
+                        "(the background estimated by a null search with contrast-inverted templates)")
     p.add_argument("--fdr", type=float, default=PickParams.fdr,
-                   help=f"false-discovery rate of the automatic threshold (default {PickParams.fdr:g})")
+                   help="instead, the lowest threshold that keeps the estimated false-discovery rate at this value "
+                        "(e.g. 0.05; default: the best estimated F1)")
     p.add_argument("--reject-sigmas", type=_off_or_float, default=PickParams.reject_sigmas,
                    help="set aside picks where the local mean or s.d. is this many robust s.d. from the "
                         f"micrograph's trend (carbon, contaminants), or 'off' (default {PickParams.reject_sigmas:g})")
@@ -94,4 +98,4 @@ def configure(args: argparse.Namespace) -> tuple[PickParams, PickInputs]:
         batch_size=args.batch_size, angpix=args.angpix, template_angpix=args.template_angpix,
         directions=args.directions, write_maps=args.write_maps, preview=args.preview, mpi_mode=args.mpi_mode,
     )
-    return params, PickInputs(args.micrographs, args.templates, args.reference, args.masks)
+    return params, PickInputs(args.micrographs, args.templates, args.reference, args.masks, args.ctf)

@@ -133,6 +133,17 @@ def prepare_micrograph(image, grid: Grid, bk, lowpass_A: float | None = None, hi
     return out
 
 
+def grid_ctf(ctf, grid: Grid, bk):
+    """The CTF (:class:`cryopipe.ctf.CTFParams` of one micrograph) on the correlation grid's half spectrum,
+    (Hc, Wc//2+1) float32 on ``bk``'s device; the low-pass of the working grid is applied separately."""
+    from cryopipe.ctf import ctf_on_grid
+
+    (Hc, Wc), (sy, sx) = grid.corr, grid.scale
+    ky = bk.asarray(np.fft.fftfreq(Hc, grid.angpix * sy))[:, None]
+    kx = bk.asarray(np.fft.rfftfreq(Wc, grid.angpix * sx))[None, :]
+    return ctf_on_grid(ctf, ky, kx, bk)[0]
+
+
 class Correlator:
     """Max/argmax of the NCC over a range of template-rotations, for micrographs on one working grid.
 
@@ -144,10 +155,12 @@ class Correlator:
     subset : the bank indices this instance handles (MPI per-template mode); indices returned are global.
     null : also return the null map for the automatic threshold: the maximum NCC with the contrast-inverted
         templates, ``max_k -NCC_k = -min_k NCC_k``, taken from the same correlations (no extra FFT).
+    context_px : also return the micrograph's mean and s.d. in a Gaussian window of this s.d. (working pixels)
+        about every position, for artefact rejection (:mod:`cryopipe.pick.artefacts`); None: not computed.
     """
 
     def __init__(self, bank: TemplateBank, grid: Grid, bk, batch_size: int | None = None,
-                 subset: slice = slice(None), null: bool = False):
+                 subset: slice = slice(None), null: bool = False, context_px: float | None = None):
         self.bk, self.grid = bk, grid
         xp = bk.xp
         self.first, stop, _ = subset.indices(len(bank))
@@ -161,6 +174,12 @@ class Correlator:
         part = slice(self.first, self.first + self.count)
         cached = (1 if shared else 2) * self.count * spec_bytes <= 0.25 * bk.free_bytes()
         self.null = null
+        self._window = None
+        if context_px:
+            ky = np.fft.fftfreq(Hc)[:, None]
+            kx = np.fft.rfftfreq(Wc)[None, :]
+            window = np.exp(-2.0 * (np.pi * context_px) ** 2 * (ky * ky + kx * kx))  # a unit-sum Gaussian's FT
+            self._window = bk.asarray(window, dtype=xp.float32)
         self._images = bank.images[part]
         self._masks = None if shared else bank.masks[part]
         self._spec = self._spectra(self._images) if cached else None
@@ -189,17 +208,22 @@ class Correlator:
         return out
 
     def _local_moments(self, f_spec, f2_spec, mask_spec, msum):
-        """Mean and sd of the micrograph under the mask at every position (sd 0 where the variance vanishes)."""
+        """Mean and sd of the micrograph under a mask (given by its spectrum and sum) at every position (sd 0 where
+        the variance vanishes)."""
         xp, fft = self.bk.xp, self.bk.fft
         s = self.grid.corr
         mean = fft.irfft2(f_spec * mask_spec, s=s, overwrite_x=True) / msum
         var = fft.irfft2(f2_spec * mask_spec, s=s, overwrite_x=True) / msum - mean * mean
         return mean, xp.sqrt(xp.maximum(var, 0.0))
 
-    def __call__(self, work) -> Correlation:
+    def __call__(self, work, ctf=None) -> Correlation:
         """Best NCC and its bank index at every position of ``work`` (Hc, Wc), the null's best NCC, and the
-        micrograph's mean and s.d. under the shared mask (device float32 arrays; see :class:`Correlation`).
+        micrograph's mean and s.d. in the context window (device float32 arrays; see :class:`Correlation`).
 
+        ctf : the micrograph's CTF on the correlation grid ((Hc, Wc//2+1) device float32, :func:`grid_ctf`), or
+        None. With it every template is correlated as the microscope would have imaged it (RELION's CTF-aware
+        autopick): the product with the micrograph's spectrum is multiplied by the CTF, and each template's
+        score divided by ``||T_k CTF|| / ||T_k||`` so that NCC keeps its scale.
         Positions where the micrograph is flat under the mask score 0 (index of the first template). With
         no template-rotations (an empty MPI share) the scores are -inf.
         """
@@ -207,18 +231,23 @@ class Correlator:
         s = self.grid.corr
         f_spec = fft.rfft2(work)
         f2_spec = fft.rfft2(work * work)
+        g_spec = f_spec if ctf is None else f_spec * ctf
         floor = 1e-6 * float(xp.sqrt((work * work).mean()))  # sd below this counts as flat
         shared = self._masks is None
-        mean = sd = None
         if shared:
-            mean, sd = self._local_moments(f_spec, f2_spec, self.shared_mask_spec, self.shared_msum)
+            sd = self._local_moments(f_spec, f2_spec, self.shared_mask_spec, self.shared_msum)[1]
+        context = (None, None) if self._window is None else self._local_moments(f_spec, f2_spec, self._window, 1.0)
         best = xp.full(s, -xp.inf, dtype=xp.float32)
         worst = xp.full(s, xp.inf, dtype=xp.float32) if self.null else None
         arg = xp.zeros(s, dtype=xp.int32)
         for k0 in range(0, self.count, self.batch):
             k1 = min(self.count, k0 + self.batch)
             spec = self._spec[k0:k1] if self._spec is not None else self._spectra(self._images[k0:k1])
-            c = fft.irfft2(f_spec[None] * spec, s=s, overwrite_x=True)
+            c = fft.irfft2(g_spec[None] * spec, s=s, overwrite_x=True)
+            if ctf is not None:
+                power = spec.real * spec.real + spec.imag * spec.imag
+                gain = xp.sqrt((power * (ctf * ctf)).sum(axis=(1, 2)) / power.sum(axis=(1, 2)))
+                c /= xp.maximum(gain, 1e-6)[:, None, None].astype(xp.float32)
             if not shared:
                 mspec = self._mask_spec[k0:k1] if self._mask_spec is not None else self._spectra(self._masks[k0:k1])
                 msum = self.msum[k0:k1]
@@ -236,7 +265,7 @@ class Correlator:
             scale = xp.where(sd > floor, 1.0 / (self.shared_msum * xp.maximum(sd, floor)), 0.0)
             best = (best * scale).astype(xp.float32)
             null = None if null is None else (null * scale).astype(xp.float32)
-        return Correlation(best, arg, null, mean, sd)
+        return Correlation(best, arg, null, *context)
 
 
 @dataclass
@@ -245,7 +274,7 @@ class Correlation:
 
     best : float32, the maximum NCC over the template-rotations. index : int32, its bank index.
     null : float32, the maximum NCC over the contrast-inverted templates (None unless asked for).
-    mean, sd : float32, the micrograph's mean and s.d. under the shared mask (None with per-template masks).
+    mean, sd : float32, the micrograph's mean and s.d. in the Gaussian context window (None unless asked for).
     """
 
     best: object

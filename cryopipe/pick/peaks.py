@@ -10,8 +10,8 @@ above ``t``, extended beyond the null's highest peaks by an exponential tail. Th
 threshold is the lowest candidate height where ``N0(t) / N(t) <= fdr`` (Benjamini-Hochberg's step-up rule
 over the candidates). Unlike a threshold from the map's pixel statistics it does not assume that particles
 are rare: it holds from an empty micrograph (no picks: every real peak looks like a null one) to one
-covered by particles. The null's count is an over-estimate where particles cover the area (background peaks
-cannot sit on particles), so the stated FDR is an upper bound.
+covered by particles: there the null's count is scaled down by the share of background among the real
+candidates (estimated from the low ones, which are background in both maps).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ class Threshold:
     """The NCC threshold chosen for one micrograph.
 
     value : minimum NCC of a pick (inf: nothing passes). fdr : estimated false-discovery rate of the picks
-    above it (NaN for a fixed threshold). status : "fdr" (chosen from the null), "fixed" (given by the user),
+    above it (NaN for a fixed threshold). status : "f1" (the estimated F1's best), "fdr" (the FDR's), "fixed"
+    (given by the user),
     "no peak above the background" (nothing reaches the FDR: empty micrograph or particles too faint), or
     "no candidates". background : null candidates (0 for a fixed threshold). candidates : real candidates.
     """
@@ -70,12 +71,27 @@ def null_exceedance(null: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.where(t > u, m * np.exp(-(t - u) / sigma), empirical)
 
 
+def background_count(real: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """Estimated number of background peaks among the real candidates at or above each height in ``real`` (P,).
+
+    The null's count above the height (:func:`null_exceedance`), rescaled to the real map's candidates, times
+    the background's share of them. Particles sit high, so the candidates below the null's upper quartile are
+    background in both maps; where particles crowd the micrograph the real map has fewer of them than the null
+    (background peaks cannot sit on particles), and the ratio ``r`` of the two counts measures the share
+    (Storey's estimate). It is noisy for the few candidates of a small micrograph, so it is used conservatively,
+    as ``min(1, 2 r)``: it corrects only micrographs where particles hold more than about half the candidates.
+    """
+    real, null = np.asarray(real, dtype=np.float64), np.asarray(null, dtype=np.float64)
+    low = np.percentile(null, 75)
+    ratio = np.count_nonzero(real < low) / max(1, np.count_nonzero(null < low))
+    return min(1.0, 2.0 * ratio) * len(real) / len(null) * null_exceedance(null, real)
+
+
 def fdr_threshold(real: np.ndarray, null: np.ndarray, fdr: float) -> Threshold:
     """The lowest real candidate height ``t`` with ``N0(t) / N(t) <= fdr`` (step-up rule).
 
     real, null : candidate peak heights (P,), (P0,) of the real and the null map over the same positions.
-    ``N(t)`` counts real candidates >= t; ``N0(t)`` is the null's count (:func:`null_exceedance`) rescaled to
-    the real map's number of candidates.
+    ``N(t)`` counts real candidates >= t; ``N0(t)`` is :func:`background_count`.
     """
     real = np.sort(np.asarray(real, dtype=np.float64))[::-1]
     null = np.asarray(null, dtype=np.float64)
@@ -83,13 +99,42 @@ def fdr_threshold(real: np.ndarray, null: np.ndarray, fdr: float) -> Threshold:
         return Threshold(float("inf"), float("nan"), "no candidates")
     if len(null) == 0:
         return Threshold(float("inf"), float("nan"), "no candidates", len(real))
-    expected = len(real) / len(null) * null_exceedance(null, real)
+    expected = background_count(real, null)
     rate = expected / np.arange(1, len(real) + 1)
     passing = np.flatnonzero(rate <= fdr)
     if len(passing) == 0:
         return Threshold(float("inf"), float(rate.min()), "no peak above the background", len(real), len(null))
     k = int(passing[-1])
     return Threshold(float(real[k]), float(rate[k]), "fdr", len(real), len(null))
+
+
+def f1_threshold(real: np.ndarray, null: np.ndarray, min_excess: float = 3.0) -> Threshold:
+    """The candidate height that maximises the estimated F1 of the picks above it.
+
+    real, null : candidate peak heights (P,), (P0,) of the real and the null map over the same positions. Above a
+    height ``t`` there are ``N(t)`` picks, of which ``N0(t)`` are estimated background (:func:`background_count`)
+    and ``TP(t) = N(t) - N0(t)`` particles; the particles among
+    all candidates number about ``P = TP(t50)`` at the null's median height ``t50`` (hardly a particle scores
+    lower; a fixed point, where the maximum of TP would be biased up by its noise); so
+    ``F1(t) = 2 TP(t) / (N(t) + P)``. Where the particles
+    stand clear of the background this keeps nearly all of them at a small FDR; where they overlap it (low
+    SNR) it trades precision for recall as the best fixed threshold would. The excess must be significant,
+    ``TP >= min_excess * max(1, sqrt(N0))``, else nothing is picked ("no peak above the background").
+    """
+    real = np.sort(np.asarray(real, dtype=np.float64))[::-1]
+    null = np.asarray(null, dtype=np.float64)
+    if len(real) == 0 or len(null) == 0:
+        return Threshold(float("inf"), float("nan"), "no candidates", len(real), len(null))
+    n = np.arange(1, len(real) + 1)
+    background = background_count(real, null)
+    tp = np.maximum(n - background, 0.0)
+    particles = max(float(np.interp(-np.median(null), -real, tp)), 1.0)  # TP at the null's median height
+    f1 = 2.0 * tp / (n + particles)
+    k = int(np.argmax(f1))
+    rate = float(background[k] / n[k])
+    if tp[k] < min_excess * max(1.0, float(np.sqrt(background[k]))):
+        return Threshold(float("inf"), rate, "no peak above the background", len(real), len(null))
+    return Threshold(float(real[k]), rate, "f1", len(real), len(null))
 
 
 def _inscribed_square(min_distance: tuple[float, float]) -> tuple[int, int]:

@@ -29,14 +29,15 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from cryopipe.ctf import CTFParams
 from cryopipe.errors import InputError, require
 from cryopipe.io.atomic import atomic_path
 from cryopipe.io.mrc import read_mrc, read_mrc_header, write_mrc
-from cryopipe.io.star import read_table, write_star
+from cryopipe.io.star import match_names, read_table, write_star
 from cryopipe.parallel import SerialComm, split_range
-from cryopipe.pick.artefacts import OUTLIER_REASONS, outliers
-from cryopipe.pick.ncc import Correlator, Grid, plan_grid, prepare_micrograph
-from cryopipe.pick.peaks import Threshold, candidate_heights, fdr_threshold, find_peaks
+from cryopipe.pick.artefacts import OUTLIER_REASONS, artefact_map
+from cryopipe.pick.ncc import Correlator, Grid, grid_ctf, plan_grid, prepare_micrograph
+from cryopipe.pick.peaks import Threshold, candidate_heights, f1_threshold, fdr_threshold, find_peaks
 from cryopipe.pick.templates import (
     BLOB_KINDS,
     TemplateStack,
@@ -56,6 +57,7 @@ PICK_COLUMNS = ["rlnCoordinateX", "rlnCoordinateY", "rlnAutopickFigureOfMerit", 
 
 MASK_FACTOR = 1.2  # default local-normalisation mask diameter / particle diameter
 DISTANCE_FACTOR = 0.8  # default minimum distance between picks / particle diameter
+CONTEXT_FACTOR = 1.0  # s.d. of the artefact rejection's Gaussian window / particle diameter
 
 
 @dataclass
@@ -69,17 +71,18 @@ class PickParams:
     angular_step : in-plane rotation step of the templates (blobs are not rotated).
     lowpass_A : low-pass the micrographs and templates and shrink the micrographs to match (None: full size).
     highpass_A : optional high-pass of micrographs and templates (e.g. against ice gradients).
-    threshold : minimum NCC of a pick; None: automatic, chosen per micrograph to keep the estimated
-        false-discovery rate at ``fdr`` (:mod:`cryopipe.pick.peaks`).
-    fdr : the false-discovery rate of the automatic threshold.
+    threshold : minimum NCC of a pick; None: automatic, chosen per micrograph from the candidates' and the null's
+        peaks (:mod:`cryopipe.pick.peaks`): the best estimated F1, or the FDR rule when ``fdr`` is given.
+    fdr : keep the estimated false-discovery rate at this value instead (None: maximise the estimated F1).
     min_distance_A : non-maximum suppression distance (None: ``DISTANCE_FACTOR`` x diameter).
     max_picks : at most this many picks per micrograph (the best), None: no cap.
     box_px : no pick whose box of this size (micrograph px) leaves the micrograph (None: the template box).
     invert : templates have the opposite contrast to the micrographs (white-protein templates, e.g.
         projections or class averages, against dark-protein micrographs; RELION's default).
     blob : pick with a blob of the particle diameter instead of templates: "disc" or "ring" (None: templates).
-    reject_sigmas : reject picks where the micrograph's local mean or s.d. under the mask lies more than this many
-        robust s.d. from the micrograph's own trend (carbon, contaminants, aggregates); None: keep all.
+    reject_sigmas : set aside picks where the micrograph's mean or s.d. in a window of about the particle's size
+        (a Gaussian of ``CONTEXT_FACTOR`` diameters) stands out from the micrograph's trend and from the other
+        picks by more than this many robust s.d. (carbon, contaminants, aggregates); None: keep all.
     batch_size : template-rotations per batched FFT (None: from free device memory).
     angpix : micrograph pixel size, A/px (None: the STAR's optics, else the MRC header).
     template_angpix : pixel size of the templates or reference (None: their header).
@@ -96,7 +99,7 @@ class PickParams:
     lowpass_A: float | None = 20.0
     highpass_A: float | None = None
     threshold: float | None = None
-    fdr: float = 0.05
+    fdr: float | None = None
     min_distance_A: float | None = None
     max_picks: int | None = None
     box_px: int | None = None
@@ -119,7 +122,7 @@ class PickParams:
                 field="--highpass")
         require(self.threshold is None or -1 <= self.threshold <= 1, "NCC threshold must lie in [-1, 1]",
                 field="--threshold")
-        require(0 < self.fdr < 1, f"must lie in (0, 1), got {self.fdr}", field="--fdr")
+        require(self.fdr is None or 0 < self.fdr < 1, f"must lie in (0, 1), got {self.fdr}", field="--fdr")
         require(self.min_distance_A is None or self.min_distance_A > 0, "must be positive", field="--min-distance")
         require(self.max_picks is None or self.max_picks >= 1, "must be >= 1", field="--max-picks")
         require(self.box_px is None or self.box_px >= 2, "must be >= 2 px", field="--box")
@@ -140,7 +143,8 @@ class ScoreMap:
     """One micrograph's maps on the host, (Hc, Wc) on the working ``grid``: ``ncc`` (float32, NCC max over the
     template-rotations), ``index`` (int32, its bank index), ``null`` (the contrast-inverted templates' max NCC,
     the automatic threshold's null, or None),
-    ``mean`` and ``sd`` (the micrograph under the mask, or None), and the prepared micrograph ``work`` (device)
+    ``mean`` and ``sd`` (the micrograph in the artefact rejection's window, or None), and the prepared
+    micrograph ``work`` (device)
     or None."""
 
     grid: Grid
@@ -198,20 +202,22 @@ class Picker:
                 f"(and particle diameter {p.diameter_A} A)", field="--box")
         self.grid = plan_grid(shape, self.angpix, p.lowpass_A)
         self.bank = self._bank(self.templates)
+        context = CONTEXT_FACTOR * p.diameter_A / self.grid.work_angpix if p.reject_sigmas is not None else None
         self.correlator = Correlator(self.bank, self.grid, self.bk, p.batch_size, self.subset,
-                                     null=p.threshold is None)
+                                     null=p.threshold is None, context_px=context)
         log.info("working grid %s -> %s at %.3g A/px (%s FFTs), %d template-rotations of %d px",
                  shape, self.grid.crop, self.grid.work_angpix, self.grid.corr, len(self.bank),
                  self.bank.images.shape[-1])
 
-    def score(self, image: np.ndarray, keep_work: bool = False) -> ScoreMap | None:
-        """NCC maps of one micrograph (H, W); None when it is flat (constant: nothing to pick)."""
+    def score(self, image: np.ndarray, keep_work: bool = False, ctf: CTFParams | None = None) -> ScoreMap | None:
+        """NCC maps of one micrograph (H, W); None when it is flat (constant: nothing to pick). With its ``ctf``
+        the templates are correlated as imaged under it (CTF-aware picking)."""
         self._setup(tuple(image.shape))
         p = self.params
         work = prepare_micrograph(image, self.grid, self.bk, p.lowpass_A, p.highpass_A)
         if work is None:
             return None
-        c = self.correlator(work)
+        c = self.correlator(work, None if ctf is None else grid_ctf(ctf, self.grid, self.bk))
         host = self.bk.asnumpy
         return ScoreMap(self.grid, host(c.best), host(c.index), None if c.null is None else host(c.null),
                         None if c.mean is None else host(c.mean), None if c.sd is None else host(c.sd),
@@ -224,29 +230,46 @@ class Picker:
         m = self.margin_px
         return ((ys >= m) & (ys <= H - 1 - m))[:, None] & ((xs >= m) & (xs <= W - 1 - m))[None, :]
 
-    def peaks(self, scores: ScoreMap) -> Picks:
-        """Picks from a score map, micrograph pixels: the threshold (fixed, or from the FDR), non-maximum
-        suppression, then the picks in artefacts set aside (:func:`cryopipe.pick.artefacts.outliers`)."""
+    def peaks(self, scores: ScoreMap, threshold: float | None = None) -> Picks:
+        """Picks from a score map, micrograph pixels. With artefact rejection, a first threshold's picks serve as
+        the reference of :func:`cryopipe.pick.artefacts.artefact_map`; then the threshold (fixed, or from the
+        FDR over the candidates outside artefacts), non-maximum suppression, and the peaks above it inside
+        artefacts listed as rejected, with the reason.
+        ``threshold`` overrides the parameters' (e.g. to sweep fixed thresholds over one score map)."""
         p, grid = self.params, scores.grid
+        fixed = p.threshold if threshold is None else threshold
         valid = self.valid(grid)
         dist = p.min_distance / self.angpix  # micrograph px
         sy, sx = grid.scale
         spacing = (dist / sy, dist / sx)
-        if p.threshold is not None:
-            threshold = Threshold(p.threshold, float("nan"), "fixed")
-        else:
-            threshold = fdr_threshold(candidate_heights(scores.ncc, valid, spacing),
-                                      candidate_heights(scores.null, valid, spacing), p.fdr)
-            if threshold.status != "fdr":
-                log.warning("no picks at FDR %g: %s (%d candidates)", p.fdr, threshold.status, threshold.candidates)
-        y, x, value, iy, ix = find_peaks(scores.ncc, valid, threshold.value, spacing, p.max_picks)
-        table = self._table(scores, y, x, value, iy, ix)
-        if p.reject_sigmas is None or scores.mean is None:
-            return Picks(table, empty_rejected(), threshold)
-        grow = 0.5 * p.mask_diameter / grid.work_angpix
-        code = outliers(scores.mean, scores.sd, valid, iy, ix, p.reject_sigmas, grow)
-        rejected = table[code > 0].assign(cpRejected=[OUTLIER_REASONS[c] for c in code[code > 0]])
-        return Picks(table[code == 0].reset_index(drop=True), rejected.reset_index(drop=True), threshold)
+        code = None
+        if p.reject_sigmas is not None and scores.mean is not None:
+            # the reference picks: the FDR's when the null is there (also under a fixed threshold being swept)
+            first = self._threshold(scores, valid, spacing, None if scores.null is not None else fixed, quiet=True)
+            iy, ix = find_peaks(scores.ncc, valid, first.value, spacing, p.max_picks)[3:]
+            grow = 0.5 * p.diameter_A / grid.work_angpix
+            code = artefact_map(scores.mean, scores.sd, valid, iy, ix, p.reject_sigmas, grow)
+        clean = valid if code is None else valid & (code == 0)
+        threshold = self._threshold(scores, clean, spacing, fixed)
+        picks = self._table(scores, *find_peaks(scores.ncc, clean, threshold.value, spacing, p.max_picks))
+        rejected = empty_rejected()
+        if code is not None and code.any():
+            y, x, value, iy, ix = find_peaks(scores.ncc, valid & (code > 0), threshold.value, spacing)
+            rejected = self._table(scores, y, x, value, iy, ix).assign(
+                cpRejected=[OUTLIER_REASONS[c] for c in code[iy, ix]])
+        return Picks(picks, rejected, threshold)
+
+    def _threshold(self, scores: ScoreMap, where: np.ndarray, spacing, fixed: float | None,
+                   quiet: bool = False) -> Threshold:
+        """The fixed threshold, or the FDR's over the candidates at ``where``."""
+        if fixed is not None:
+            return Threshold(fixed, float("nan"), "fixed")
+        p = self.params
+        real, null = candidate_heights(scores.ncc, where, spacing), candidate_heights(scores.null, where, spacing)
+        threshold = f1_threshold(real, null) if p.fdr is None else fdr_threshold(real, null, p.fdr)
+        if threshold.status not in ("f1", "fdr") and not quiet:
+            log.warning("no picks: %s (%d candidates)", threshold.status, threshold.candidates)
+        return threshold
 
     def _table(self, scores: ScoreMap, y, x, value, iy, ix) -> pd.DataFrame:
         grid = scores.grid
@@ -262,9 +285,10 @@ class Picker:
             "rlnAnglePsi": np.where(psi > 180.0, psi - 360.0, psi),
         })
 
-    def pick(self, image: np.ndarray) -> pd.DataFrame:
-        """Score and pick one micrograph (H, W) at ``angpix``; an empty table when it is flat."""
-        scores = self.score(image)
+    def pick(self, image: np.ndarray, ctf: CTFParams | None = None) -> pd.DataFrame:
+        """Score and pick one micrograph (H, W) at ``angpix`` (CTF-aware with its ``ctf``); an empty table when it
+        is flat."""
+        scores = self.score(image, ctf=ctf)
         return empty_picks() if scores is None else self.peaks(scores).picks
 
 
@@ -337,6 +361,16 @@ def micrograph_angpix(mics: list[Micrograph], angpix: float | None) -> float:
     return values.pop()
 
 
+def micrograph_ctfs(mics: list[Micrograph], path: Path) -> dict[str, CTFParams]:
+    """Each micrograph's CTF from a micrographs CTF STAR (CTFFIND/RELION/``cryopipe ctf``), by micrograph name."""
+    table = read_table(path, "micrographs", required=["rlnMicrographName"])
+    rows = match_names([m.name for m in mics], table["rlnMicrographName"])
+    missing = [name for name, i in rows.items() if i is None]
+    require(not missing, f"micrograph {missing[0] if missing else ''} is not in the CTF STAR file", path,
+            "rlnMicrographName")
+    return {name: CTFParams.from_star(table.iloc[[i]], path) for name, i in rows.items()}
+
+
 # --------------------------------------------------------------------------------------------- batch driver
 
 
@@ -394,12 +428,13 @@ def _reduce_maxloc(comm, scores: ScoreMap) -> ScoreMap | None:
 class PickInputs:
     """Micrographs (files, glob patterns or a micrographs STAR) and the templates: 2D ``templates`` (MRCS stacks or
     MRC images, optional ``masks``) or a 3D ``reference`` map projected into templates (neither with
-    ``PickParams.blob``)."""
+    ``PickParams.blob``). ``ctf``: the micrographs' CTF STAR, for CTF-aware templates (None: templates as given)."""
 
     micrographs: list[str]
     templates: list[Path] | None = None
     reference: Path | None = None
     masks: Path | None = None
+    ctf: Path | None = None
 
 
 def run(params: PickParams, inputs: PickInputs, out: Path, ctx: StageContext) -> StageResult:
@@ -415,10 +450,11 @@ def run(params: PickParams, inputs: PickInputs, out: Path, ctx: StageContext) ->
     else:
         templates = project_reference(inputs.reference, ctx.backend, params.directions, params.template_angpix,
                                       angpix)
+    ctfs = micrograph_ctfs(mics, inputs.ctf) if inputs.ctf else None
     result = pick_micrographs(mics, templates, params, out, ctx.backend, ctx.comm, angpix, params.mpi_mode,
-                              params.write_maps, params.preview)
+                              params.write_maps, params.preview, ctfs)
     used = [m.path for m in mics] + list(inputs.templates or [inputs.reference] * bool(inputs.reference)) \
-        + [inputs.masks] * bool(inputs.masks)
+        + [inputs.masks] * bool(inputs.masks) + [inputs.ctf] * bool(inputs.ctf)
     return StageResult(files=result.outputs, notes=result.notes, inputs=used)
 
 
@@ -443,6 +479,7 @@ def pick_micrographs(
     mode: str = "auto",
     write_maps: bool = False,
     preview: int = 3,
+    ctfs: dict[str, CTFParams] | None = None,
 ) -> PickResult:
     """Pick every micrograph; write ``out/coords/<stem>.star`` (the picks, then a ``pick_summary`` block: threshold,
     estimated FDR, counts), ``out/picks.star``, ``out/pick_summary.star`` (one row per micrograph),
@@ -451,6 +488,7 @@ def pick_micrographs(
 
     mode : "micrographs" (ranks split micrographs), "templates" (ranks split template-rotations, maps
     reduced to rank 0) or "auto" (templates when there are fewer micrographs than ranks).
+    ctfs : each micrograph's CTF by name (:func:`micrograph_ctfs`) for CTF-aware templates; None: templates as given.
     A flat micrograph is skipped with a warning (no picks); a bad one (unreadable, NaN, smaller than the box)
     stops every rank with an InputError.
     """
@@ -478,7 +516,8 @@ def pick_micrographs(
             break
         try:
             ts = time.perf_counter()
-            scores = picker.score(image, keep_work=finalise and len(previews) < preview)
+            ctf = None if ctfs is None else ctfs[mic.name]
+            scores = picker.score(image, keep_work=finalise and len(previews) < preview, ctf=ctf)
             if mode == "templates":
                 flat = comm.allreduce(scores is None)  # identical data: every rank agrees
                 scores = None if flat else _reduce_maxloc(comm, scores)
@@ -560,7 +599,7 @@ def write_preview(path: Path, previews: list, diameter_A: float) -> Path:
         if len(found.rejected):
             ax.legend(loc="lower right", fontsize=7, framealpha=0.6)
         t = found.threshold
-        rule = f"NCC >= {t.value:.3f}, FDR {t.fdr:.2f}" if t.status == "fdr" else t.status
+        rule = f"NCC >= {t.value:.3f}, FDR {t.fdr:.2f}" if t.status in ("f1", "fdr") else t.status
         ax.set_title(f"{mic.stem}: {len(found.picks)} picks ({rule})", fontsize=9)
         ax.set_axis_off()
     fig.tight_layout()

@@ -137,25 +137,32 @@ def project_reference(path, bk, directions=12, angpix: float | None = None, fall
 
 
 BLOB_KINDS = ("disc", "ring")
+BLOB_SIZES = {"disc": (0.35, 0.5, 0.65, 0.8), "ring": (0.8, 0.9, 1.0)}  # blob diameters / particle diameter
 
 
 def blob_templates(diameter_A: float, angpix: float, kind: str = "disc") -> TemplateStack:
-    """One white blob template of the particle diameter at ``angpix`` (A/px), box about 1.5 diameters.
+    """White blob templates for a particle of ``diameter_A`` at ``angpix`` (A/px), in a box of 1.5 diameters.
 
-    kind : "disc", the projection of a uniform sphere of the diameter (a compact particle), or "ring", that of a
-        shell whose inner diameter is 0.6 of the outer one (a hollow particle such as ferritin).
+    kind : "disc": projections of uniform spheres of 0.35 to 0.8 particle diameters (``BLOB_SIZES``): the
+        particle's largest dimension overstates the size of its dense core, and a range of sizes matches compact
+        and lumpy particles alike (as cryoSPARC's blob picker takes a size range); "ring": projections of shells
+        of 0.8 to 1 diameters whose inner diameter is 0.6 of the outer one (hollow particles such as ferritin).
+    Returns one template per size, (S, box, box) float32.
     """
     require(kind in BLOB_KINDS, f"unknown blob kind {kind!r}; choose from {', '.join(BLOB_KINDS)}", field="--blob")
     require(diameter_A > 0 and angpix > 0, "diameter and pixel size must be positive", field="--diameter")
     box = _even(1.5 * diameter_A / angpix + 4)
     yy, xx = np.mgrid[:box, :box] - box // 2
-    r = np.hypot(yy, xx) * angpix / (0.5 * diameter_A)  # in units of the particle radius
+    r_px = np.hypot(yy, xx)
 
-    def chord(radius: float) -> np.ndarray:
-        return np.sqrt(np.clip(radius * radius - r * r, 0.0, None))
+    def chord(radius_px: float) -> np.ndarray:
+        return np.sqrt(np.clip(radius_px * radius_px - r_px * r_px, 0.0, None))
 
-    image = chord(1.0) - (chord(0.6) if kind == "ring" else 0.0)
-    return TemplateStack(image[None].astype(np.float32), float(angpix))
+    images = []
+    for size in BLOB_SIZES[kind]:
+        radius = 0.5 * size * diameter_A / angpix
+        images.append(chord(radius) - (chord(0.6 * radius) if kind == "ring" else 0.0))
+    return TemplateStack(np.stack(images).astype(np.float32), float(angpix))
 
 
 def _even(x: float) -> int:

@@ -26,7 +26,7 @@ HINGE_AXIS = np.array([0.0, 0.3, 1.0])
 HINGE_ANGLE_DEG = 35.0
 ELEMENTS = np.array(["C", "N", "O", "S"])
 ELEMENT_FRACTIONS = np.array([0.63, 0.17, 0.19, 0.01])
-ELECTRONS = {"C": 6.0, "N": 7.0, "O": 8.0, "S": 16.0}
+ELECTRONS = {"C": 6.0, "N": 7.0, "O": 8.0, "S": 16.0, "Fe": 26.0}  # Fe: the iron core of holoferritin
 MIN_ATOM_SPACING_A = 1.2
 
 

@@ -1,0 +1,99 @@
+"""Picks against ground truth: one-to-one matching, precision, recall and F1, and the best fixed threshold.
+
+Used by the accuracy tests and ``benchmarks/pick_accuracy.py``; a user with annotated micrographs can call it
+the same way. Coordinates are micrograph pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial import cKDTree
+
+
+@dataclass(frozen=True)
+class Score:
+    """Matched picks ``tp`` out of ``picks`` picked and ``truth`` true particles."""
+
+    tp: int
+    picks: int
+    truth: int
+
+    @property
+    def precision(self) -> float:
+        return self.tp / self.picks if self.picks else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / self.truth if self.truth else 1.0
+
+    @property
+    def f1(self) -> float:
+        total = self.picks + self.truth
+        return 2.0 * self.tp / total if total else 1.0
+
+    def __add__(self, other: Score) -> Score:
+        return Score(self.tp + other.tp, self.picks + other.picks, self.truth + other.truth)
+
+
+def matched(picks_xy: np.ndarray, truth_xy: np.ndarray, radius: float) -> np.ndarray:
+    """(P,) bool: which picks (P, 2) are matched one-to-one to a true particle (T, 2) within ``radius`` px
+    (a maximum matching that prefers the closest pairs)."""
+    picks_xy, truth_xy = np.reshape(picks_xy, (-1, 2)), np.reshape(truth_xy, (-1, 2))
+    hit = np.zeros(len(picks_xy), bool)
+    if len(picks_xy) == 0 or len(truth_xy) == 0:
+        return hit
+    pairs = cKDTree(picks_xy).sparse_distance_matrix(cKDTree(truth_xy), radius, output_type="coo_matrix")
+    if pairs.nnz == 0:
+        return hit
+    cost = np.full((len(picks_xy), len(truth_xy)), 1e9)
+    cost[pairs.row, pairs.col] = pairs.data
+    rows, cols = linear_sum_assignment(cost)
+    hit[rows[cost[rows, cols] <= radius]] = True
+    return hit
+
+
+def score(picks_xy: np.ndarray, truth_xy: np.ndarray, radius: float) -> Score:
+    """:class:`Score` of picks (P, 2) against true particles (T, 2), matched within ``radius`` px."""
+    return Score(int(matched(picks_xy, truth_xy, radius).sum()), len(np.reshape(picks_xy, (-1, 2))),
+                 len(np.reshape(truth_xy, (-1, 2))))
+
+
+@dataclass
+class Evaluation:
+    """A picker on micrographs with ground truth: ``default`` (its own threshold), ``best`` (the best fixed
+    threshold, ``best_threshold``), ``excluded_fraction`` (of the default picks, those inside excluded regions:
+    carbon, contaminants, aggregates), ``statuses`` (each micrograph's threshold status)."""
+
+    default: Score
+    best: Score
+    best_threshold: float
+    excluded_fraction: float
+    statuses: list[str]
+
+
+def evaluate(picker, micrographs, radius: float, thresholds=None) -> Evaluation:
+    """Score a :class:`cryopipe.pick.Picker` on ``micrographs``: an iterable of (image (H, W), true positions
+    (T, 2) x y px, excluded mask (H, W) bool or None, CTF or None). Each micrograph is correlated once; the
+    fixed thresholds ``thresholds`` (default 0.02 to 0.98 in steps of 0.01) reuse its maps."""
+    thresholds = np.arange(0.02, 0.99, 0.01) if thresholds is None else np.asarray(thresholds)
+    default, swept = Score(0, 0, 0), [Score(0, 0, 0)] * len(thresholds)
+    outside = inside = 0
+    statuses = []
+    for image, truth_xy, excluded, ctf in micrographs:
+        scores = picker.score(image, ctf=ctf)
+        found = picker.peaks(scores)
+        xy = found.picks[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy()
+        default = default + score(xy, truth_xy, radius)
+        statuses.append(found.threshold.status)
+        if excluded is not None and len(xy):
+            ij = np.clip(np.round(xy[:, ::-1]).astype(int), 0, np.array(excluded.shape) - 1)
+            hits = int(excluded[ij[:, 0], ij[:, 1]].sum())
+            inside, outside = inside + hits, outside + len(xy) - hits
+        for k, t in enumerate(thresholds):
+            picks = picker.peaks(scores, threshold=float(t)).picks
+            swept[k] = swept[k] + score(picks[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(), truth_xy, radius)
+    k = int(np.argmax([s.f1 for s in swept]))
+    return Evaluation(default, swept[k], float(thresholds[k]), inside / max(1, inside + outside), statuses)
