@@ -74,17 +74,18 @@ def null_exceedance(null: np.ndarray, t: np.ndarray) -> np.ndarray:
 def background_count(real: np.ndarray, null: np.ndarray) -> np.ndarray:
     """Estimated number of background peaks among the real candidates at or above each height in ``real`` (P,).
 
-    The null's count above the height (:func:`null_exceedance`), rescaled to the real map's candidates, times
-    the background's share of them. Particles sit high, so the candidates below the null's upper quartile are
-    background in both maps; where particles crowd the micrograph the real map has fewer of them than the null
-    (background peaks cannot sit on particles), and the ratio ``r`` of the two counts measures the share
-    (Storey's estimate). It is noisy for the few candidates of a small micrograph, so it is used conservatively,
-    as ``min(1, 2 r)``: it corrects only micrographs where particles hold more than about half the candidates.
+    The null's count above the height (:func:`null_exceedance`) times the ratio of background candidates in the
+    real map to candidates in the null. Particles sit high, so the candidates below the null's upper quartile are
+    background in both maps, and the ratio ``r`` of their counts estimates it (Storey's estimate): where
+    particles crowd the micrograph the real map has fewer background peaks than the null (they cannot sit on
+    particles). ``r`` is noisy for the few candidates of a small micrograph, so it is used conservatively:
+    ``min(P / P0, 2 r)`` with ``P / P0`` the ratio of all candidates (every real candidate background), so it
+    corrects only micrographs where particles hold more than about half the candidates.
     """
     real, null = np.asarray(real, dtype=np.float64), np.asarray(null, dtype=np.float64)
     low = np.percentile(null, 75)
     ratio = np.count_nonzero(real < low) / max(1, np.count_nonzero(null < low))
-    return min(1.0, 2.0 * ratio) * len(real) / len(null) * null_exceedance(null, real)
+    return min(len(real) / len(null), 2.0 * ratio) * null_exceedance(null, real)
 
 
 def fdr_threshold(real: np.ndarray, null: np.ndarray, fdr: float) -> Threshold:
@@ -108,7 +109,7 @@ def fdr_threshold(real: np.ndarray, null: np.ndarray, fdr: float) -> Threshold:
     return Threshold(float(real[k]), float(rate[k]), "fdr", len(real), len(null))
 
 
-def f1_threshold(real: np.ndarray, null: np.ndarray, min_excess: float = 3.0) -> Threshold:
+def f1_threshold(real: np.ndarray, null: np.ndarray, min_excess: float = 5.0) -> Threshold:
     """The candidate height that maximises the estimated F1 of the picks above it.
 
     real, null : candidate peak heights (P,), (P0,) of the real and the null map over the same positions. Above a

@@ -106,8 +106,8 @@ def test_gpu_scores_equal_cpu(synth, rng, bk):
     bank = build_bank(TemplateStack(synth.blob_template()[None], 2.0), (2.0, 2.0), 80.0, lowpass_A=8.0)
     f, _ = synth.micrograph(rng, n=6)
     grid = plan_grid(f.shape, 2.0, 8.0)
-    ref = Correlator(bank, grid, cpu, null=True)(prepare_micrograph(f, grid, cpu, 8.0))
-    got = Correlator(bank, grid, bk, null=True)(prepare_micrograph(f, grid, bk, 8.0))
+    ref = Correlator(bank, grid, cpu, null=True, context_px=10.0)(prepare_micrograph(f, grid, cpu, 8.0))
+    got = Correlator(bank, grid, bk, null=True, context_px=10.0)(prepare_micrograph(f, grid, bk, 8.0))
     for name in ("best", "null", "mean", "sd"):
         np.testing.assert_allclose(bk.asnumpy(getattr(got, name)), getattr(ref, name), atol=2e-5, err_msg=name)
     assert (bk.asnumpy(got.index) == ref.index).mean() > 0.999
