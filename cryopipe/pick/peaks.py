@@ -120,7 +120,7 @@ def f1_threshold(real: np.ndarray, null: np.ndarray, min_excess: float = 5.0) ->
     ``F1(t) = 2 TP(t) / (N(t) + P)``. Where the particles
     stand clear of the background this keeps nearly all of them at a small FDR; where they overlap it (low
     SNR) it trades precision for recall as the best fixed threshold would. The excess must be significant,
-    ``TP >= min_excess * max(1, sqrt(N0))``, else nothing is picked ("no peak above the background").
+    ``TP >= max(1, min_excess * sqrt(N0))``, else nothing is picked ("no peak above the background").
     """
     real = np.sort(np.asarray(real, dtype=np.float64))[::-1]
     null = np.asarray(null, dtype=np.float64)
@@ -133,7 +133,7 @@ def f1_threshold(real: np.ndarray, null: np.ndarray, min_excess: float = 5.0) ->
     f1 = 2.0 * tp / (n + particles)
     k = int(np.argmax(f1))
     rate = float(background[k] / n[k])
-    if tp[k] < min_excess * max(1.0, float(np.sqrt(background[k]))):
+    if tp[k] < max(1.0, min_excess * float(np.sqrt(background[k]))):
         return Threshold(float("inf"), rate, "no peak above the background", len(real), len(null))
     return Threshold(float(real[k]), rate, "f1", len(real), len(null))
 
