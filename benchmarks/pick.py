@@ -1,7 +1,8 @@
 """Benchmark of ``cryopipe pick``: seconds per micrograph against the floors that bound it.
 
 Workload (default): one 4096 x 4096 micrograph at 1.0 A/px, 8 templates of 160 px, 5 degree in-plane steps
-(576 template-rotations), low-pass 20 A; the same at full resolution; and a batch of 100 micrographs read
+(576 template-rotations), low-pass 20 A, the automatic threshold's null and the artefact maps included; the same
+with CTF-aware templates; blob picking; the same at full resolution; and a batch of 100 micrographs read
 from local disk end to end (producer thread + device + outputs). Floors: the batched inverse FFTs alone
 (one per template-rotation at the working-grid size: the irreducible work of FFT NCC), and reading the
 micrograph from disk (page cache dropped with posix_fadvise, so reads are cold). Anchors: RELION-2 needed
@@ -25,9 +26,11 @@ from common import banner, markdown_table, timed
 from scipy import ndimage
 
 from cryopipe.backend import get_backend
+from cryopipe.ctf import CTFParams
 from cryopipe.io.mrc import read_mrc, write_mrc
 from cryopipe.pick import Micrograph, Picker, PickParams, TemplateStack, pick_micrographs
-from cryopipe.pick.ncc import prepare_micrograph
+from cryopipe.pick.ncc import grid_ctf, prepare_micrograph
+from cryopipe.pick.templates import blob_templates
 
 
 def _evict(paths) -> None:
@@ -125,7 +128,18 @@ def main() -> None:
                 "correlate only (the FFT NCC max/argmax)": lambda p=picker, w=work: p.correlator(w),
                 "peaks on the host (threshold, suppression)": lambda p=picker, sc=scores: p.peaks(sc),
             }
+            if lowpass is not None:
+                ctf = CTFParams(15000.0, 14500.0, 30.0, 300.0, 2.7, 0.1)
+                timings["device work with CTF-aware templates (the CTF on the grid, the norms, the product)"] = \
+                    lambda p=picker, d=on_device, c=ctf: p.correlator(
+                        prepare_micrograph(d, p.grid, bk, p.params.lowpass_A), grid_ctf(c, p.grid, bk))
             rows += [(f"{label}: {what}", timed(fn, bk, args.repeat), t_fft, t_read) for what, fn in timings.items()]
+
+        blob = Picker(blob_templates(diameter, angpix), angpix, PickParams(diameter_A=diameter, lowpass_A=args.lowpass,
+                                                                           blob="disc"), bk)
+        blob.pick(image)
+        rows.append((f"{size}^2 blob picking ({len(blob.bank)} sizes, no rotations), low-pass {args.lowpass:g} A: "
+                     "whole pick", timed(lambda: blob.pick(image), bk, args.repeat), rows[0][2], t_read))
 
         params = PickParams(diameter_A=diameter, lowpass_A=args.lowpass, angular_step=step)
         mics = [Micrograph(str(p), str(p)) for p in paths]

@@ -42,16 +42,14 @@ def robust_residual(values: np.ndarray, valid: np.ndarray, lag: int) -> np.ndarr
     basis = np.stack([np.ones(len(sel)), ix[sel] / W, iy[sel] / H], axis=1)
     target = v[iy[sel], ix[sel]]
     rng = np.random.default_rng(0)
-    best, best_count = np.array([np.median(target), 0.0, 0.0]), -1
-    for _ in range(300):
-        pick = rng.choice(len(sel), 3, replace=False)
-        try:
-            coef = np.linalg.solve(basis[pick], target[pick])
-        except np.linalg.LinAlgError:
-            continue
-        count = int((np.abs(target - basis @ coef) < 3.0 * unit).sum())
-        if count > best_count:
-            best, best_count = coef, count
+    triples = np.stack([rng.choice(len(sel), 3, replace=False) for _ in range(300)])  # (300, 3)
+    systems = basis[triples]  # (300, 3, 3)
+    ok = np.abs(np.linalg.det(systems)) > 1e-12
+    best = np.array([np.median(target), 0.0, 0.0])
+    if ok.any():
+        planes = np.linalg.solve(systems[ok], target[triples[ok]][..., None])[..., 0]  # (n, 3)
+        counts = (np.abs(target[None, :] - planes @ basis.T) < 3.0 * unit).sum(axis=1)
+        best = planes[int(np.argmax(counts))]
     inliers = np.abs(target - basis @ best) < 3.0 * unit
     if inliers.sum() >= 3:
         best = np.linalg.lstsq(basis[inliers], target[inliers], rcond=None)[0]

@@ -53,7 +53,7 @@ BASES = {
 OWNERS = {
     "simulate.*": ("demo", {"simulate"}),
     "micrographs.glob": ("own_estimate", {"ctf", "pick"}),
-    "micrographs.ctf_star": ("own", {"extract"}),  # picking does not read it
+    "micrographs.ctf_star": ("own", {"pick", "extract"}),  # picking reads it for CTF-aware templates
     "micrographs.angpix": ("own_estimate", {"ctf", "pick", "extract"}),
     "micrographs.voltage": ("own_estimate", {"ctf"}),
     "micrographs.cs": ("own_estimate", {"ctf"}),
@@ -86,6 +86,8 @@ CHANGED = {
     "pick.reference": "{data}/ref.mrc",
     "pick.batch_size": 1,  # the demo's 2 micrographs: one batch of 2 -> two batches of 1
     "pick.threshold": 0.3,
+    "pick.templates": "blob",
+    "pick.fdr": 0.05,
     "extract.out_box": 32,
     "class2d.box": 32,
     "select2d.min_size": 5,

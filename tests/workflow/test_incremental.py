@@ -1,6 +1,6 @@
 """Incremental processing of your own micrographs: micrographs arriving (their rows appended to the CTF STAR)
-rerun only the new batches and the stages after the gathered particles; a changed CTF row reruns the extraction of
-its batch only; picking never depends on the CTF STAR.
+rerun only the new batches and the stages after the gathered particles; a changed CTF row reruns the picking (its
+templates are CTF-aware) and the extraction of its batch only.
 
 The finished workflows are made with `--touch --forceall` over placeholder outputs (Snakemake records the same
 metadata as a real run); tests/workflow/test_reruns.py does the same with real runs."""
@@ -104,16 +104,17 @@ def test_a_rewritten_ctf_star_with_the_same_rows_reruns_nothing(tmp_path):
     assert jobs(tmp_path) == set()
 
 
-def test_a_changed_ctf_row_reruns_the_extraction_of_its_batch_only(tmp_path):
+def test_a_changed_ctf_row_reruns_the_picking_and_extraction_of_its_batch_only(tmp_path):
     finish(tmp_path, estimate=False)
     write_star(tmp_path / "micrographs_ctf.star", {**DEFOCUS, "mic_003": 30000.0})
-    assert jobs(tmp_path) == {("extract", "0002")} | AFTER_GATHER
+    assert jobs(tmp_path) == {("pick", "0002"), ("extract", "0002")} | AFTER_GATHER
 
 
-def test_changed_optics_rerun_every_extraction_and_no_picking(tmp_path):
+def test_changed_optics_rerun_every_batch(tmp_path):
     finish(tmp_path, estimate=False)
     write_star(tmp_path / "micrographs_ctf.star", DEFOCUS, voltage=200)
-    assert jobs(tmp_path) == {("extract", "0001"), ("extract", "0002")} | AFTER_GATHER
+    assert jobs(tmp_path) == {("pick", "0001"), ("pick", "0002"), ("extract", "0001"), ("extract", "0002")} \
+        | AFTER_GATHER
 
 
 def test_new_micrographs_with_estimated_ctfs_rerun_only_their_new_batch(tmp_path):

@@ -74,6 +74,7 @@ os.environ.update(CRYOPIPE_REPO=workflow.basedir)
 RESULTS = config["results"]
 SIM = config["simulate"]
 USE_SIM = SIM["enabled"]
+BLOB_TEMPLATES = {"blob": "disc", "ring": "ring"}  # pick.templates that need no reference -> cryopipe pick --blob
 DEVICE = config["device"]
 
 
@@ -326,7 +327,29 @@ def pick_reference():
         return ref
     if USE_SIM:
         return f"{RESULTS}/simulate/maps/conformation_1.mrc"
-    config_error("pick.reference", "must name a 3D map to pick with when simulate.enabled is false")
+    config_error("pick.reference", "must name a 3D map to pick with when simulate.enabled is false (or pick "
+                 "without one: pick.templates: blob)")
+
+
+def pick_templates():
+    """The file rule pick takes its templates from: the reference map, or none for blobs."""
+    return [] if config["pick"]["templates"] in BLOB_TEMPLATES else pick_reference()
+
+
+def pick_source():
+    """The flag that names rule pick's templates: --reference (its input.templates follows), or --blob KIND."""
+    kind = config["pick"]["templates"]
+    return ["--blob", BLOB_TEMPLATES[kind]] if kind in BLOB_TEMPLATES else ["--reference"]
+
+
+def pick_ctf(wildcards):
+    """The CTF STAR rule pick reads for CTF-aware templates (pick.ctf), else nothing."""
+    return ctf_star(wildcards) if config["pick"]["ctf"] else []
+
+
+def pick_ctf_rows(wildcards):
+    """What picking takes from your CTF STAR when it reads it: its batch's rows (see ctf_rows)."""
+    return ctf_rows(wildcards) if config["pick"]["ctf"] else ""
 
 
 def class3d_reference():

@@ -4,7 +4,8 @@
 rule pick:
     input:
         micrographs=lambda w: BATCHES[w.batch],  # its own micrographs only: new ones leave finished batches alone
-        reference=pick_reference(),
+        templates=pick_templates(),  # the reference map; nothing for blobs
+        ctf=pick_ctf,  # CTF-aware templates (pick.ctf): the batch's CTF STAR
     output:
         picks=f"{RESULTS}/pick/batch_{{batch}}/picks.star",
         preview=report(
@@ -17,10 +18,14 @@ rule pick:
         out=f"{RESULTS}/pick/batch_{{batch}}",
         angpix=angpix_flag(),
         diameter=arg("diameter", config["particle_diameter"]),
+        source=pick_source(),  # --reference (input.templates follows) or --blob KIND
+        ctf=flag("ctf", config["pick"]["ctf"]),  # input.ctf follows
+        ctf_rows=pick_ctf_rows,  # compared, not passed: this batch's rows of your CTF STAR (see rule extract)
         directions=arg("directions", config["pick"]["directions"]),
         step=arg("angular-step", config["pick"]["angular_step"]),
         lowpass=arg("lowpass", config["pick"]["lowpass"]),
         threshold=arg("threshold", config["pick"]["threshold"]),
+        fdr=flag("fdr", config["pick"]["fdr"]),
         device=arg("device", DEVICE),
     threads: 4
     resources:
@@ -30,9 +35,10 @@ rule pick:
     log:
         f"{RESULTS}/logs/pick_{{batch}}.log",
     shell:
-        "cryopipe pick --micrographs {input.micrographs:q} --reference {input.reference:q} {params.angpix:q}"
+        "cryopipe pick --micrographs {input.micrographs:q} {params.source:q} {input.templates:q}"
+        " {params.ctf:q} {input.ctf:q} {params.angpix:q}"
         " {params.diameter:q} {params.directions:q} {params.step:q}"
-        " {params.lowpass:q} {params.threshold:q} {params.device:q}"
+        " {params.lowpass:q} {params.threshold:q} {params.fdr:q} {params.device:q}"
         " --out {params.out:q} 2> {log:q}"
 
 
