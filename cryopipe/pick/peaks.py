@@ -41,15 +41,21 @@ class Threshold:
     background: int = 0
 
 
-def candidate_heights(score: np.ndarray, valid: np.ndarray, min_distance: tuple[float, float]) -> np.ndarray:
-    """Heights of the candidate peaks of ``score`` (H, W) at ``valid`` positions: maxima of the square inscribed
-    in the exclusion ellipse of ``min_distance`` (dy, dx) map pixels (the same candidates as :func:`find_peaks`
-    before its exact suppression). Returns (P,) float64, unsorted."""
-    size = _inscribed_square(min_distance)
+def local_maxima(score: np.ndarray, valid: np.ndarray, min_distance: tuple[float, float]) -> np.ndarray:
+    """(H, W) bool: the candidate peaks of ``score`` (H, W) at ``valid`` positions, maxima of the square inscribed
+    in the exclusion ellipse of ``min_distance`` (dy, dx) map pixels (a fast separable filter that keeps every
+    maximum of the ellipse; :func:`find_peaks` then suppresses exactly)."""
     masked = np.where(valid, score, -np.inf).astype(np.float32)
-    local_max = ndimage.maximum_filter(masked, size=size, mode="constant", cval=-np.inf)
-    keep = (masked == local_max) & valid & np.isfinite(masked)
-    return masked[keep].astype(np.float64)
+    local_max = ndimage.maximum_filter(masked, size=_inscribed_square(min_distance), mode="constant", cval=-np.inf)
+    return (masked == local_max) & valid & np.isfinite(masked)
+
+
+def candidate_heights(score: np.ndarray, valid: np.ndarray, min_distance: tuple[float, float],
+                      maxima: np.ndarray | None = None) -> np.ndarray:
+    """Heights (P,) float64 of the candidate peaks of ``score`` at ``valid`` positions (:func:`local_maxima`,
+    or the given ``maxima`` restricted to ``valid``), unsorted."""
+    keep = local_maxima(score, valid, min_distance) if maxima is None else maxima & valid
+    return score[keep].astype(np.float64)
 
 
 def null_exceedance(null: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -163,6 +169,7 @@ def find_peaks(
     threshold: float,
     min_distance: tuple[float, float],
     max_peaks: int | None = None,
+    maxima: np.ndarray | None = None,
 ) -> tuple[np.ndarray, ...]:
     """Local maxima of ``score`` above ``threshold`` at allowed positions, at least ``min_distance`` apart.
 
@@ -173,6 +180,7 @@ def find_peaks(
     min_distance : (dy, dx) minimum distance in map pixels along rows and columns (an ellipse: the distance
         is measured as hypot(Δy/dy, Δx/dx) >= 1), so anisotropic working pixels are handled.
     max_peaks : keep at most this many (the highest).
+    maxima : the candidates, :func:`local_maxima` of ``score`` (computed here when None; restricted to ``valid``).
 
     Returns
     -------
@@ -180,12 +188,10 @@ def find_peaks(
     value : (P,) scores at the integer maxima. iy, ix : (P,) the integer maxima.
     """
     dy, dx = (max(float(d), 1e-9) for d in min_distance)
-    # candidates: maxima of the square inscribed in the exclusion ellipse (a fast separable filter that
-    # keeps every maximum of the ellipse), then exact greedy suppression with the ellipse
-    size = _inscribed_square(min_distance)
-    masked = np.where(valid, score, -np.inf).astype(np.float32)
-    local_max = ndimage.maximum_filter(masked, size=size, mode="constant", cval=-np.inf)
-    iy, ix = np.nonzero((masked == local_max) & valid & (masked >= threshold))
+    # candidates (:func:`local_maxima`), then exact greedy suppression with the ellipse
+    maxima = local_maxima(score, valid, min_distance) if maxima is None else maxima & valid
+    masked = np.where(maxima, score, -np.inf).astype(np.float32)
+    iy, ix = np.nonzero(maxima & (masked >= threshold))
     order = np.argsort(-masked[iy, ix], kind="stable")
     iy, ix = iy[order], ix[order]
     pts = np.column_stack([iy / dy, ix / dx])

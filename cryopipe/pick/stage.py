@@ -37,7 +37,7 @@ from cryopipe.io.star import match_names, read_table, write_star
 from cryopipe.parallel import SerialComm, split_range
 from cryopipe.pick.artefacts import OUTLIER_REASONS, artefact_map
 from cryopipe.pick.ncc import Correlator, Grid, grid_ctf, plan_grid, prepare_micrograph
-from cryopipe.pick.peaks import Threshold, candidate_heights, f1_threshold, fdr_threshold, find_peaks
+from cryopipe.pick.peaks import Threshold, f1_threshold, fdr_threshold, find_peaks, local_maxima
 from cryopipe.pick.templates import (
     BLOB_KINDS,
     TemplateStack,
@@ -242,31 +242,36 @@ class Picker:
         dist = p.min_distance / self.angpix  # micrograph px
         sy, sx = grid.scale
         spacing = (dist / sy, dist / sx)
+        # candidates once per map (a candidate at an artefact's border may be one that a peak inside it hid)
+        maxima = local_maxima(scores.ncc, valid, spacing)
+        null = None if scores.null is None else local_maxima(scores.null, valid, spacing)
         code = None
         if p.reject_sigmas is not None and scores.mean is not None:
-            # the reference picks: the FDR's when the null is there (also under a fixed threshold being swept)
-            first = self._threshold(scores, valid, spacing, None if scores.null is not None else fixed, quiet=True)
-            iy, ix = find_peaks(scores.ncc, valid, first.value, spacing, p.max_picks)[3:]
+            # the reference picks: the automatic threshold's when the null is there (also under a fixed threshold)
+            first = self._threshold(scores, maxima, null, valid, None if null is not None else fixed, quiet=True)
+            iy, ix = find_peaks(scores.ncc, valid, first.value, spacing, p.max_picks, maxima)[3:]
+            iy, ix = iy[: max(3, len(iy) // 2)], ix[: max(3, len(ix) // 2)]  # the better half: surest particles
             grow = 0.5 * p.diameter_A / grid.work_angpix
             code = artefact_map(scores.mean, scores.sd, valid, iy, ix, p.reject_sigmas, grow)
         clean = valid if code is None else valid & (code == 0)
-        threshold = self._threshold(scores, clean, spacing, fixed)
-        picks = self._table(scores, *find_peaks(scores.ncc, clean, threshold.value, spacing, p.max_picks))
+        threshold = self._threshold(scores, maxima, null, clean, fixed)
+        picks = self._table(scores, *find_peaks(scores.ncc, clean, threshold.value, spacing, p.max_picks, maxima))
         rejected = empty_rejected()
         if code is not None and code.any():
-            y, x, value, iy, ix = find_peaks(scores.ncc, valid & (code > 0), threshold.value, spacing)
+            y, x, value, iy, ix = find_peaks(scores.ncc, valid & (code > 0), threshold.value, spacing, None, maxima)
             rejected = self._table(scores, y, x, value, iy, ix).assign(
                 cpRejected=[OUTLIER_REASONS[c] for c in code[iy, ix]])
         return Picks(picks, rejected, threshold)
 
-    def _threshold(self, scores: ScoreMap, where: np.ndarray, spacing, fixed: float | None,
-                   quiet: bool = False) -> Threshold:
-        """The fixed threshold, or the FDR's over the candidates at ``where``."""
+    def _threshold(self, scores: ScoreMap, maxima: np.ndarray, null: np.ndarray | None, where: np.ndarray,
+                   fixed: float | None, quiet: bool = False) -> Threshold:
+        """The fixed threshold, or the automatic one over the candidates (``maxima`` of the real map, ``null``
+        of the null map) at ``where``."""
         if fixed is not None:
             return Threshold(fixed, float("nan"), "fixed")
         p = self.params
-        real, null = candidate_heights(scores.ncc, where, spacing), candidate_heights(scores.null, where, spacing)
-        threshold = f1_threshold(real, null) if p.fdr is None else fdr_threshold(real, null, p.fdr)
+        real, background = scores.ncc[maxima & where].astype(np.float64), scores.null[null & where].astype(np.float64)
+        threshold = f1_threshold(real, background) if p.fdr is None else fdr_threshold(real, background, p.fdr)
         if threshold.status not in ("f1", "fdr") and not quiet:
             log.warning("no picks: %s (%d candidates)", threshold.status, threshold.candidates)
         return threshold
