@@ -12,6 +12,8 @@ than ``k`` times the larger of 1 and the picks' own spread, darker or brighter f
 form the artefact regions (grown by a particle radius: a particle at a contaminant's edge is not measurable
 either). So strong particles that all darken their surroundings alike are not artefacts, and a carbon region
 that holds a minority of the picks is. Without picks to compare with, the background's median is the reference.
+A region ``BACKGROUND_FACTOR`` times further from the ice itself is an artefact even when the first picks
+gathered there (blobs match contaminants better than particles).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 OUTLIER_REASONS = {1: "dark", 2: "bright", 3: "texture"}  # codes of :func:`artefact_map`, as written to the STARs
+BACKGROUND_FACTOR = 2.0  # this many times k from the ice itself, a region is an artefact whatever the picks say
 
 
 def robust_residual(values: np.ndarray, valid: np.ndarray, lag: int) -> np.ndarray:
@@ -78,9 +81,10 @@ def artefact_map(mean: np.ndarray, sd: np.ndarray, valid: np.ndarray, iy: np.nda
         return med, max(1.0, 1.4826 * float(np.median(np.abs(values - med))))
 
     (m0, ms), (s0, ss) = reference(z_mean), reference(z_sd)
-    code[z_sd - s0 > k * ss] = 3
-    code[z_mean - m0 > k * ms] = 2
-    code[z_mean - m0 < -k * ms] = 1
+    far = BACKGROUND_FACTOR * k  # so far from the ice that even picks made mostly there cannot vouch for it
+    code[(z_sd - s0 > k * ss) | (z_sd > far)] = 3
+    code[(z_mean - m0 > k * ms) | (z_mean > far)] = 2
+    code[(z_mean - m0 < -k * ms) | (z_mean < -far)] = 1
     code[~valid] = 0
     if grow_px > 0 and code.any():
         dist, (ny, nx) = ndimage.distance_transform_edt(code == 0, return_indices=True)
