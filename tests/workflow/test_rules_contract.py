@@ -19,7 +19,7 @@ SNAKEMAKE = shutil.which("snakemake", path=str(BIN))
 STAGE_FILES = {"simulate": ["simulate"], "ctf": ["ctf", "ctf_all"], "pick": ["pick", "pick_all"],
                "extract": ["extract", "gather_particles", "extract_all"], "class2d": ["class2d", "select2d"],
                "class3d": ["class3d", "select3d"], "refine3d": ["refine3d"], "postprocess": ["postprocess"],
-               "bioem": ["bioem"]}
+               "bioem": ["bioem"], "pick_templates": []}  # pick_templates: the stages' rules again (`use rule`)
 TARGETS = {"ctf_all", "pick_all", "extract_all"}  # rules that only name inputs
 
 
@@ -29,6 +29,15 @@ def rule_blocks(path: Path) -> dict[str, str]:
     starts = [(m.start(), m.group(1)) for m in re.finditer(r"^\s*rule (\w+):", text, flags=re.M)]
     ends = [s for s, _ in starts[1:]] + [len(text)] if starts else []
     return {name: text[s:e] for (s, name), e in zip(starts, ends, strict=True)}
+
+
+def test_the_reference_free_route_reuses_the_stages_rules():
+    """pick_templates.smk declares no rule of its own: each of its rules is a stage's rule with other paths."""
+    text = (RULES / "pick_templates.smk").read_text()
+    used = re.findall(r"^use rule (\w+) as (\w+) with:", text, flags=re.M)
+    assert used == [("pick", "pick_blob"), ("extract", "extract_blob"), ("gather_particles", "gather_blob"),
+                    ("class2d", "class2d_blob"), ("select2d", "select2d_blob")]
+    assert "shell:" not in text and "lambda w, input" not in text
 
 
 def test_one_rule_file_per_stage_family():

@@ -332,14 +332,21 @@ def pick_reference():
 
 
 def pick_templates():
-    """The file rule pick takes its templates from: the reference map, or none for blobs."""
-    return [] if config["pick"]["templates"] in BLOB_TEMPLATES else pick_reference()
+    """The file rule pick takes its templates from: the reference map, the class averages selected after the
+    blob round (pick_templates.smk), or none for blobs."""
+    kind = config["pick"]["templates"]
+    if kind == "class2d":
+        return f"{RESULTS}/select2d_blob/class_averages.mrcs"
+    return [] if kind in BLOB_TEMPLATES else pick_reference()
 
 
 def pick_source():
-    """The flag that names rule pick's templates: --reference (its input.templates follows), or --blob KIND."""
+    """The flag that names rule pick's templates (its input.templates follows): --reference, --templates (class
+    averages), or --blob KIND."""
     kind = config["pick"]["templates"]
-    return ["--blob", BLOB_TEMPLATES[kind]] if kind in BLOB_TEMPLATES else ["--reference"]
+    if kind in BLOB_TEMPLATES:
+        return ["--blob", BLOB_TEMPLATES[kind]]
+    return ["--templates"] if kind == "class2d" else ["--reference"]
 
 
 def pick_ctf(wildcards):
