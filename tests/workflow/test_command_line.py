@@ -155,3 +155,23 @@ def test_every_documented_config_override_works(tmp_path, entries):
     proc = dry_run(tmp_path, ENV, "--configfile", str(TINY), "--config",
                    *shlex.split(entries))
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("templates, flags", [
+    ("reference", " --reference results/simulate/maps/conformation_1.mrc --ctf results/simulate/micrographs_ctf.star "),
+    ("blob", " --blob disc --ctf results/simulate/micrographs_ctf.star "),
+    ("class2d", " --templates results/select2d_blob/class_averages.mrcs --ctf "),
+])
+def test_pick_templates_choose_the_route(tmp_path, templates, flags):
+    """pick.templates: projections of the reference, blobs, or the class2d route (blob picks, 2D classes, then
+    the selected class averages as templates); every route CTF-aware by default."""
+    proc = dry_run(tmp_path, ENV, "-p", "pick_all", "--configfile", str(TINY), "--config",
+                   f"pick={{templates: {templates}}}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    command = next(" ".join(line.split()) for line in proc.stdout.splitlines()
+                   if "cryopipe pick " in line and "--out results/pick/" in line)
+    assert flags in command + " ", command
+    blob_round = {"pick_blob", "extract_blob", "gather_blob", "class2d_blob", "select2d_blob"}
+    planned = set(re.findall(r"^rule (\w+):", proc.stdout, flags=re.M)) | set(
+        re.findall(r"^localrule (\w+):", proc.stdout, flags=re.M))
+    assert (blob_round <= planned) == (templates == "class2d"), planned

@@ -82,6 +82,11 @@ CHANGED = {
     "micrographs.angpix": 2.0,
     "micrographs.amplitude_contrast": 0.07,
     "simulate.ice_snr": 0.5,
+    "simulate.coverage": 0.3,
+    "simulate.carbon": 0.2,
+    "simulate.contaminants": 1,
+    "simulate.aggregates": 1,
+    "simulate.denoised": 1,
     "particle_diameter": 130,  # still inside the demo's 64 px box (160 A)
     "pick.reference": "{data}/ref.mrc",
     "pick.batch_size": 1,  # the demo's 2 micrographs: one batch of 2 -> two batches of 1
