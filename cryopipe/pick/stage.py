@@ -134,6 +134,11 @@ class PickParams:
         return self.mask_diameter_A or MASK_FACTOR * self.diameter_A
 
     @property
+    def rotation_step(self) -> float:
+        """The in-plane step the templates are rotated by: none for blobs (they look the same at every psi)."""
+        return 360.0 if self.blob else self.angular_step
+
+    @property
     def min_distance(self) -> float:
         return self.min_distance_A or DISTANCE_FACTOR * self.diameter_A
 
@@ -185,12 +190,11 @@ class Picker:
         self.templates = rescale_templates(templates, self.angpix)
         self.box_px = params.box_px or self.templates.images.shape[-1]
         self.margin_px = 0.5 * max(self.box_px, params.diameter_A / self.angpix)  # micrograph px
-        self.angular_step = 360.0 if params.blob else params.angular_step  # a blob looks the same at every psi
         self.grid: Grid | None = None
 
     def _bank(self, stack: TemplateStack):
         p = self.params
-        return build_bank(stack, self.grid.scale, p.diameter_A, self.angular_step, p.lowpass_A, p.highpass_A,
+        return build_bank(stack, self.grid.scale, p.diameter_A, p.rotation_step, p.lowpass_A, p.highpass_A,
                           p.invert, mask_diameter_A=p.mask_diameter)
 
     def _setup(self, shape: tuple[int, int]) -> None:
@@ -504,7 +508,7 @@ def pick_micrographs(
     if mode == "auto":
         mode = "templates" if len(mics) < size else "micrographs"
     angpix = micrograph_angpix(mics, angpix)
-    n_rot = len(templates.images) * len(psi_angles(params.angular_step))
+    n_rot = len(templates.images) * len(psi_angles(params.rotation_step))
     share = split_range(n_rot, rank, size) if mode == "templates" else slice(None)
     picker = Picker(templates, angpix, params, bk, share)
     mine = mics if mode == "templates" else mics[split_range(len(mics), rank, size)]

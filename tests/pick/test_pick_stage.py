@@ -12,7 +12,7 @@ from cryopipe.cli import main as cli_main
 from cryopipe.errors import InputError
 from cryopipe.fourier import fourier_pad
 from cryopipe.io.mrc import write_mrc
-from cryopipe.io.star import read_table, write_star
+from cryopipe.io.star import read_star, read_table, write_star
 from cryopipe.pick import Micrograph, Picker, PickParams, TemplateStack, load_templates, pick_micrographs
 from cryopipe.pick.stage import list_micrographs, micrograph_angpix
 
@@ -80,7 +80,25 @@ def test_cli_writes_coords_picks_preview_and_record(tmp_path, synth, rng):
     assert (out / "picks_preview.png").stat().st_size > 1000
     record = json.loads((out / "provenance.json").read_text())
     assert record["notes"]["picks"] == len(picks) == 16
-    assert {o["path"] for o in record["outputs"]} >= {"picks.star"}
+    assert {o["path"] for o in record["outputs"]} >= {"picks.star", "pick_summary.star", "rejected.star"}
+    summary = read_table(out / "pick_summary.star")
+    assert list(summary["cpPicks"]) == [len(read_table(out / "coords" / f"m{i}.star")) for i in range(len(truths))]
+    assert set(summary["cpPickStatus"]) == {"f1"} and (summary["cpPickFdr"] < 0.1).all()
+    block = read_star(out / "coords" / "m0.star")["pick_summary"]  # the micrograph's own record of its threshold
+    assert float(block["cpPickThreshold"].iloc[0]) == float(summary["cpPickThreshold"].iloc[0])
+
+
+def test_cli_blob_picking_needs_no_templates(tmp_path, synth, rng):
+    """--blob picks without templates or a reference: most of the (round-ish) particles are found."""
+    truths = _write_inputs(tmp_path, synth, rng)
+    out = tmp_path / "blob"
+    rc = cli_main(["pick", "--micrographs", str(tmp_path / "mics" / "*.mrc"), "--blob", "disc", "--diameter", "80",
+                   "--angpix", str(synth.ANGPIX), "--lowpass", "8", "--out", str(out), "--device", "cpu"])
+    assert rc == 0
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["notes"]["template_rotations"] == 4  # four blob sizes, not rotated
+    found = [synth.match(read_table(out / "coords" / f"m{i}.star"), t[:, :2], 5.0) for i, t in enumerate(truths)]
+    assert np.mean([recall for _, recall in found]) >= 0.7
 
 
 def test_flat_micrograph_gives_no_picks(tmp_path, synth, rng, two_templates, caplog):
