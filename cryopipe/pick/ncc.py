@@ -98,7 +98,8 @@ def _raised_cosine(r, cutoff, width, xp):
 
 
 def prepare_micrograph(image, grid: Grid, bk, lowpass_A: float | None = None, highpass_A: float | None = None):
-    """Normalised, padded, shrunk and filtered micrograph on the device, (Hc, Wc) float32.
+    """Normalised (mean and best-fit plane removed), padded, shrunk and filtered micrograph on the device,
+    (Hc, Wc) float32.
 
     Returns None when the micrograph is flat (zero variance: nothing to pick). The area outside the
     micrograph (padding) is zero, the micrograph's mean.
@@ -111,7 +112,14 @@ def prepare_micrograph(image, grid: Grid, bk, lowpass_A: float | None = None, hi
         return None
     (H, W), (Hp, Wp), (h, w) = grid.shape, grid.padded, grid.crop
     padded = xp.zeros((Hp, Wp), dtype=xp.float32)
-    padded[:H, :W] = (img - mean) / np.sqrt(var)
+    # the best-fit plane goes too: an ice gradient is a step where the FFT wraps the micrograph around, whose
+    # ringing after the low-pass would reach a particle's width into the micrograph
+    ys = xp.arange(H, dtype=xp.float32) - 0.5 * (H - 1)
+    xs = xp.arange(W, dtype=xp.float32) - 0.5 * (W - 1)
+    slope_y = float((img.mean(axis=1, dtype=xp.float64) * ys).sum() / (ys * ys).sum())
+    slope_x = float((img.mean(axis=0, dtype=xp.float64) * xs).sum() / (xs * xs).sum())
+    plane = slope_y * ys[:, None] + slope_x * xs[None, :]
+    padded[:H, :W] = (img - mean - plane) / np.sqrt(var)
     spec = fft.rfft2(padded)
     if (h, w) != (Hp, Wp):
         spec = xp.concatenate([spec[: h // 2, : w // 2 + 1], spec[Hp - h // 2 :, : w // 2 + 1]], axis=0)
@@ -180,6 +188,12 @@ class Correlator:
             kx = np.fft.rfftfreq(Wc)[None, :]
             window = np.exp(-2.0 * (np.pi * context_px) ** 2 * (ky * ky + kx * kx))  # a unit-sum Gaussian's FT
             self._window = bk.asarray(window, dtype=xp.float32)
+            # the window's weight inside the micrograph (the padding around it is not micrograph: near the edges
+            # the moments are taken over the part of the window that is)
+            inside = np.zeros((Hc, Wc), np.float32)
+            inside[: grid.extent[0], : grid.extent[1]] = 1.0
+            weight = np.fft.irfft2(np.fft.rfft2(inside) * window, s=(Hc, Wc))
+            self._weight = bk.asarray(np.maximum(weight, 1e-3), dtype=xp.float32)
         self._images = bank.images[part]
         self._masks = None if shared else bank.masks[part]
         self._spec = self._spectra(self._images) if cached else None
@@ -236,7 +250,8 @@ class Correlator:
         shared = self._masks is None
         if shared:
             sd = self._local_moments(f_spec, f2_spec, self.shared_mask_spec, self.shared_msum)[1]
-        context = (None, None) if self._window is None else self._local_moments(f_spec, f2_spec, self._window, 1.0)
+        context = (None, None) if self._window is None else \
+            self._local_moments(f_spec, f2_spec, self._window, self._weight)
         best = xp.full(s, -xp.inf, dtype=xp.float32)
         worst = xp.full(s, xp.inf, dtype=xp.float32) if self.null else None
         arg = xp.zeros(s, dtype=xp.int32)

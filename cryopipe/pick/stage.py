@@ -105,7 +105,7 @@ class PickParams:
     box_px: int | None = None
     invert: bool = True
     blob: str | None = None
-    reject_sigmas: float | None = 5.0
+    reject_sigmas: float | None = 6.0
     batch_size: int | None = None
     angpix: float | None = None
     template_angpix: float | None = None
