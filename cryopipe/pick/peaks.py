@@ -1,17 +1,17 @@
 """Peaks of an NCC map: the automatic threshold, local maxima, non-maximum suppression, sub-pixel refinement.
 
-Automatic threshold (the default): a false-discovery rate controlled against a null search. The micrograph is
-also searched with the contrast-inverted templates (``max_k -NCC_k``, from the same correlations): they see
-the micrograph's noise, ice, texture and filtering exactly as the real templates do (noise is symmetric in
-sign, however coloured or quantised), but cannot match a particle of the right contrast. The candidate peaks
-of both maps (local maxima at least the minimum distance apart) give, for any threshold ``t``,
-the number of picks ``N(t)`` and an estimate of how many of them are background, ``N0(t)``: the null's count
-above ``t``, extended beyond the null's highest peaks by an exponential tail. The
-threshold is the lowest candidate height where ``N0(t) / N(t) <= fdr`` (Benjamini-Hochberg's step-up rule
-over the candidates). Unlike a threshold from the map's pixel statistics it does not assume that particles
-are rare: it holds from an empty micrograph (no picks: every real peak looks like a null one) to one
-covered by particles: there the null's count is scaled down by the share of background among the real
-candidates (estimated from the low ones, which are background in both maps).
+The automatic threshold comes from a null search. The micrograph is also searched with the contrast-inverted
+templates (``max_k -NCC_k``, from the same correlations): they see the micrograph's noise, ice, texture and
+filtering exactly as the real templates do (noise is symmetric in sign, however coloured or quantised), but
+cannot match a particle of the right contrast. The candidate peaks of both maps (local maxima at least the
+minimum distance apart) give, for any threshold ``t``, the number of picks ``N(t)`` and an estimate of how many
+of them are background, ``N0(t)`` (:func:`background_count`: the null's count above ``t``, extended beyond its
+highest peaks by an exponential tail, and scaled down where particles crowd the micrograph). The default
+threshold is where the estimated F1 is best (:func:`f1_threshold`); with a false-discovery rate asked for, the
+lowest candidate height where ``N0(t) / N(t) <= fdr`` (:func:`fdr_threshold`, Benjamini-Hochberg's step-up rule
+over the candidates). Unlike a threshold from the map's pixel statistics neither assumes that particles are
+rare: they hold from an empty micrograph (no picks: every real peak looks like a null one) to one covered by
+particles.
 """
 
 from __future__ import annotations
@@ -48,14 +48,6 @@ def local_maxima(score: np.ndarray, valid: np.ndarray, min_distance: tuple[float
     masked = np.where(valid, score, -np.inf).astype(np.float32)
     local_max = ndimage.maximum_filter(masked, size=_inscribed_square(min_distance), mode="constant", cval=-np.inf)
     return (masked == local_max) & valid & np.isfinite(masked)
-
-
-def candidate_heights(score: np.ndarray, valid: np.ndarray, min_distance: tuple[float, float],
-                      maxima: np.ndarray | None = None) -> np.ndarray:
-    """Heights (P,) float64 of the candidate peaks of ``score`` at ``valid`` positions (:func:`local_maxima`,
-    or the given ``maxima`` restricted to ``valid``), unsorted."""
-    keep = local_maxima(score, valid, min_distance) if maxima is None else maxima & valid
-    return score[keep].astype(np.float64)
 
 
 def null_exceedance(null: np.ndarray, t: np.ndarray) -> np.ndarray:
