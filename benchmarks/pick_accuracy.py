@@ -21,11 +21,8 @@ from pathlib import Path
 from common import banner, markdown_table
 
 from cryopipe.backend import get_backend
-from cryopipe.io.mrc import read_mrc
-from cryopipe.io.star import read_table
-from cryopipe.pick import Micrograph, Picker, PickParams, project_reference
-from cryopipe.pick.evaluate import evaluate
-from cryopipe.pick.stage import micrograph_ctfs
+from cryopipe.pick import Picker, PickParams, project_reference
+from cryopipe.pick.evaluate import evaluate, simulated_micrographs
 from cryopipe.pick.templates import blob_templates
 from cryopipe.simulate.micrographs import HARD_CONDITIONS, SimulateParams, simulate_dataset
 
@@ -33,33 +30,23 @@ MODES = ("reference", "reference+ctf", "blob")
 
 
 def condition_data(name: str, folder: Path, micrographs: int | None = None):
-    """Simulate one condition into ``folder``; return (params, [(image, truth xy, excluded mask or None, ctf)])."""
+    """Simulate one condition into ``folder``; return (params, :func:`simulated_micrographs`)."""
     values = dict(HARD_CONDITIONS[name])
     if micrographs:
         values["micrographs"] = micrographs
     params = SimulateParams(**values)
     simulate_dataset(params, folder)
-    truth = read_table(folder / "truth" / "particles.star")
-    names = sorted((folder / "micrographs").glob("*.mrc"))
-    ctfs = micrograph_ctfs([Micrograph(str(n), str(n)) for n in names], folder / "micrographs_ctf.star")
-    items = []
-    for path in names:
-        rows = truth[truth["rlnMicrographName"].map(lambda n, p=path: Path(n).name == p.name)] if len(truth) else truth
-        excluded = folder / "truth" / "excluded" / path.name
-        mask = read_mrc(excluded)[0] > 0.5 if excluded.exists() else None
-        xy = rows[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy() if len(rows) else None
-        items.append((read_mrc(path)[0], xy if xy is not None else [], mask, ctfs[str(path)]))
-    return params, items
+    return params, simulated_micrographs(folder)
 
 
 def picker_for(mode: str, params: SimulateParams, folder: Path, bk) -> Picker:
     """The picker of one mode with default parameters (the particle diameter from the simulation)."""
-    if mode == "blob":
-        stack = blob_templates(params.diameter_A, params.angpix, "ring" if params.molecule == "ferritin" else "disc")
+    blob = ("ring" if params.molecule == "ferritin" else "disc") if mode == "blob" else None
+    if blob:
+        stack = blob_templates(params.diameter_A, params.angpix, blob)
     else:
         stack = project_reference(folder / "maps" / "conformation_1.mrc", bk, PickParams.directions)
-    return Picker(stack, params.angpix, PickParams(diameter_A=params.diameter_A, blob="disc" if mode == "blob"
-                                                   else None), bk)
+    return Picker(stack, params.angpix, PickParams(diameter_A=params.diameter_A, blob=blob), bk)
 
 
 def main(argv=None) -> int:

@@ -7,10 +7,15 @@ the same way. Coordinates are micrograph pixels.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
+
+from cryopipe.io.mrc import read_mrc
+from cryopipe.io.star import read_table
+from cryopipe.pick.stage import Micrograph, micrograph_ctfs
 
 
 @dataclass(frozen=True)
@@ -97,3 +102,21 @@ def evaluate(picker, micrographs, radius: float, thresholds=None) -> Evaluation:
             swept[k] = swept[k] + score(picks[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(), truth_xy, radius)
     k = int(np.argmax([s.f1 for s in swept]))
     return Evaluation(default, swept[k], float(thresholds[k]), inside / max(1, inside + outside), statuses)
+
+
+def simulated_micrographs(folder: Path) -> list[tuple]:
+    """What :func:`evaluate` takes, from a ``cryopipe simulate`` folder: per micrograph, in name order, (image
+    (H, W), true positions (T, 2) x y px, excluded mask (H, W) bool from ``truth/excluded/`` or None, CTF)."""
+    folder = Path(folder)
+    truth = read_table(folder / "truth" / "particles.star")
+    by_file = {Path(name).name: rows for name, rows in truth.groupby("rlnMicrographName")} if len(truth) else {}
+    paths = sorted((folder / "micrographs").glob("*.mrc"))
+    ctfs = micrograph_ctfs([Micrograph(str(p), str(p)) for p in paths], folder / "micrographs_ctf.star")
+    items = []
+    for path in paths:
+        rows = by_file.get(path.name)
+        xy = np.zeros((0, 2)) if rows is None else rows[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy()
+        excluded = folder / "truth" / "excluded" / path.name
+        mask = read_mrc(excluded)[0] > 0.5 if excluded.exists() else None
+        items.append((read_mrc(path)[0], xy, mask, ctfs[str(path)]))
+    return items

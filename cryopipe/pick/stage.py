@@ -149,8 +149,7 @@ class ScoreMap:
     template-rotations), ``index`` (int32, its bank index), ``null`` (the contrast-inverted templates' max NCC,
     the automatic threshold's null, or None),
     ``mean`` and ``sd`` (the micrograph in the artefact rejection's window, or None), and the prepared
-    micrograph ``work`` (device)
-    or None."""
+    micrograph ``work`` (device) or None."""
 
     grid: Grid
     ncc: np.ndarray
@@ -192,11 +191,6 @@ class Picker:
         self.margin_px = 0.5 * max(self.box_px, params.diameter_A / self.angpix)  # micrograph px
         self.grid: Grid | None = None
 
-    def _bank(self, stack: TemplateStack):
-        p = self.params
-        return build_bank(stack, self.grid.scale, p.diameter_A, p.rotation_step, p.lowpass_A, p.highpass_A,
-                          p.invert, mask_diameter_A=p.mask_diameter)
-
     def _setup(self, shape: tuple[int, int]) -> None:
         if self.grid is not None and self.grid.shape == shape:
             return
@@ -205,7 +199,8 @@ class Picker:
         require(min(H, W) >= 2 * self.margin_px, f"micrograph {W}x{H} px is smaller than the {self.box_px} px box "
                 f"(and particle diameter {p.diameter_A} A)", field="--box")
         self.grid = plan_grid(shape, self.angpix, p.lowpass_A)
-        self.bank = self._bank(self.templates)
+        self.bank = build_bank(self.templates, self.grid.scale, p.diameter_A, p.rotation_step, p.lowpass_A,
+                               p.highpass_A, p.invert, mask_diameter_A=p.mask_diameter)
         context = CONTEXT_FACTOR * p.diameter_A / self.grid.work_angpix if p.reject_sigmas is not None else None
         self.correlator = Correlator(self.bank, self.grid, self.bk, p.batch_size, self.subset,
                                      null=p.threshold is None, context_px=context)
@@ -236,8 +231,8 @@ class Picker:
 
     def peaks(self, scores: ScoreMap, threshold: float | None = None) -> Picks:
         """Picks from a score map, micrograph pixels. With artefact rejection, a first threshold's picks serve as
-        the reference of :func:`cryopipe.pick.artefacts.artefact_map`; then the threshold (fixed, or from the
-        FDR over the candidates outside artefacts), non-maximum suppression, and the peaks above it inside
+        the reference of :func:`cryopipe.pick.artefacts.artefact_map`; then the threshold (fixed, or automatic
+        over the candidates outside artefacts), non-maximum suppression, and the peaks above it inside
         artefacts listed as rejected, with the reason.
         ``threshold`` overrides the parameters' (e.g. to sweep fixed thresholds over one score map)."""
         p, grid = self.params, scores.grid

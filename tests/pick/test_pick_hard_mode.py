@@ -5,17 +5,13 @@ Templates are projections of the true map (20 directions) made CTF-aware with ea
 workflow runs them, or blobs. "Best" is the fixed threshold with the highest F1 on the same score maps.
 benchmarks/pick_accuracy.py prints the whole table."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cryopipe.backend import get_backend
-from cryopipe.io.mrc import read_mrc
-from cryopipe.io.star import read_table
-from cryopipe.pick import Micrograph, Picker, PickParams, project_reference
-from cryopipe.pick.evaluate import evaluate
-from cryopipe.pick.stage import micrograph_ctfs
+from cryopipe.pick import Picker, PickParams, project_reference
+from cryopipe.pick.evaluate import evaluate, simulated_micrographs
 from cryopipe.pick.templates import blob_templates
 from cryopipe.simulate.micrographs import HARD_CONDITIONS, SimulateParams, simulate_dataset
 
@@ -24,21 +20,11 @@ THRESHOLDS = np.arange(0.1, 0.7, 0.02)
 
 
 def condition(tmp_path_factory, name):
-    """(params, folder, [(image, true xy, excluded mask or None, CTF)]) of one hard-mode condition."""
+    """(params, folder, :func:`simulated_micrographs`) of one hard-mode condition."""
     folder = tmp_path_factory.mktemp(name)
     params = SimulateParams(**HARD_CONDITIONS[name])
     simulate_dataset(params, folder)
-    truth = read_table(folder / "truth" / "particles.star")
-    paths = sorted((folder / "micrographs").glob("*.mrc"))
-    ctfs = micrograph_ctfs([Micrograph(str(p), str(p)) for p in paths], folder / "micrographs_ctf.star")
-    items = []
-    for path in paths:
-        rows = truth[truth["rlnMicrographName"].map(lambda n, p=path: Path(n).name == p.name)] if len(truth) else truth
-        excluded = folder / "truth" / "excluded" / path.name
-        mask = read_mrc(excluded)[0] > 0.5 if excluded.exists() else None
-        xy = rows[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy() if len(rows) else np.zeros((0, 2))
-        items.append((read_mrc(path)[0], xy, mask, ctfs[str(path)]))
-    return params, folder, items
+    return params, folder, simulated_micrographs(folder)
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,11 @@ def test_plateau_gives_one_peak():
     assert len(y) == 1
 
 
+def background_peaks(rng, n: int, scale: float = 0.05, offset: float = 0.2) -> np.ndarray:
+    """(n,) background peak heights: maxima of 100 Gaussians, times ``scale`` plus ``offset``."""
+    return rng.standard_normal((n, 100)).max(axis=1) * scale + offset
+
+
 def test_null_tail_follows_maxima_and_errs_high(rng):
     """Null peaks = maxima of 200 Gaussians (3000 of them): the expected count above the true 99th percentile is
     within 30% of the truth (30), above the 99.99th it errs high but within 5x (truth 0.3)."""
@@ -47,14 +52,11 @@ def test_null_tail_follows_maxima_and_errs_high(rng):
 def test_fdr_threshold_separates_particles_from_background(rng):
     """400 background peaks (as the null's) plus 100 particle peaks above most of them, 20 trials: the stated FDR
     is <= the asked one, the realised FDR is <= 0.05 on average and nearly all particles are kept."""
-    def background(n):
-        return rng.standard_normal((n, 100)).max(axis=1) * 0.05 + 0.2
-
     realised, recall = [], []
     for _ in range(20):
         particles = rng.normal(0.5, 0.05, 100)
-        real = np.concatenate([background(400), particles])
-        t = fdr_threshold(real, background(2000), 0.05)
+        real = np.concatenate([background_peaks(rng, 400), particles])
+        t = fdr_threshold(real, background_peaks(rng, 2000), 0.05)
         assert t.status == "fdr" and t.fdr <= 0.05
         kept_particles, kept_background = (particles >= t.value).sum(), (real[:400] >= t.value).sum()
         realised.append(kept_background / (kept_particles + kept_background))
@@ -66,20 +68,18 @@ def test_fdr_threshold_separates_particles_from_background(rng):
 def test_fdr_threshold_holds_when_particles_cover_everything(rng):
     """Particles everywhere (every real candidate a particle, higher than any null peak): all are kept."""
     real = rng.normal(0.6, 0.08, 300)
-    null = rng.standard_normal((300, 100)).max(axis=1) * 0.05 + 0.2
+    null = background_peaks(rng, 300)
     t = fdr_threshold(real, null, 0.05)
     assert t.status == "fdr" and (real >= t.value).sum() >= 295
 
 
 def test_fdr_threshold_picks_nothing_on_background_alone(rng):
     """An empty micrograph: real and null candidates come from the same law; nothing passes, and it says so."""
-    def background(n):
-        return rng.standard_normal((n, 100)).max(axis=1)
-
-    statuses = [fdr_threshold(background(500), background(500), 0.05) for _ in range(20)]
+    statuses = [fdr_threshold(background_peaks(rng, 500, 1.0, 0.0), background_peaks(rng, 500, 1.0, 0.0), 0.05)
+                for _ in range(20)]
     assert sum(t.status == "fdr" for t in statuses) <= 1
     assert {t.status for t in statuses} <= {"fdr", "no peak above the background"}
-    assert fdr_threshold(np.array([]), background(10), 0.05).status == "no candidates"
+    assert fdr_threshold(np.array([]), background_peaks(rng, 10, 1.0, 0.0), 0.05).status == "no candidates"
 
 
 def test_candidates_are_the_local_maxima(rng):
@@ -96,15 +96,12 @@ def test_candidates_are_the_local_maxima(rng):
 def test_f1_threshold_trades_precision_for_recall_where_particles_overlap_the_background(rng):
     """Particles partly inside the background's tail, 20 trials: the F1 rule keeps more particles than the FDR rule
     at 0.05 and its realised F1 is within 0.05 of the best fixed threshold's; on background alone it picks nothing."""
-    def background(n):
-        return rng.standard_normal((n, 100)).max(axis=1) * 0.05 + 0.2
-
     gaps, recalls = [], []
     for _ in range(20):
         particles = rng.normal(0.4, 0.05, 100)
-        real = np.concatenate([background(400), particles])
+        real = np.concatenate([background_peaks(rng, 400), particles])
         is_particle = np.r_[np.zeros(400, bool), np.ones(100, bool)]
-        null = background(500)
+        null = background_peaks(rng, 500)
         t = f1_threshold(real, null)
         kept = real >= t.value
         f1 = 2 * (kept & is_particle).sum() / (kept.sum() + 100)
@@ -113,4 +110,4 @@ def test_f1_threshold_trades_precision_for_recall_where_particles_overlap_the_ba
         recalls.append(((kept & is_particle).sum(), (particles >= fdr_threshold(real, null, 0.05).value).sum()))
     assert np.mean(gaps) <= 0.05
     assert np.mean([a for a, _ in recalls]) > np.mean([b for _, b in recalls])
-    assert f1_threshold(background(500), background(500)).status == "no peak above the background"
+    assert f1_threshold(background_peaks(rng, 500), background_peaks(rng, 500)).status == "no peak above the background"
