@@ -3,7 +3,8 @@
 Default mode::
 
     cryopipe bioem --particles particles.star --models a.pdb b.pdb map.mrc --out bioem/ \\
-        [--orientation-grid 2 | --orientations poses.star] [--orientation-prior refined.star] \\
+        [--orientation-grid 2 | --orientations poses.star [--orientation-prior refined.star] \\
+         | --local-orientations refined.star [--local-radius 10 --local-step 5]] \\
         [--defocus-grid -500 500 5] [--amplitude-grid 0.07 0.13 3] [--bfactor-grid 0 100 3] [--displacement 3 1]
 
 BioEM 2.1 inputs and numbers::
@@ -46,6 +47,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--orientation-prior", help="STAR with each particle's refined angles: Gaussian orientation prior")
     p.add_argument("--orientation-prior-sigma", type=float, default=d.orientation_prior_sigma,
                    help=f"width of the orientation prior, degrees (default {d.orientation_prior_sigma})")
+    p.add_argument("--local-orientations", metavar="STAR",
+                   help="STAR with each particle's refined angles: integrate each particle only over a ball of "
+                        "orientations around them (every model at its own best pose; instead of a global grid)")
+    p.add_argument("--local-radius", type=float, default=d.local_radius,
+                   help=f"radius of that ball, degrees (default {d.local_radius:g})")
+    p.add_argument("--local-step", type=float, default=d.local_step,
+                   help=f"lattice step inside the ball, degrees (default {d.local_step:g}: 33 orientations per "
+                        "particle at radius 10)")
     p.add_argument("--defocus-grid", type=float, nargs=3, default=d.defocus_grid, metavar=("START", "END", "N"),
                    help="defocus offsets from each particle's estimate, A, N values end inclusive (default 0 0 1)")
     p.add_argument("--defocus-sigma", type=float, default=d.defocus_sigma, help="defocus prior width, A")
@@ -79,6 +88,7 @@ def configure(args: argparse.Namespace) -> tuple[RankParams, BioEMInputs]:
     params = RankParams(
         orientation_order=args.orientation_grid, orientations=args.orientations,
         orientation_prior=args.orientation_prior, orientation_prior_sigma=args.orientation_prior_sigma,
+        local_orientations=args.local_orientations, local_radius=args.local_radius, local_step=args.local_step,
         defocus_grid=grid(args.defocus_grid), defocus_sigma=args.defocus_sigma, defocus_center=args.defocus_center,
         amplitude_grid=grid(args.amplitude_grid), amplitude_center=args.amplitude_center,
         amplitude_sigma=args.amplitude_sigma, bfactor_grid=grid(args.bfactor_grid), bfactor_sigma=args.bfactor_sigma,

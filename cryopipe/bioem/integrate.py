@@ -18,7 +18,7 @@ displacement gather, closed form and reductions in one fused kernel (:mod:`cryop
 Cco(d) is only needed at the displacements: ``transform="pruned"`` (see :mod:`cryopipe.bioem.pruned`) evaluates
 the inverse DFT at those rows and columns only, as folded real GEMMs per batch of grid points, instead of a full
 inverse FFT; ``transform="factored"`` (:mod:`cryopipe.bioem.factored`, the default choice when the pruned DFT is
-cheaper than the FFT and no orientation prior makes each orientation its own batch) does the same sums with the
+cheaper than the FFT and no orientation priors set the batches, :func:`orientation_batches`) does the same sums with the
 CTF moved into the row matrices, batching orientations instead of grid points (measured faster than the folded
 transform with mirror-symmetric and with per-image astigmatic kernels alike, benchmarks/RESULTS.md). The
 numbers are the same to rounding. Sharing the images of a rank between the GPU and a CPU backend:
@@ -203,7 +203,7 @@ def integrate(prob: Problem, bk, comm=None, keep_orientations: bool = False, fus
     c = prob.ctf.shape[1]
     if transform not in ("auto", "fft", "pruned", "factored"):
         raise ValueError(f"transform must be auto, fft, pruned or factored, got {transform!r}")
-    # the pruned DFT is factored unless orientation priors make each orientation its own batch
+    # the pruned DFT is factored unless orientation priors set the batches (orientation_batches)
     factored = transform == "factored" or (transform == "auto" and prob.orientation_log_prior is None)
     # blocks sized by the factored transform's needs, else by the FFT path's (PrunedTransform keeps those defaults)
     real = np.float32 if prob.spectra.dtype.itemsize == 8 else np.float64
@@ -212,22 +212,22 @@ def integrate(prob: Problem, bk, comm=None, keep_orientations: bool = False, fus
     item = sizing.bytes_per_pair(c)  # bytes per (orientation, image) pair and per image's own matrices
     per_image = 0 if shared else sizing.bytes_per_kernel_image(c)
     o_cap = sizing.max_orientations(shared)
-    # with orientation priors each orientation is done alone, for the images whose prior allows it
     budget = bk.free_bytes() * memory_fraction  # one image's matrices and o_step orientations must fit
-    o_step = 1 if prob.orientation_log_prior is not None else int(max(
-        1, min(mine.stop - mine.start, o_cap, (budget - per_image) // item)))
-    i_step = bk.batch_size(o_step * item + per_image, fraction=memory_fraction)
+    o_step = int(max(1, min(mine.stop - mine.start, o_cap, (budget - per_image) // item)))
+    i_steps: dict[int, int] = {}  # images per block, by the number of orientations in the batch
     shared_mask = None  # where the CTF kernels and the image spectra can be non-zero (band limit)
     if transform != "fft":
         shared_mask = pruned.support_mask(prob.ctf, bk, (0, 1)) & pruned.support_mask(prob.spectra, bk, 0)
     transforms: dict = {}
-    for o0 in range(mine.start, mine.stop, o_step):
-        o1 = min(mine.stop, o0 + o_step)
+    for o0, o1 in orientation_batches(prob.orientation_log_prior, mine.start, mine.stop, o_step):
         P = prob.project(o0, o1)
         tr = _transform_for(transform, factored, P, shared_mask, prob, bk, transforms)
         active = np.arange(prob.n_images)
         if prob.orientation_log_prior is not None:
             active = active[np.isfinite(prob.orientation_log_prior[:, o0:o1]).any(axis=1)]
+        if o1 - o0 not in i_steps:
+            i_steps[o1 - o0] = bk.batch_size((o1 - o0) * item + per_image, fraction=memory_fraction)
+        i_step = i_steps[o1 - o0]
         for i0 in range(0, len(active), i_step):
             images = active[i0:i0 + i_step]
             out = score_block(prob, P, images, bk, fused_fn, keep_orientations, o0, tr)
@@ -239,6 +239,25 @@ def integrate(prob: Problem, bk, comm=None, keep_orientations: bool = False, fus
     if stats is not None and transforms:
         stats.update(next(reversed(transforms.values())).stats())
     return res
+
+
+def orientation_batches(log_prior: np.ndarray | None, start: int, stop: int, cap: int) -> list[tuple[int, int]]:
+    """Batches [o0, o1) of the orientations [start, stop), at most ``cap`` each.
+
+    Without priors, consecutive runs of ``cap``. With (I, O) priors a batch holds consecutive orientations that
+    the same images may see (the same pattern of finite priors), so no (image, orientation) pair outside the
+    priors is scored: scattered priors give one orientation per batch, a local grid (each particle's own block
+    of orientations, :mod:`cryopipe.bioem.local`) one particle's block.
+    """
+    if stop <= start:
+        return []
+    if log_prior is None:
+        return [(o, min(stop, o + cap)) for o in range(start, stop, cap)]
+    keys = np.packbits(np.isfinite(log_prior[:, start:stop]), axis=0)  # one column of bits per orientation
+    new = np.ones(stop - start, dtype=bool)
+    new[1:] = (keys[:, 1:] != keys[:, :-1]).any(axis=0)
+    runs = np.append(np.flatnonzero(new), stop - start) + start
+    return [(o, min(b, o + cap)) for a, b in zip(runs[:-1], runs[1:], strict=True) for o in range(a, b, cap)]
 
 
 def _transform_for(kind: str, factored: bool, P, shared_mask, prob: Problem, bk, cache: dict) -> CorrelationTransform:

@@ -45,6 +45,7 @@ OWN = {"simulate": {"enabled": False}, "extract": {"box": 64},
 BASES = {
     "demo": TINY,
     "demo_refined": {**TINY, "bioem": {**TINY["bioem"], "orientations": "refined"}},
+    "demo_global": {**TINY, "bioem": {**TINY["bioem"], "orientations": "global"}},
     "own": OWN,  # micrographs with a CTF STAR
     "own_estimate": {**OWN, "micrographs": {**OWN["micrographs"], "ctf_star": ""}},  # cryopipe ctf estimates it
 }
@@ -72,6 +73,7 @@ OWNERS = {
     "refine3d.*": ("demo", {"refine3d"}),
     "postprocess.*": ("demo", {"postprocess"}),
     "bioem.orientation_prior_sigma": ("demo_refined", {"bioem"}),  # read with orientations: refined only
+    "bioem.orientation_grid": ("demo_global", {"bioem"}),  # read with orientations: global only
     "bioem.*": ("demo", {"bioem"}),
 }
 

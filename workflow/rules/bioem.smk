@@ -1,5 +1,5 @@
-# BioEM: rank candidate structural models against the refined particles (over a global orientation grid, or
-# around each particle's refined orientation: config bioem.orientations).
+# BioEM: rank candidate structural models against the refined particles (around each particle's refined
+# orientation, or over a global orientation grid: config bioem.orientations).
 
 BIO = config["bioem"]
 
