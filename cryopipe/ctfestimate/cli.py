@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 
 from cryopipe.cli import add_common
-from cryopipe.ctfestimate.stage import CtfEstimateInputs, CtfEstimateParams, run
+from cryopipe.ctfestimate.stage import PNG_WORKERS, CtfEstimateInputs, CtfEstimateParams, run
 
 __all__ = ["HELP", "add_arguments", "configure", "run"]
 
@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"flag micrographs whose FOM x sqrt(band pixels) is below this (default {_D.min_z:g})")
     p.add_argument("--batch-size", type=int, help="micrographs per batch (default: 4 on a CPU, 16 on a GPU)")
     p.add_argument("--no-diagnostics", action="store_true", help="skip the per-micrograph PNG and .ctf spectrum")
+    p.add_argument("--png-workers", type=int, help="processes drawing the diagnostic PNGs beside the estimation "
+                   f"(default: a quarter of the CPUs, 1 to {PNG_WORKERS}; 0: in the main thread)")
     p.add_argument("--truth", help="a CTF STAR of the true values (simulated data): the summary plot shows them and "
                    "the record gets the median errors")
     add_common(p)
@@ -68,6 +70,6 @@ def configure(args: argparse.Namespace) -> tuple[CtfEstimateParams, CtfEstimateI
         resolution_range_A=tuple(args.resolution_range), defocus_range_um=tuple(args.defocus_range),
         max_astigmatism_A=args.max_astigmatism, phase_shift=args.phase_shift, per_tile=args.per_tile,
         fit_threshold=args.fit_threshold, min_z=args.min_z, batch_size=args.batch_size,
-        diagnostics=not args.no_diagnostics, angpix=args.angpix,
+        diagnostics=not args.no_diagnostics, png_workers=args.png_workers, angpix=args.angpix,
     )
     return params, CtfEstimateInputs(args.micrographs, args.truth)

@@ -36,10 +36,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing
 import os
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,7 @@ FIRST_TOL_A = 30.0  # the refinement on the coarse pixel subset stops at this de
 FINAL_TOL_A = 2.0
 FIT_BAND_MARGIN = 1.1  # a fit resolution inside the band: refine again up to 1.1 x its frequency
 READ_THREADS = 4  # micrographs read and copied to the device at once (at most the CPUs), ahead of the estimation
+PNG_WORKERS = 4  # processes drawing the diagnostic PNGs (at most a quarter of the CPUs, at least one)
 STAR_COLUMNS = ["rlnMicrographName", "rlnOpticsGroup", "rlnCtfImage", "rlnDefocusU", "rlnDefocusV",
                 "rlnCtfAstigmatism", "rlnDefocusAngle", "rlnCtfFigureOfMerit", "rlnCtfMaxResolution",
                 "rlnPhaseShift", "cpCtfFlagged"]
@@ -96,8 +98,9 @@ class CtfEstimateParams:
     per_tile : fit each tile's defocus and a defocus plane. fit_threshold : windowed correlation defining the
     fit resolution. min_z : flag fits whose NCC * sqrt(band pixels) is below this. batch_size : micrographs per
     batch (None: 4 on the CPU, 16 on the GPU; tiles are Fourier transformed in chunks where memory is short).
-    diagnostics : write the per-micrograph PNG and .ctf. angpix : pixel size, A/px (None: the STAR's optics,
-    else the MRC header).
+    diagnostics : write the per-micrograph PNG and .ctf. png_workers : processes drawing the PNGs beside the
+    estimation (None: :class:`PngWriter`'s default; 0: in the main thread). angpix : pixel size, A/px (None: the
+    STAR's optics, else the MRC header).
     """
 
     voltage: float
@@ -113,6 +116,7 @@ class CtfEstimateParams:
     min_z: float = fitmod.MIN_Z
     batch_size: int | None = None
     diagnostics: bool = True
+    png_workers: int | None = None
     angpix: float | None = None
 
     def validate(self, angpix: float | None = None) -> None:
@@ -131,6 +135,7 @@ class CtfEstimateParams:
         lo, hi = self.defocus_range_um
         require(0 < lo < hi, f"need 0 < min < max micrometres, got {lo} {hi}", field="--defocus-range")
         require(self.max_astigmatism_A >= 0, "must be >= 0", field="--max-astigmatism")
+        require(self.png_workers is None or self.png_workers >= 0, "must be >= 0", field="--png-workers")
         require(0 < self.fit_threshold < 1, "must be in (0, 1)", field="--fit-threshold")
         require(self.batch_size is None or self.batch_size >= 1, "must be >= 1", field="--batch-size")
         if angpix is not None:
@@ -372,8 +377,7 @@ def _read_ahead(mics: list[Micrograph], est: CtfEstimator, errors: list, depth: 
     The copies go to the device's one default stream (as every kernel), so the kernels that use an image run after
     its copy.
     """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = max(1, min(threads, cpus))
+    threads = max(1, min(threads, _usable_cpus()))
     todo = iter(mics)
     pool = ThreadPoolExecutor(threads, thread_name_prefix="micrograph-reader", initializer=_use_device,
                               initargs=(est.bk,))
@@ -406,7 +410,43 @@ def _row(mic: Micrograph, fit: CtfFit, ctf_image: str, per_tile: bool) -> dict:
     return row
 
 
-def _write_diagnostics(est: CtfEstimator, mic: Micrograph, fit: CtfFit, out: Path) -> list[Path]:
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class PngWriter:
+    """Draws the diagnostic PNGs (:func:`report.diagnostic_png`, ~0.1 s of matplotlib each, more than the whole
+    estimation of a micrograph on a GPU) in worker processes while the main thread estimates the next batch.
+
+    workers : processes (default ``PNG_WORKERS``, at most a quarter of the usable CPUs, at least 1); 0 draws in
+    the calling thread. Processes are spawned (never forked from a process holding a CUDA context). At most
+    ``4 x workers`` drawings wait; :meth:`close` waits for all and re-raises a worker's error.
+    """
+
+    def __init__(self, workers: int | None = None):
+        self.workers = max(1, min(PNG_WORKERS, _usable_cpus() // 4)) if workers is None else int(workers)
+        self.pool = (ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+                     if self.workers else None)
+        self.pending: deque[Future] = deque()
+
+    def submit(self, path: Path, image: np.ndarray, epa: dict, title: str, radius: float) -> Path:
+        if self.pool is None:
+            return report.diagnostic_png(path, image, epa, title, radius)
+        while len(self.pending) >= 4 * self.workers:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(report.diagnostic_png, path, image, epa, title, radius))
+        return path
+
+    def close(self) -> None:
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _write_diagnostics(est: CtfEstimator, mic: Micrograph, fit: CtfFit, out: Path, png: PngWriter) -> list[Path]:
     p = est.params
     r = fit.relion()
     ctf = CTFParams(r["rlnDefocusU"], r["rlnDefocusV"], r["rlnDefocusAngle"], p.voltage, p.cs,
@@ -417,7 +457,7 @@ def _write_diagnostics(est: CtfEstimator, mic: Micrograph, fit: CtfFit, out: Pat
     title = (f"{mic.stem}: {r['rlnDefocusU']:.0f} / {r['rlnDefocusV']:.0f} A, {r['rlnDefocusAngle']:.0f} deg, "
              f"FOM {fit.score:.3f}{' FLAGGED' if fit.flagged else ''}")
     radius = 1.05 * est.grid.s_max * est.grid.tile * est.angpix
-    written.append(report.diagnostic_png(out / "diagnostics" / f"{mic.stem}.png", image, fit.epa, title, radius))
+    written.append(png.submit(out / "diagnostics" / f"{mic.stem}.png", image, fit.epa, title, radius))
     if fit.tiles is not None:
         written.append(out / "tiles" / f"{mic.stem}.star")
         write_star(written[-1], {"tiles": fit.tiles})
@@ -442,6 +482,36 @@ def run(params: CtfEstimateParams, inputs: CtfEstimateInputs, out: Path, ctx: St
                                   inputs.truth)
     return StageResult(files=result.outputs, notes=result.notes,
                        inputs=[m.path for m in mics] + ([Path(inputs.truth)] if inputs.truth else []))
+
+
+def _estimate_mine(mine: list[Micrograph], est: CtfEstimator, params: CtfEstimateParams, out: Path, root: Path,
+                   png: PngWriter | None, errors: list, rows: list, written: list, progress) -> None:
+    """Estimate this rank's micrographs in batches (read ahead by threads), appending STAR rows and written files;
+    an input error stops the reading and is left in ``errors``."""
+    batch: list[tuple[Micrograph, Spectra]] = []
+    batch_size = est.batch_size()
+    for mic, image in _read_ahead(mine, est, errors, depth=batch_size + READ_THREADS):
+        batch.append((mic, est.spectra(image)))  # queued on the device while the next micrographs arrive
+        if len(batch) < batch_size and len(batch) + len(rows) < len(mine):
+            continue
+        fits = est.fit(Spectra.join([sp for _, sp in batch], est.bk.xp))
+        for (mic, _), fit in zip(batch, fits, strict=True):
+            r = fit.relion()
+            if fit.constant:
+                log.warning("%s: constant micrograph (no Thon rings): flagged", mic.path)
+            elif fit.flagged:
+                log.warning("%s: no trustworthy Thon rings (FOM %.3f, fit resolution %.1f A): flagged", mic.path,
+                            fit.score, fit.resolution_A)
+            log.info("%s: defocus U %.0f V %.0f A, angle %.1f deg, phase %.1f deg, FOM %.3f, fit resolution %.1f A",
+                     mic.name, r["rlnDefocusU"], r["rlnDefocusV"], r["rlnDefocusAngle"], r["rlnPhaseShift"],
+                     fit.score, fit.resolution_A)
+            ctf_image = ""
+            if params.diagnostics:
+                written += _write_diagnostics(est, mic, fit, out, png)
+                ctf_image = f"{root / 'spectra' / (mic.stem + '.ctf')}:mrc"
+            rows.append(_row(mic, fit, ctf_image, params.per_tile))
+        progress.update(len(batch))
+        batch = []
 
 
 def estimate_micrographs(mics: list[Micrograph], params: CtfEstimateParams, out: Path, bk, comm=None,
@@ -469,30 +539,12 @@ def estimate_micrographs(mics: list[Micrograph], params: CtfEstimateParams, out:
     rows, written, errors = [], [], []
     t0 = time.perf_counter()
     progress = tqdm(total=len(mine), desc="ctf", unit="mic", disable=None if rank == 0 else True)
-    batch_size = est.batch_size()
-    batch: list[tuple[Micrograph, Spectra]] = []
-    for mic, image in _read_ahead(mine, est, errors, depth=batch_size + READ_THREADS):
-        batch.append((mic, est.spectra(image)))  # queued on the device while the next micrographs arrive
-        if len(batch) < batch_size and len(batch) + len(rows) < len(mine):
-            continue
-        fits = est.fit(Spectra.join([sp for _, sp in batch], bk.xp))
-        for (mic, _), fit in zip(batch, fits, strict=True):
-            r = fit.relion()
-            if fit.constant:
-                log.warning("%s: constant micrograph (no Thon rings): flagged", mic.path)
-            elif fit.flagged:
-                log.warning("%s: no trustworthy Thon rings (FOM %.3f, fit resolution %.1f A): flagged", mic.path,
-                            fit.score, fit.resolution_A)
-            log.info("%s: defocus U %.0f V %.0f A, angle %.1f deg, phase %.1f deg, FOM %.3f, fit resolution %.1f A",
-                     mic.name, r["rlnDefocusU"], r["rlnDefocusV"], r["rlnDefocusAngle"], r["rlnPhaseShift"],
-                     fit.score, fit.resolution_A)
-            ctf_image = ""
-            if params.diagnostics:
-                written += _write_diagnostics(est, mic, fit, out)
-                ctf_image = f"{root / 'spectra' / (mic.stem + '.ctf')}:mrc"
-            rows.append(_row(mic, fit, ctf_image, params.per_tile))
-        progress.update(len(batch))
-        batch = []
+    png = PngWriter(params.png_workers) if params.diagnostics else None
+    try:
+        _estimate_mine(mine, est, params, out, root, png, errors, rows, written, progress)
+    finally:
+        if png is not None:
+            png.close()  # every PNG is written (or its error raised) before the STAR names the spectra
     progress.close()
     seconds = time.perf_counter() - t0
     all_errors = [e for e in comm.allgather(errors[0] if errors else None) if e is not None]
