@@ -80,6 +80,11 @@ def diagnostic_png(path: Path, image: np.ndarray, epa: dict, title: str, radius_
     return path
 
 
+def ready() -> None:
+    """Nothing: submitted to a new worker process, it makes the worker import this module (matplotlib) before
+    the first drawing is asked of it."""
+
+
 def _save(fig: Figure, path: Path) -> None:
     """PNG at 80 dpi, atomically; a plain Figure (no pyplot state, no second layout pass): ~0.1 s."""
     FigureCanvasAgg(fig)

@@ -428,6 +428,8 @@ class PngWriter:
         self.pool = (ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
                      if self.workers else None)
         self.pending: deque[Future] = deque()
+        for _ in range(self.workers):  # start the workers (~1 s of imports each) while the first batch is read
+            self.pool.submit(report.ready)
 
     def submit(self, path: Path, image: np.ndarray, epa: dict, title: str, radius: float) -> Path:
         if self.pool is None:
