@@ -9,6 +9,9 @@ import os
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/ctf.smk"
@@ -20,6 +23,7 @@ include: "workflow/rules/class3d.smk"
 include: "workflow/rules/refine3d.smk"
 include: "workflow/rules/postprocess.smk"
 include: "workflow/rules/bioem.smk"
+include: "workflow/rules/summary.smk"
 
 
 rule all:

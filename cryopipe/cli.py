@@ -46,6 +46,7 @@ STAGES = {
     "select3d": "cryopipe.select3d.cli",
     "postprocess": "cryopipe.postprocess.cli",
     "bioem": "cryopipe.bioem.cli",
+    "summary": "cryopipe.summary.cli",
 }
 
 

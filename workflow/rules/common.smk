@@ -467,8 +467,13 @@ STAGE_THREADS = _stage_threads()
 
 
 def get_final_targets():
-    """The targets of `all`: each stage's final result, for the stages the config turns on. Called by the
-    Snakefile after every rule file is included (it names their rules' outputs)."""
+    """The targets of `all`: the run's summary (which follows every stage) and each stage's final result. Called
+    by the Snakefile after every rule file is included (it names their rules' outputs)."""
+    return [rules.summary.output.table, *stage_results()]
+
+
+def stage_results():
+    """Each stage's final result, for the stages the config turns on: the summary's inputs."""
     targets = [rules.simulate.output.record] if USE_SIM else []
     if ESTIMATE_CTF:
         targets += rules.ctf_all.input

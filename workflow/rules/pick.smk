@@ -8,12 +8,7 @@ rule pick:
         ctf=pick_ctf,  # CTF-aware templates (pick.ctf): the batch's CTF STAR
     output:
         picks=f"{RESULTS}/pick/batch_{{batch}}/picks.star",
-        preview=report(
-            f"{RESULTS}/pick/batch_{{batch}}/picks_preview.png",
-            caption="../report/pick.rst",
-            category="2. Picking",
-            subcategory="batch {batch}",
-        ),
+        preview=f"{RESULTS}/pick/batch_{{batch}}/picks_preview.png",  # the first batch's goes into the summary
     params:
         out=f"{RESULTS}/pick/batch_{{batch}}",
         angpix=angpix_flag(),
