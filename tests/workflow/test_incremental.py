@@ -27,7 +27,7 @@ pytestmark = [
     pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake not installed (install the 'test' extra)"),
 ]
 
-AFTER_GATHER = {("gather_particles", None), ("class2d", None), ("select2d", None)}
+AFTER_GATHER = {("gather_particles", None), ("class2d", None), ("select2d", None), ("summary", None)}
 
 
 def snakemake(workdir: Path, *args: str) -> str:

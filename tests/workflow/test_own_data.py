@@ -139,7 +139,7 @@ def test_bad_input_stops_before_anything_runs(data, override, prepare, key, word
 
 def test_without_a_3d_reference_it_says_what_runs(data):
     proc = dry_run(data, OWN)
-    assert plan(proc) == {"pick", "extract", "gather_particles", "class2d", "select2d"}
+    assert plan(proc) == {"pick", "extract", "gather_particles", "class2d", "select2d", "summary"}
     assert ("cryopipe: runs pick, extract, class2d, select2d; leaves out class3d, select3d, refine3d, postprocess, "
             "bioem: class3d.reference is empty") in proc.stderr
 
@@ -147,7 +147,7 @@ def test_without_a_3d_reference_it_says_what_runs(data):
 def test_with_a_3d_reference_and_no_models_bioem_is_left_out(data):
     proc = dry_run(data, merged(OWN, {"class3d": {"reference": "Maps/grid64.mrc"}}))
     assert plan(proc) == {"pick", "extract", "gather_particles", "class2d", "select2d", "class3d", "select3d",
-                          "refine3d", "postprocess"}
+                          "refine3d", "postprocess", "summary"}
     assert "leaves out bioem: bioem.models is empty" in proc.stderr
     everything = dry_run(data, merged(OWN, {"class3d": {"reference": "Maps/grid64.mrc"},
                                             "bioem": {"models": ["model.pdb"]}}))
@@ -189,7 +189,7 @@ def test_the_readme_example_runs_on_micrographs_alone(tmp_path):
         write_mrc(tmp_path / "Micrographs" / f"{name}.mrc", (16, 16), 1.06)
     write_mrc(tmp_path / example["pick"]["reference"], (16, 16, 16), 4.0)
     proc = dry_run(tmp_path, example, "-p")
-    assert plan(proc) == {"ctf", "pick", "extract", "gather_particles", "class2d", "select2d"}
+    assert plan(proc) == {"ctf", "pick", "extract", "gather_particles", "class2d", "select2d", "summary"}
     assert " --voltage 300 --cs 2.7 --amplitude-contrast 0.1 " in command(proc, "ctf")
     assert " --box 216 " in command(proc, "extract")  # 1.5 x 150 A / 1.06 A/px = 212.3 -> 216
     assert "leaves out class3d" in proc.stderr
