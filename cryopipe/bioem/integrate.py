@@ -39,6 +39,7 @@ from cryopipe.bioem.likelihood import log_kernel
 from cryopipe.bioem.pruned import CorrelationTransform, FFTTransform, PrunedTransform
 from cryopipe.fourier import hermitian_weights
 from cryopipe.parallel import split_range
+from cryopipe.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,8 @@ def score_block(prob: Problem, P, images, bk, fused, keep_orientations: bool, o_
 
 
 def integrate(prob: Problem, bk, comm=None, keep_orientations: bool = False, fused: bool | None = None,
-              memory_fraction: float = 0.3, transform: str = "auto", stats: dict | None = None) -> Result:
+              memory_fraction: float = 0.3, transform: str = "auto", stats: dict | None = None,
+              progress: Progress | None = None) -> Result:
     """Integrate this rank's share of the orientations for all images (see module docstring).
 
     fused : use the GPU kernel for the displacement reduction (default: on the GPU). transform : "fft" (one
@@ -191,6 +193,7 @@ def integrate(prob: Problem, bk, comm=None, keep_orientations: bool = False, fus
     model of :mod:`cryopipe.bioem.pruned`, pruned as factored unless there are orientation priors); all give the
     same numbers to rounding.
     stats : a dict that receives the transform used and its counts.
+    progress : told each batch's orientations as steps (:class:`cryopipe.progress.Progress`).
     Returns this rank's :class:`Result` (combine ranks with :func:`reduce_ranks`).
     """
     from cryopipe.bioem.kernels import fused_reduction
@@ -236,6 +239,8 @@ def integrate(prob: Problem, bk, comm=None, keep_orientations: bool = False, fus
             if keep_orientations:
                 res.orientation_log_sum[images, o0:o1] = out["per_orientation"]
         log.debug("orientations %d-%d of %d done", o0, o1, prob.n_orientations)
+        if progress is not None:
+            progress.step(n=o1 - o0)
     if stats is not None and transforms:
         stats.update(next(reversed(transforms.values())).stats())
     return res

@@ -127,17 +127,19 @@ def _points(prob: Problem, n_images: int, n_orient: int) -> int:
     return n_images * n_orient * prob.ctf.shape[1]
 
 
-def _run_pair(prob, bk_main, bk_cpu, main_images, cpu_images, o_range, keep, kwargs, res):
+def _run_pair(prob, bk_main, bk_cpu, main_images, cpu_images, o_range, keep, kwargs, res, progress=None):
     """Score main_images on bk_main (this thread) and cpu_images on bk_cpu (a thread) for orientations o_range;
-    fold both into ``res``. Returns (seconds main, seconds cpu)."""
+    fold both into ``res``. ``progress`` counts the orientations of the main part (of the CPU part when the main one
+    has no images): both parts cover the same orientations and end together. Returns (seconds main, seconds cpu)."""
     out, times, errors = {}, {}, []
+    counting = "main" if len(main_images) else "cpu"
 
     def work(name, bk, images):
         try:
             t = time.perf_counter()
             if len(images):
                 sub = sub_problem(prob, images, o_range, bk_main, bk)
-                out[name] = integrate(sub, bk, None, keep, **kwargs)
+                out[name] = integrate(sub, bk, None, keep, progress=progress if name == counting else None, **kwargs)
                 bk.synchronize()
             times[name] = time.perf_counter() - t
         except BaseException as exc:  # re-raised in the calling thread
@@ -156,13 +158,15 @@ def _run_pair(prob, bk_main, bk_cpu, main_images, cpu_images, o_range, keep, kwa
 
 
 def integrate_shared(prob: Problem, bk, comm=None, keep_orientations: bool = False, fraction="auto",
-                     cpu=None, rates: tuple[float, float] | None = None, **kwargs) -> tuple[Result, dict]:
+                     cpu=None, rates: tuple[float, float] | None = None, progress=None,
+                     **kwargs) -> tuple[Result, dict]:
     """:func:`~cryopipe.bioem.integrate.integrate` with the images shared between ``bk`` and a CPU backend.
 
     prob : the problem on ``bk`` (all images). fraction : share of the images for the CPU in [0, 1], or
     'auto' (measured rates, see module docstring). cpu : the CPU backend (default :func:`cpu_backend`); tests
     pass a second CPU backend standing in for the GPU. rates : known (main, cpu) grid points per second:
-    skip the measurement. kwargs go to ``integrate`` (fused, transform, memory_fraction).
+    skip the measurement. progress : a :class:`cryopipe.progress.Progress` told the orientations done (this
+    rank's share, each once). kwargs go to ``integrate`` (fused, transform, memory_fraction).
 
     Returns this rank's :class:`Result` (combine ranks with ``reduce_ranks``) and a dict for provenance:
     mode ('off', 'fixed', 'auto'), fraction, images_main, images_cpu, rate_main and rate_cpu (grid points per
@@ -174,7 +178,7 @@ def integrate_shared(prob: Problem, bk, comm=None, keep_orientations: bool = Fal
     info = dict(mode="off", fraction=0.0, images_main=n, images_cpu=0, rate_main=None, rate_cpu=None,
                 probe_orientations=0)
     if fraction is None or fraction == 0.0 or n == 0:
-        return integrate(prob, bk, comm, keep_orientations, **kwargs), info
+        return integrate(prob, bk, comm, keep_orientations, progress=progress, **kwargs), info
     cpu = cpu or cpu_backend()
     rank, size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
     mine = split_range(prob.n_orientations, rank, size)
@@ -188,7 +192,7 @@ def integrate_shared(prob: Problem, bk, comm=None, keep_orientations: bool = Fal
             k = max(1, min(n - 1, math.ceil(PROBE_IMAGE_FRACTION * n)))
             probe = (mine.start, mine.start + o_probe)
             t_main, t_cpu = _run_pair(prob, bk, cpu, everything[:n - k], everything[n - k:], probe,
-                                      keep_orientations, kwargs, res)
+                                      keep_orientations, kwargs, res, progress)
             rates = (_points(prob, n - k, o_probe) / max(t_main, 1e-9), _points(prob, k, o_probe) / max(t_cpu, 1e-9))
             info["probe_orientations"] = o_probe
             o_start = probe[1]
@@ -201,7 +205,7 @@ def integrate_shared(prob: Problem, bk, comm=None, keep_orientations: bool = Fal
     info.update(fraction=float(fraction), images_main=n - k, images_cpu=k)
     if o_start < mine.stop:
         t_main, t_cpu = _run_pair(prob, bk, cpu, everything[:n - k], everything[n - k:], (o_start, mine.stop),
-                                  keep_orientations, kwargs, res)
+                                  keep_orientations, kwargs, res, progress)
         info.update(seconds_main=t_main, seconds_cpu=t_cpu)
         if info["mode"] == "fixed":  # the rates this split achieved (None for a device that had no images)
             o_n = mine.stop - o_start

@@ -43,7 +43,9 @@ from cryopipe.geometry import euler_to_matrix, matrix_to_euler, rotation_angle_b
 from cryopipe.io.models import read_model
 from cryopipe.io.mrc import read_mrc
 from cryopipe.io.star import read_table, write_star
+from cryopipe.parallel import split_range
 from cryopipe.particles import ParticleSet, open_particles
+from cryopipe.progress import PERIOD_S, Progress
 from cryopipe.stage import StageContext, StageResult, input_files
 
 log = logging.getLogger(__name__)
@@ -311,8 +313,9 @@ def _wrap(idx, n):
     return np.where(idx > n // 2, idx - n, idx)
 
 
-def compute_log_p(model, ds: ParticleSet, params: RankParams, bk, comm=None) -> ModelResult:
-    """ln P(particle | model) for every particle (default mode), on ``bk``, orientations split over ``comm``."""
+def compute_log_p(model, ds: ParticleSet, params: RankParams, bk, comm=None, label: str = "model") -> ModelResult:
+    """ln P(particle | model) for every particle (default mode), on ``bk``, orientations split over ``comm``.
+    Progress lines (rank 0, every PERIOD_S seconds) count the orientations done and start with ``label``."""
     params.validate()
     xp = bk.xp
     real, cplx = _dtypes(params, bk)
@@ -350,11 +353,12 @@ def compute_log_p(model, ds: ParticleSet, params: RankParams, bk, comm=None) -> 
 
     fraction = split.resolve_fraction(params.cpu_fraction, bk)
     if params.local_orientations:
-        rotations, res, shared = _integrate_local(problem, params, ds, bk, comm, fraction)
+        rotations, res, shared = _integrate_local(problem, params, ds, bk, comm, fraction, label)
     else:
         rotations = _orientation_grid(params, ds)
         prob = problem(np.arange(len(co)), rotations, _orientation_prior(params, ds, rotations))
-        res, shared = split.integrate_shared(prob, bk, comm, params.keep_orientations, fraction)
+        progress = _progress(_share(len(rotations), comm), label, "orientations", comm)
+        res, shared = split.integrate_shared(prob, bk, comm, params.keep_orientations, fraction, progress=progress)
         res = reduce_ranks(res, comm)
     # a prior (refined or local) carries the orientations' weights; a plain grid's points weigh 1 / O each
     prior = params.orientation_prior or params.local_orientations
@@ -377,14 +381,28 @@ def compute_log_p(model, ds: ParticleSet, params: RankParams, bk, comm=None) -> 
     return ModelResult(log_p, res, rotations, best, orient, shared)
 
 
+def _share(n: int, comm) -> int:
+    """How many of ``n`` orientations this rank integrates (:func:`cryopipe.parallel.split_range`)."""
+    rank, size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
+    mine = split_range(n, rank, size)
+    return mine.stop - mine.start
+
+
+def _progress(total: int, label: str, kind: str, comm) -> Progress:
+    """The progress lines of one model's integration: ``total`` orientations of this rank's share, named
+    "<label>: <kind>" ("rank 0's <kind>" under MPI, where rank 0 logs its share)."""
+    whose = "rank 0's " if comm is not None and comm.Get_size() > 1 else ""
+    return Progress(total, log, f"{label}: {whose}{kind}", every_s=PERIOD_S, comm=comm)
+
+
 LOCAL_PRIOR_BYTES = 64 << 20  # the (chunk, chunk x K) prior of a chunk of particles on local grids
 
 
-def _integrate_local(problem, params: RankParams, ds: ParticleSet, bk, comm, fraction):
+def _integrate_local(problem, params: RankParams, ds: ParticleSet, bk, comm, fraction, label: str = "model"):
     """Integrate every particle over its own local grid (:mod:`cryopipe.bioem.local`), in chunks of particles
     whose block priors fit in LOCAL_PRIOR_BYTES. Returns the (I K, 3, 3) orientation list (particle-major), the
     Result (orientation indices into that list) and the first chunk's CPU/GPU split record (later chunks reuse its
-    measured rates)."""
+    measured rates). Progress lines (:func:`_progress`, named by ``label``) count the particles' orientations."""
     own = local.refined_rotations(params.local_orientations, ds.table["rlnImageName"])
     offsets, log_w = local.local_offsets(params.local_radius, params.local_step)
     k, n_img = len(offsets), len(own)
@@ -393,10 +411,13 @@ def _integrate_local(problem, params: RankParams, ds: ParticleSet, bk, comm, fra
     log.info("local orientations: %d per particle (radius %g deg, step %g deg), chunks of %d particles", k,
              params.local_radius, params.local_step, chunk)
     res, shared, rates = Result.empty(n_img, None), {}, None
-    for i0 in range(0, n_img, chunk):
+    starts = range(0, n_img, chunk)
+    progress = _progress(sum(_share((min(n_img, i0 + chunk) - i0) * k, comm) for i0 in starts), label,
+                         "local orientations", comm)
+    for i0 in starts:
         images = np.arange(i0, min(n_img, i0 + chunk))
         prob = problem(images, rotations[i0 * k:(images[-1] + 1) * k], local.block_prior(len(images), log_w))
-        part, info = split.integrate_shared(prob, bk, comm, False, fraction, rates=rates)
+        part, info = split.integrate_shared(prob, bk, comm, False, fraction, rates=rates, progress=progress)
         part = reduce_ranks(part, comm)
         res.update(images, part.log_sum, part.best_l, part.best_orientation + i0 * k, part.best_ctf,
                    part.best_shift, part.best_cc, part.best_ccc, part.best_cco)
@@ -441,8 +462,10 @@ def load_compat(param_file, particles, orientation_file=None) -> CompatRun:
     return CompatRun(p, images, values, rot, volume, priors)
 
 
-def compute_compat(model: PointModel, run: CompatRun, bk, comm=None, keep_orientations=False) -> ModelResult:
-    """BioEM 2.1's ln P per image (double precision on the CPU), maximising parameters and per-orientation ln P."""
+def compute_compat(model: PointModel, run: CompatRun, bk, comm=None, keep_orientations=False,
+                   label: str = "model") -> ModelResult:
+    """BioEM 2.1's ln P per image (double precision on the CPU), maximising parameters and per-orientation ln P.
+    Progress lines as :func:`compute_log_p`'s."""
     p = run.params
     xp = bk.xp
     n = p.n_pixels
@@ -459,7 +482,9 @@ def compute_compat(model: PointModel, run: CompatRun, bk, comm=None, keep_orient
         return bk.fft.rfft2(img)
 
     prob = Problem(spectra, co, coo, kernels, compat.ctf_log_prior(grid, p)[None], shifts, len(run.rotations), project)
-    res = reduce_ranks(integrate(prob, bk, comm, keep_orientations or p.write_prob_angles > 0, fused=False), comm)
+    progress = _progress(_share(len(run.rotations), comm), label, "orientations", comm)
+    res = reduce_ranks(integrate(prob, bk, comm, keep_orientations or p.write_prob_angles > 0, fused=False,
+                                 progress=progress), comm)
     const = log_constant(n * n, exact=False) + compat.log_volume(p, run.orientation_volume, grid)
     log_p = res.log_sum + const
     norm, offset = best_norm_offset(co, res.best_cc, res.best_ccc, res.best_cco, n * n)
@@ -525,13 +550,16 @@ def run(params: RankParams, inputs: BioEMInputs, out: Path, ctx: StageContext) -
     if len(set(names)) != len(names):
         raise InputError("model file names must differ (they name the models in the tables)", field="--models")
     results, files, notes = [], [], {}
+    models = Progress(len(names), log, "model", comm=comm)
     if params.compat:
         if not inputs.params_file:
             raise InputError("--compat bioem2.1 needs --params (the BioEM parameter file)", field="--params")
         setup = load_compat(inputs.params_file, inputs.particles, params.orientations)
-        for path, name in zip(inputs.models, names, strict=True):
-            res = compute_compat(compat_model(path), setup, bk, comm, params.keep_orientations)
+        for i, (path, name) in enumerate(zip(inputs.models, names, strict=True)):
+            res = compute_compat(compat_model(path), setup, bk, comm, params.keep_orientations,
+                                 f"model {name} ({i + 1}/{len(names)})")
             results.append(res)
+            models.step("%s scored", name)
             if rank0:
                 files += write_compat_outputs(out, "" if len(names) == 1 else f"_{name}", res, setup)
         image_names = [f"{k + 1}@{inputs.particles}" for k in range(len(setup.images))]
@@ -541,11 +569,13 @@ def run(params: RankParams, inputs: BioEMInputs, out: Path, ctx: StageContext) -
         params.validate()
         with ctx.cache() as cache:  # copies fill while the models are scored
             ds = load_particles(inputs.particles, cache)
-            for path, name in zip(inputs.models, names, strict=True):
+            for i, (path, name) in enumerate(zip(inputs.models, names, strict=True)):
                 model = read_structural_model(path, ds.angpix, params)
-                log.info("model %s: %d particles", name, len(ds.images))
-                results.append(compute_log_p(model, ds, params, bk, comm))
+                label = f"model {name} ({i + 1}/{len(names)})"
+                log.info("%s: %d particles", label, len(ds.images))
+                results.append(compute_log_p(model, ds, params, bk, comm, label))
                 notes[f"cpu_gpu_split_{name}"] = results[-1].split  # fraction, rates (grid points/s)
+                models.step("%s scored", name)
         image_names = list(ds.table["rlnImageName"])
         orientations = results[0].rotations
         read = [f for f in (params.orientations, params.orientation_prior) if f]

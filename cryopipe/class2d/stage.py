@@ -36,14 +36,12 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from cryopipe.backend import Backend, get_backend
 from cryopipe.cache import StackCache
@@ -57,6 +55,7 @@ from cryopipe.io.mrc import read_mrc, write_mrc
 from cryopipe.io.star import UNKNOWN_RESOLUTION_A, portable_image_names, write_star, write_table
 from cryopipe.parallel import SerialComm
 from cryopipe.particles import ctf_rows, open_particles
+from cryopipe.progress import Progress
 from cryopipe.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
@@ -309,6 +308,7 @@ def classify(stack: ParticleStack, params: Class2DParams, bk: Backend | None = N
 
     stack : this rank's particles (:func:`load_particles`, or made by hand: a benchmark or notebook).
     references : (K, N, N) initial references (None: averages of K random subsets).
+    progress : log a line per iteration on rank 0 (``iteration 3/10: ..., 2.1 s, about 15 s left``).
     Returns the same :class:`Class2DResult` on every rank.
     """
     bk = bk or get_backend("auto")
@@ -339,9 +339,8 @@ def classify(stack: ParticleStack, params: Class2DParams, bk: Backend | None = N
     halves_id = stack.index % 2
     low_below = np.full(k, np.inf)  # a particle is "low" when its score is below this value of its class
     changed: list[float] = []
-    rank0 = comm.Get_rank() == 0
-    for it in tqdm(range(params.iterations), desc="class2d", unit="iteration", disable=not (progress and rank0)):
-        t0 = time.perf_counter()
+    lines = Progress(params.iterations, log, "iteration", comm=comm, enabled=progress)
+    for it in range(params.iterations):
         refs_ft = aligner.references(refs)
         sums = ClassSums(k, n, bk, with_ctf=wiener)
         parts = []
@@ -377,9 +376,9 @@ def classify(stack: ParticleStack, params: Class2DParams, bk: Backend | None = N
                 log.info("iteration %d: reseeded classes %s", it + 1, ", ".join(f"{a + 1} from {b + 1}"
                                                                                for a, b in pairs))
                 done = False
-        log.info("iteration %d: %.1f%% changed class, class sizes %d..%d, mean score %.4f, %.2f s", it + 1,
-                 100 * changed[-1], sizes.min(), sizes.max(), float(np.nanmean(sums.mean_scores())),
-                 time.perf_counter() - t0)
+        lines.step("%.1f%% changed class%s, class sizes %d..%d, mean score %.4f", 100 * changed[-1],
+                   " (converged)" if done and it < params.iterations - 1 else "", sizes.min(), sizes.max(),
+                   float(np.nanmean(sums.mean_scores())), last=done)
         if done:
             break
         refs = bk.asarray(averages * mask_host, dtype=xp.float32)

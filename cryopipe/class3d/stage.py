@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from cryopipe.em3d.sampling import OrientationGrid, translation_grid
 from cryopipe.errors import require
 from cryopipe.geometry import symmetry_operators
 from cryopipe.parallel import share_round_robin
+from cryopipe.progress import Progress
 from cryopipe.stage import StageContext, StageResult
 
 __all__ = ["Class3DParams", "Class3DResult", "EMInputs", "classify", "run"]
@@ -139,8 +139,8 @@ def classify(params: Class3DParams, inputs: EMInputs, out: Path, ctx: StageConte
                              max_significant=params.max_significant,
                              symmetry_ops=symmetry_operators(params.symmetry), particle_diameter_A=start.diameter_A)
         writer = CheckpointWriter(names_root=ctx.final(out))
+        progress = Progress(params.iterations, log, "iteration", done=start.iteration, comm=comm)
         for it in range(start.iteration + 1, params.iterations + 1):
-            t0 = time.perf_counter()
             class_mask = None
             if it == 1 and params.classes > 1:
                 seeds = np.random.default_rng(params.seed).integers(params.classes, size=n)
@@ -151,9 +151,9 @@ def classify(params: Class3DParams, inputs: EMInputs, out: Path, ctx: StageConte
             mstep.reduce_sums(res, comm)
             update_table(particles, gather_results(res, mine, n, comm))
             model = _maximise(model, res, params, mask, bk, it, estep.r_max, comm)
-            log.info("iteration %d: E-step limit %d px (%.1f A), resolution %s A, classes %s, %.1f s", it,
-                     estep.r_max, box * angpix / max(estep.r_max, 1), np.round(model.resolution_A, 1),
-                     np.round(model.pdf_class, 3), time.perf_counter() - t0)
+            progress.step("E-step limit %d px (%.1f A), resolution %s A, classes %s", estep.r_max,
+                          box * angpix / max(estep.r_max, 1), np.round(model.resolution_A, 1),
+                          np.round(model.pdf_class, 3))
             if comm.Get_rank() == 0:
                 writer.submit(out, it, model, particles)
         files = [Path(f) for f in writer.wait()]

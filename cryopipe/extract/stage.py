@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from cryopipe.errors import InputError, require
 from cryopipe.fourier import fourier_crop, normalise_background
 from cryopipe.io.mrc import UNSET_PIXEL_SIZES, check_pixel_size, read_mrc, read_mrc_header, write_mrc
 from cryopipe.io.star import OPTICS_COLUMNS, match_names, parse_image_name, read_star, read_table, write_star
 from cryopipe.pick.stage import Micrograph, list_micrographs
+from cryopipe.progress import PERIOD_S, Progress, format_duration
 from cryopipe.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,8 @@ def extract_particles(
     drop = {"rlnImageName", "rlnMicrographName", "rlnOpticsGroup", *OPTICS_COLUMNS, *ctf_cols}
     tables, outputs, skipped, picked, unset, dropped = [], [], 0, 0, 0, []
     optics_rows = {}
-    for mic in tqdm(mics, desc="extract", unit="mic", disable=None):
+    progress = Progress(len(mics), log, "micrograph", every_s=PERIOD_S)
+    for mic in progress.each(mics, lambda: f"{sum(map(len, tables))} particles so far"):
         group = groups[pick_names[pick_of[mic.name]]] if pick_of[mic.name] is not None else picks.iloc[:0]
         if len(group) == 0:
             log.warning("%s: no picks in %s, no particles from this micrograph", mic.name, picks_path or "the picks")
@@ -239,6 +240,9 @@ def extract_particles(
         previous = optics_rows.setdefault(opt, _optics_row(ctf_row, apix, params))
         require(abs(previous["rlnImagePixelSize"] - out_apix) < 1e-4, "micrographs of one optics group have "
                 "different pixel sizes", mic.path, "angpix")
+    log.info("extracted %d particles from %d of %d micrographs in %s (%d picks too close to an edge, %d micrographs "
+             "dropped for their CTF)", sum(map(len, tables)), len(tables), len(mics),
+             format_duration(progress.elapsed_s), skipped, len(dropped))
     if unset:
         log.warning("%d micrographs hold no pixel size in their MRC header (0 or 1.0): using the CTF STAR file's "
                     "rlnMicrographPixelSize", unset)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -63,6 +62,7 @@ from cryopipe.fourier import resolution_at
 from cryopipe.geometry import euler_to_matrix, symmetry_operators
 from cryopipe.io.mrc import write_mrc
 from cryopipe.parallel import share_round_robin
+from cryopipe.progress import Progress
 from cryopipe.stage import StageContext, StageResult
 
 __all__ = ["EMInputs", "Refine3DParams", "Refine3DResult", "refine", "run"]
@@ -183,10 +183,11 @@ def refine(params: Refine3DParams, inputs: EMInputs, out: Path, ctx: StageContex
         final_map = None
         fsc_curve = model.extra.get("rlnGoldStandardFsc", np.zeros(box // 2 + 1))
         resolution = float(np.min(model.resolution_A))
+        # stops on convergence: the estimate is up to the cap
+        progress = Progress(params.max_iterations, log, "iteration", done=start.iteration, at_most=True, comm=comm)
         for it in range(start.iteration + 1, params.max_iterations + 1):
             if finished:
                 break
-            t0 = time.perf_counter()
             final = bool(state.converged) or it == params.max_iterations
             r_max = box // 2 if final else model.r_max
             search = SearchSpace(OrientationGrid(state.order, params.symmetry),
@@ -227,10 +228,9 @@ def refine(params: Refine3DParams, inputs: EMInputs, out: Path, ctx: StageContex
                           extra={"rlnGoldStandardFsc": fsc_curve})
             # no previous orientations (the input had none): the angle above is only a sentinel for AutoSampling
             changes = f"{angle:.2f} deg {offset:.3f} px" if prev_rot is not None else "-- (first iteration)"
-            log.info("iteration %d%s: E-step limit %d px (%.1f A), order %d (%s), gold-standard resolution %.2f A, "
-                     "changes %s, %.1f s", it, " (final)" if final else "", estep_r,
-                     box * angpix / max(estep_r, 1), search.grid.order, "local" if state.local else "global",
-                     resolution, changes, time.perf_counter() - t0)
+            progress.step("%sE-step limit %d px (%.1f A), order %d (%s), gold-standard resolution %.2f A, changes %s",
+                          "final, " if final else "", estep_r, box * angpix / max(estep_r, 1), search.grid.order,
+                          "local" if state.local else "global", resolution, changes, last=final)
             if rank == 0:
                 writer.submit(out, it, model, particles, halves=True)
                 if final:

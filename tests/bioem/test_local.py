@@ -1,6 +1,7 @@
 """Local orientation grids: the lattice, the batching of block priors, the integral against an explicit list run,
 chunking, accuracy on simulated particles with perturbed refined poses, and bad input."""
 
+import logging
 import math
 
 import numpy as np
@@ -63,9 +64,10 @@ def _subset(star, out, n):
 
 
 def test_local_integral_equals_the_sum_over_an_explicit_list_and_chunks_do_not_matter(demo, tmp_path,
-                                                                                      monkeypatch):
+                                                                                      monkeypatch, caplog):
     """ln P of each particle on its local grid = log-sum over the same orientations, taken from a run over the
-    whole list with per-orientation sums, weighted by the local cell weights; in chunks of 2 particles too."""
+    whole list with per-orientation sums, weighted by the local cell weights; in chunks of 2 particles too, whose
+    progress lines count every particle's orientations once."""
     star, models, _truth = demo
     star = _subset(star, star.parent / "six.star", 6)
     ds = stage.load_particles(star)
@@ -91,8 +93,13 @@ def test_local_integral_equals_the_sum_over_an_explicit_list_and_chunks_do_not_m
         m = terms.max()
         assert res.log_p[i] == pytest.approx(m + math.log(np.exp(terms - m).sum()), abs=1e-8)
     monkeypatch.setattr(stage, "LOCAL_PRIOR_BYTES", 8 * k * 4)  # chunks of 2 particles
+    monkeypatch.setattr(stage, "PERIOD_S", 0.0)  # a progress line per batch of orientations
+    caplog.set_level(logging.INFO, logger="cryopipe.bioem")
     chunked = stage.compute_log_p(model, ds, params, bk)
     assert chunked.split["chunks"] == 3
+    lines = [m for m in caplog.messages if m.startswith("model: local orientations ")]
+    assert lines[0].startswith(f"model: local orientations {k}/{6 * k}, ") and lines[0].endswith(" left")
+    assert lines[-1].startswith(f"model: local orientations {6 * k}/{6 * k}, ") and lines[-1].endswith(" in all")
     np.testing.assert_allclose(chunked.log_p, res.log_p, rtol=0, atol=1e-9)
     np.testing.assert_array_equal(chunked.best["cpOrientationIndex"], res.best["cpOrientationIndex"])
     assert ds_rot.shape == (6, 3, 3)

@@ -1,6 +1,7 @@
 """Images shared between two backends (a second CPU backend stands in for the GPU) give the plain result."""
 
 import dataclasses
+import logging
 import time
 
 import numpy as np
@@ -10,6 +11,7 @@ from cryopipe.backend import get_backend
 from cryopipe.bioem import split, stage
 from cryopipe.bioem.integrate import integrate
 from cryopipe.errors import InputError
+from cryopipe.progress import Progress
 
 from .conftest import make_demo_particles
 from .test_pruned import synthetic_problem
@@ -32,11 +34,15 @@ def _two_cpus():
 
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0, "auto"])
 def test_shared_images_equal_plain_path(fraction):
+    """The shared run gives the plain result, and its progress counts each orientation once, whichever part scores
+    it (both parts see every orientation)."""
     main, cpu = _two_cpus()
     prob = synthetic_problem(24, 3, n_orient=17, n_ctf=3, n_images=7)
     want = integrate(prob, main, keep_orientations=True)
-    got, info = split.integrate_shared(prob, main, None, True, fraction, cpu=cpu)
+    progress = Progress(17, logging.getLogger(__name__), "orientations", enabled=False)
+    got, info = split.integrate_shared(prob, main, None, True, fraction, cpu=cpu, progress=progress)
     _assert_same(got, want)
+    assert progress.done == 17
     assert info["images_main"] + info["images_cpu"] == 7
     if fraction == "auto":  # rates measured on the first orientations (3 of 17), then the rest split by rate
         assert info["probe_orientations"] == 3 and info["rate_main"] > 0 and info["rate_cpu"] > 0

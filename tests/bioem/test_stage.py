@@ -1,5 +1,8 @@
 """The default mode on simulated particles with ground truth, the CLI and bad input."""
 
+import logging
+import re
+
 import numpy as np
 import pytest
 import starfile
@@ -114,10 +117,12 @@ def test_star_pixel_size_contradicting_the_stack_header_is_an_input_error(demo, 
     assert "1 of 1 stacks hold no pixel size in their MRC header" in caplog.text
 
 
-def test_run_from_a_notebook(demo, tmp_path):
-    """The stage as a function: run(params, inputs, out, ctx) writes the tables and returns them with its notes."""
+def test_run_from_a_notebook(demo, tmp_path, caplog):
+    """The stage as a function: run(params, inputs, out, ctx) writes the tables and returns them with its notes;
+    its log counts the orientations of each model and the models, with the time left."""
     from cryopipe.stage import StageContext
 
+    caplog.set_level(logging.INFO, logger="cryopipe.bioem")
     star, models, _truth = demo
     out = tmp_path / "nb"
     out.mkdir()
@@ -131,5 +136,11 @@ def test_run_from_a_notebook(demo, tmp_path):
     assert set(result.notes["ensemble_weights"]) == {"conformation_1", "decoy"}
     assert len(starfile.read(out / "logp.star")) == 100
     assert result.inputs == [star, models["conformation_1"], models["decoy"]]
+    inner = [m for m in caplog.messages if m.startswith("model conformation_1 (1/2): orientations ")]
+    assert inner and re.fullmatch(r".* \d+/72, [^,]+ s elapsed, .*", inner[0])  # order 0: 72 orientations
+    outer = [m for m in caplog.messages if re.match(r"model \d/2: ", m)]
+    assert len(outer) == 2
+    assert re.fullmatch(r"model 1/2: conformation_1 scored, [^,]+ s, about [^,]+ s left", outer[0])
+    assert re.fullmatch(r"model 2/2: decoy scored, [^,]+ s, [^,]+ s in all", outer[1])
     with pytest.raises(InputError, match="must differ"):
         stage.run(params, stage.BioEMInputs(str(star), [str(models["decoy"])] * 2), out, StageContext.local("cpu"))

@@ -1,5 +1,8 @@
 """Accuracy of MRA 2D classification on simulated particles with ground truth (and GPU = CPU)."""
 
+import logging
+import re
+
 import numpy as np
 import pytest
 
@@ -100,3 +103,17 @@ def test_image_names_stay_as_the_input_gives_them(particles_small, tmp_path, mon
     monkeypatch.chdir(folder.parent)
     table, _ = load_particles(f"{folder.name}/four.star", params, get_backend("cpu"))
     assert table["rlnImageName"][3] == f"4@{folder.name}/particles.mrcs"
+
+
+def test_an_early_stop_ends_the_log_with_the_whole_time(particles_small, caplog):
+    """One plain line per iteration (no terminal bar in a log file): i/N, its time and the time left; converging
+    before the last scheduled iteration says so and gives the whole time."""
+    caplog.set_level(logging.INFO, logger="cryopipe.class2d")
+    params = Class2DParams(classes=3, box=32, mask_diameter_A=130.0, iterations=10, convergence=0.99,
+                           min_class_fraction=0.0)  # no reseeding: the second iteration converges
+    _, stack = load_particles(particles_small.star, params, get_backend("cpu"))
+    result = classify(stack, params, get_backend("cpu"))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("iteration ")]
+    assert result.iterations == 2 and len(lines) == 2
+    assert re.fullmatch(r"iteration 1/10: .* changed class, class sizes .*, [^,]+ s, about [^,]+ s left", lines[0])
+    assert re.fullmatch(r"iteration 2/10: .* changed class \(converged\), .*, [^,]+ s, [^,]+ s in all", lines[1])

@@ -8,7 +8,9 @@ tests use 120 particles at SNR 0.1 cropped to 32 px (5 A/px), order 1 and few it
 and messages, not accuracy).
 """
 
+import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -272,3 +274,15 @@ def test_outputs_keep_the_image_names_and_name_the_maps_with_their_folder(small,
     assert read_star(tmp_path / "more" / "run_it002_data.star")["particles"]["rlnImageName"].tolist() == names
     assert read_star(tmp_path / "more" / "run_it002_model.star")["model_classes"]["rlnReferenceImage"][0] == str(
         tmp_path / "more" / "run_it002_class001.mrc")
+
+
+def test_each_iteration_logs_its_count_time_and_time_left(small, tmp_path, caplog):
+    """The log of a run (a file under SLURM) says which iteration of how many, its time and the time left, once
+    (rank 0); the last iteration gives the whole time."""
+    caplog.set_level(logging.INFO, logger="cryopipe.class3d")
+    params = Class3DParams(classes=2, iterations=2, healpix_order=0, offset_range=0.0, particle_diameter=130.0)
+    classify(params, EMInputs(small["star"], small["reference"]), tmp_path, StageContext.local())
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("iteration ")]
+    assert len(lines) == 2
+    assert re.fullmatch(r"iteration 1/2: E-step limit .*, classes \[.*\], [^,]+ s, about [^,]+ s left", lines[0])
+    assert re.fullmatch(r"iteration 2/2: .*, [^,]+ s, [^,]+ s in all", lines[1])

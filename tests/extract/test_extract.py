@@ -1,5 +1,8 @@
 """Particle extraction: centring, RELION normalisation, inversion, downscaling, STAR metadata, gathering."""
 
+import logging
+import re
+
 import numpy as np
 import pytest
 
@@ -7,11 +10,12 @@ from cryopipe.backend import get_backend
 from cryopipe.cli import main as cli_main
 from cryopipe.errors import InputError
 from cryopipe.extract import ExtractParams, gather_particles
-from cryopipe.extract.stage import extract_windows, process_particles
+from cryopipe.extract.stage import ExtractInputs, extract_windows, process_particles, run
 from cryopipe.fourier import fourier_crop
 from cryopipe.io.mrc import read_mrc
 from cryopipe.io.star import parse_image_name, read_star, read_table, write_star
 from cryopipe.simulate.micrographs import SimulateParams, simulate_dataset
+from cryopipe.stage import StageContext
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +115,16 @@ def test_batches_then_gather(sim, tmp_path, monkeypatch):
     write_star("bad.star", {"optics": other["optics"].assign(rlnVoltage=200.0), "particles": other["particles"]})
     with pytest.raises(InputError, match="optics group 1 differs"):
         gather_particles(["batch1/particles.star", "bad.star"], tmp_path / "x.star")
+
+
+def test_the_log_counts_micrographs_and_particles_and_ends_with_a_summary(sim, tmp_path, caplog):
+    """The first micrograph's line gives an early estimate (then one line per PERIOD_S seconds at most); a summary
+    line closes the run."""
+    caplog.set_level(logging.INFO, logger="cryopipe.extract")
+    (tmp_path / "ex").mkdir()
+    run(ExtractParams(box_px=64), ExtractInputs(sim / "truth" / "particles.star", sim / "micrographs_ctf.star"),
+        tmp_path / "ex", StageContext.local())
+    lines = [r.getMessage() for r in caplog.records if r.name == "cryopipe.extract.stage"]
+    assert re.fullmatch(r"micrograph 1/2: 10 particles so far, [^,]+ s elapsed, about [^,]+ s left", lines[0])
+    assert re.fullmatch(r"extracted 20 particles from 2 of 2 micrographs in [^,]+ s \(0 picks too close to an edge, "
+                        r"0 micrographs dropped for their CTF\)", lines[-1])

@@ -1,8 +1,10 @@
 """``cryopipe refine3d`` refuses what it cannot refine: fewer than 2 particles in a gold-standard half set, a
 particle diameter larger than the box, a --continue from a checkpoint cut short; and its log says "changes --"
-on the first iteration instead of printing the 1e9 sentinel as a number of degrees."""
+on the first iteration instead of printing the 1e9 sentinel as a number of degrees, and counts the iterations up
+to the cap."""
 
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -62,11 +64,21 @@ def _subset(tiny, rows, path, **columns):
 
 
 def test_first_iteration_logs_no_sentinel_angle(tiny):
-    first = [m for m in tiny["log"] if m.startswith("iteration 1:")]
+    first = [m for m in tiny["log"] if m.startswith("iteration 1 (of at most 2):")]
     assert len(first) == 1 and "changes -- (first iteration)" in first[0], tiny["log"]
     assert not any("1000000000" in m for m in tiny["log"])
     second = [m for m in tiny["log"] if m.startswith("iteration 2")]
     assert len(second) == 1 and " deg " in second[0] and " px, " in second[0], tiny["log"]
+
+
+def test_iterations_log_their_count_up_to_the_cap_and_the_time_left_at_most(tiny):
+    """Refinement stops on convergence: each iteration's line counts up to the cap (--max-iterations) and says the
+    time left is at most the estimate; the final iteration says so and gives the whole time."""
+    lines = [m for m in tiny["log"] if m.startswith("iteration ") and "auto-sampling" not in m]
+    assert len(lines) == 2, tiny["log"]
+    assert re.fullmatch(r"iteration 1 \(of at most 2\): E-step limit .*, [^,]+ s, at most about [^,]+ s left",
+                        lines[0])
+    assert re.fullmatch(r"iteration 2 \(of at most 2\): final, E-step limit .*, [^,]+ s, [^,]+ s in all", lines[1])
 
 
 def test_fewer_than_two_particles_in_a_half_set_are_refused(tiny, tmp_path, capsys):

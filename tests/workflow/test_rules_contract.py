@@ -19,7 +19,8 @@ SNAKEMAKE = shutil.which("snakemake", path=str(BIN))
 STAGE_FILES = {"simulate": ["simulate"], "ctf": ["ctf", "ctf_all"], "pick": ["pick", "pick_all"],
                "extract": ["extract", "gather_particles", "extract_all"], "class2d": ["class2d", "select2d"],
                "class3d": ["class3d", "select3d"], "refine3d": ["refine3d"], "postprocess": ["postprocess"],
-               "bioem": ["bioem"], "summary": ["summary"], "pick_templates": []}  # pick_templates: the stages' rules again (`use rule`)
+               "bioem": ["bioem"], "summary": ["summary"],
+               "pick_templates": []}  # pick_templates: the stages' rules again (`use rule`)
 TARGETS = {"ctf_all", "pick_all", "extract_all"}  # rules that only name inputs
 
 
