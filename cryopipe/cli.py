@@ -47,6 +47,8 @@ STAGES = {
     "postprocess": "cryopipe.postprocess.cli",
     "bioem": "cryopipe.bioem.cli",
     "summary": "cryopipe.summary.cli",
+    "initial-model": "cryopipe.initmodel.cli",
+    "align-maps": "cryopipe.alignmaps.cli",
 }
 
 
