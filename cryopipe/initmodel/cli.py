@@ -5,7 +5,8 @@
                            [--diameter 150] [--flip-hand] [--device gpu]
     cryopipe initial-model --continue initial_model/run_it020 --out initial_model
 
-writes ``OUT/initial_model_classNNN.mrc`` (the particles' box and pixel size), ``OUT/particles.star`` (class, angles
+writes ``OUT/initial_model_classNNN.mrc`` (the particles' box and pixel size; ``OUT/initial_model.mrc``: the most
+populated class's), ``OUT/particles.star`` (class, angles
 and origins of the final pass over all particles), checkpoints ``OUT/run_itNNN_{data,model}.star`` and
 ``OUT/run_itNNN_classKKK.mrc`` every iteration (class shares in the model STAR), and
 ``OUT/initial_model_{slices,progress}.png``. The hand of the maps is unknown (see ``--flip-hand``).

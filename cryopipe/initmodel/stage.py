@@ -285,12 +285,18 @@ def mirrored_poses(rot, psi) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _outputs(out: Path, model: Model, particles: ParticleSet, params: InitialModelParams, last: int) -> list[Path]:
-    """initial_model_classNNN.mrc (mirrored with flip_hand), particles.star and the report figures."""
+    """initial_model_classNNN.mrc (mirrored with flip_hand), initial_model.mrc (the most populated class's),
+    particles.star and the report figures."""
     files = []
+    best = int(np.argmax(model.pdf_class))
     for k, vol in enumerate(model.maps):
+        vol = np.ascontiguousarray(mirror(vol) if params.flip_hand else vol)
         path = out / f"initial_model_class{k + 1:03d}.mrc"
-        write_mrc(path, np.ascontiguousarray(mirror(vol) if params.flip_hand else vol), model.angpix)
+        write_mrc(path, vol, model.angpix)
         files.append(path)
+        if k == best:  # the map a 3D classification starts from
+            write_mrc(out / "initial_model.mrc", vol, model.angpix)
+            files.append(out / "initial_model.mrc")
     table = particles.table.copy()
     if params.flip_hand:
         table["rlnAngleRot"], table["rlnAnglePsi"] = mirrored_poses(table["rlnAngleRot"], table["rlnAnglePsi"])

@@ -19,7 +19,7 @@ SNAKEMAKE = shutil.which("snakemake", path=str(BIN))
 STAGE_FILES = {"simulate": ["simulate"], "ctf": ["ctf", "ctf_all"], "pick": ["pick", "pick_all"],
                "extract": ["extract", "gather_particles", "extract_all"], "class2d": ["class2d", "select2d"],
                "class3d": ["class3d", "select3d"], "refine3d": ["refine3d"], "postprocess": ["postprocess"],
-               "bioem": ["bioem"], "summary": ["summary"],
+               "bioem": ["bioem"], "summary": ["summary"], "initial_model": ["initial_model"],
                "pick_templates": []}  # pick_templates: the stages' rules again (`use rule`)
 TARGETS = {"ctf_all", "pick_all", "extract_all"}  # rules that only name inputs
 
@@ -56,7 +56,7 @@ def test_rules_are_declarations(stem):
             assert "shell:" not in block, name
             continue
         shell = "".join(re.findall(r'^\s+"(.*)"$', block.split("shell:", 1)[1], flags=re.M))
-        assert re.match(r"(\{params\.launch:q\} )?cryopipe \w+ ", shell), (name, shell)
+        assert re.match(r"(\{params\.launch:q\} )?cryopipe [\w-]+ ", shell), (name, shell)
         assert not re.search(r"\{[^}]*[^q}]\}", shell), f"{name}: unquoted {{...}} in shell"
         env = re.search(r'conda:\n\s+"([^"]+)"', block)
         assert env, f"{name}: no conda: environment"

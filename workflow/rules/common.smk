@@ -359,8 +359,16 @@ def pick_ctf_rows(wildcards):
     return ctf_rows(wildcards) if config["pick"]["ctf"] else ""
 
 
+IM = config["initial_model"]
+# the de novo initial model: always with use: true; with auto when no map is given for your own data
+RUN_INITIAL_MODEL = IM["use"] is True or (IM["use"] == "auto" and not config["class3d"]["reference"] and not USE_SIM)
+
+
 def class3d_reference():
-    """The initial map: class3d.reference, else the demo's; None (no 3D stages) for real data without one."""
+    """The initial map: the initial model's (when it runs), else class3d.reference, else the demo's; None (no 3D
+    stages) for real data without one and no initial model."""
+    if RUN_INITIAL_MODEL:
+        return f"{RESULTS}/initial_model/initial_model.mrc"
     if config["class3d"]["reference"]:
         return config["class3d"]["reference"]
     return f"{RESULTS}/simulate/maps/conformation_1.mrc" if USE_SIM else None
@@ -384,11 +392,12 @@ RUN_BIOEM = RUN_CLASS3D and bool(bioem_models())
 def what_runs():
     """One line on stderr when the config leaves stages out: what runs, what does not and which key says so."""
     runs = ["simulate"] * USE_SIM + ["ctf"] * ESTIMATE_CTF + ["pick", "extract", "class2d", "select2d"]
-    runs += ["class3d"] * RUN_CLASS3D + ["select3d", "refine3d", "postprocess"] * RUN_REFINE3D + ["bioem"] * RUN_BIOEM
+    runs += ["initial_model"] * RUN_INITIAL_MODEL + ["class3d"] * RUN_CLASS3D
+    runs += ["select3d", "refine3d", "postprocess"] * RUN_REFINE3D + ["bioem"] * RUN_BIOEM
     why = []
     if not RUN_CLASS3D:
-        why.append("class3d.reference is empty (give a map, e.g. an ab-initio model at the particles' pixel size, "
-                   "for 3D classification, refinement and BioEM)")
+        why.append("class3d.reference is empty and initial_model.use is false (give a map at the particles' pixel "
+                   "size, or let the initial model make one, for 3D classification, refinement and BioEM)")
     elif not RUN_BIOEM:
         why.append("bioem.models is empty (give PDB/mmCIF/MRC models to rank them)")
     if RUN_CLASS3D and not RUN_REFINE3D:
