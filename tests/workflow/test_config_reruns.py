@@ -67,6 +67,8 @@ OWNERS = {
     "extract.*": ("demo", {"extract"}),
     "class2d.*": ("demo", {"class2d"}),
     "select2d.*": ("demo", {"select2d"}),
+    "initial_model.use": ("demo", {"initial_model"}),  # true: the demo starts class3d from an initial model
+    "initial_model.*": ("own", {"initial_model"}),  # runs for your data without a class3d.reference
     "class3d.*": ("demo", {"class3d"}),
     "refine3d.class": ("demo", {"select3d"}),
     "refine3d.enabled": ("demo", {"bioem"}),  # off: no refine3d/postprocess; BioEM takes class3d's orientations

@@ -27,7 +27,8 @@ pytestmark = [
     pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake not installed (install the 'test' extra)"),
 ]
 
-AFTER_GATHER = {("gather_particles", None), ("class2d", None), ("select2d", None), ("summary", None)}
+AFTER_GATHER = {(rule, None) for rule in ("gather_particles", "class2d", "select2d", "initial_model", "class3d",
+                                           "select3d", "refine3d", "postprocess", "summary")}
 
 
 def snakemake(workdir: Path, *args: str) -> str:

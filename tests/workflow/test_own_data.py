@@ -137,11 +137,28 @@ def test_bad_input_stops_before_anything_runs(data, override, prepare, key, word
     assert not (data / "results").exists() and not (data / ".snakemake" / "metadata").exists()
 
 
-def test_without_a_3d_reference_it_says_what_runs(data):
-    proc = dry_run(data, OWN)
+def test_without_a_3d_reference_the_initial_model_makes_one(data):
+    """No class3d.reference for your data: the initial model runs on the selected particles, class3d starts from
+    its map and everything but BioEM (no models) follows."""
+    proc = dry_run(data, OWN, "-p")
+    assert plan(proc) == {"pick", "extract", "gather_particles", "class2d", "select2d", "initial_model", "class3d",
+                          "select3d", "refine3d", "postprocess", "summary"}
+    assert " --reference results/initial_model/initial_model.mrc " in command(proc, "class3d")
+    assert "leaves out bioem: bioem.models is empty" in proc.stderr
+
+
+def test_without_a_3d_reference_or_an_initial_model_it_says_what_runs(data):
+    proc = dry_run(data, merged(OWN, {"initial_model": {"use": False}}))
     assert plan(proc) == {"pick", "extract", "gather_particles", "class2d", "select2d", "summary"}
     assert ("cryopipe: runs pick, extract, class2d, select2d; leaves out class3d, select3d, refine3d, postprocess, "
-            "bioem: class3d.reference is empty") in proc.stderr
+            "bioem: class3d.reference is empty and initial_model.use is false") in proc.stderr
+
+
+def test_the_demo_can_start_from_an_initial_model(tmp_path):
+    proc = dry_run(tmp_path, {"simulate": {"enabled": True}, "initial_model": {"use": True}}, "-p")
+    assert {"initial_model", "class3d", "refine3d", "bioem"} <= plan(proc)
+    assert " --reference results/initial_model/initial_model.mrc " in command(proc, "class3d")
+    assert "initial_model" not in plan(dry_run(tmp_path, {"simulate": {"enabled": True}}))
 
 
 def test_with_a_3d_reference_and_no_models_bioem_is_left_out(data):
@@ -189,7 +206,8 @@ def test_the_readme_example_runs_on_micrographs_alone(tmp_path):
         write_mrc(tmp_path / "Micrographs" / f"{name}.mrc", (16, 16), 1.06)
     write_mrc(tmp_path / example["pick"]["reference"], (16, 16, 16), 4.0)
     proc = dry_run(tmp_path, example, "-p")
-    assert plan(proc) == {"ctf", "pick", "extract", "gather_particles", "class2d", "select2d", "summary"}
+    assert plan(proc) == {"ctf", "pick", "extract", "gather_particles", "class2d", "select2d", "initial_model",
+                          "class3d", "select3d", "refine3d", "postprocess", "summary"}
     assert " --voltage 300 --cs 2.7 --amplitude-contrast 0.1 " in command(proc, "ctf")
     assert " --box 216 " in command(proc, "extract")  # 1.5 x 150 A / 1.06 A/px = 212.3 -> 216
-    assert "leaves out class3d" in proc.stderr
+    assert "leaves out bioem" in proc.stderr
