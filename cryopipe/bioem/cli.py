@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local-orientations", metavar="STAR",
                    help="STAR with each particle's refined angles: integrate each particle only over a ball of "
                         "orientations around them (every model at its own best pose; instead of a global grid)")
+    p.add_argument("--local-map", metavar="MRC",
+                   help="the map the --local-orientations were found against (e.g. the refinement's, from a de novo "
+                        "initial model): each model is fitted into it (rotation, hand) and the poses follow")
     p.add_argument("--local-radius", type=float, default=d.local_radius,
                    help=f"radius of that ball, degrees (default {d.local_radius:g})")
     p.add_argument("--local-step", type=float, default=d.local_step,
@@ -88,7 +91,8 @@ def configure(args: argparse.Namespace) -> tuple[RankParams, BioEMInputs]:
     params = RankParams(
         orientation_order=args.orientation_grid, orientations=args.orientations,
         orientation_prior=args.orientation_prior, orientation_prior_sigma=args.orientation_prior_sigma,
-        local_orientations=args.local_orientations, local_radius=args.local_radius, local_step=args.local_step,
+        local_orientations=args.local_orientations, local_map=args.local_map, local_radius=args.local_radius,
+        local_step=args.local_step,
         defocus_grid=grid(args.defocus_grid), defocus_sigma=args.defocus_sigma, defocus_center=args.defocus_center,
         amplitude_grid=grid(args.amplitude_grid), amplitude_center=args.amplitude_center,
         amplitude_sigma=args.amplitude_sigma, bfactor_grid=grid(args.bfactor_grid), bfactor_sigma=args.bfactor_sigma,

@@ -4,7 +4,9 @@ BioEM integrates the likelihood over all orientations with a uniform prior. Afte
 particle is concentrated near its refined pose R_i, so the integral is approximated by its part over a ball of
 orientations around R_i: the points R_i exp([v]) for rotation vectors v on a cubic lattice of ``step`` degrees with
 |v| <= ``radius``. Every model is evaluated on its own best pose within the ball, so a pose refined against one map
-does not force that map's pose onto the others (as the ``refined`` mode's fixed list does).
+does not force that map's pose onto the others (as the ``refined`` mode's fixed list does). Poses found against a
+map in another frame (a de novo initial model's: any rotation, either hand) are first carried into each model's
+frame by fitting the model into that map (:func:`into_model_frame`).
 
 Each point carries its share of the uniform prior: the Haar volume of its lattice cell over the volume of SO(3),
 ``step^3 (2 sin(theta/2) / theta)^2 / (8 pi^2)`` (angles in radians, theta = |v|), so ln P keeps the scale of a
@@ -59,6 +61,23 @@ def refined_rotations(path, image_names) -> np.ndarray:
                          "rlnImageName")
     rows = t.loc[names]
     return euler_to_matrix(rows["rlnAngleRot"], rows["rlnAngleTilt"], rows["rlnAnglePsi"])
+
+
+MIRROR = np.diag([1.0, 1.0, -1.0])
+
+
+def into_model_frame(poses: np.ndarray, rotation: np.ndarray, hand: int) -> np.ndarray:
+    """(I, 3, 3) poses P found against a map, carried into the frame of a model fitted to that map.
+
+    ``rotation`` R and ``hand`` are :func:`cryopipe.mapalign.align` of the map (moving) onto the model's map
+    (reference): model(r) = map_h(R^T r), map_h the map or its mirror (hand -1, :func:`cryopipe.mapalign.mirror`).
+    The map projects at P as the model at P R^T (hand +1), or at (M P M) R^T with M = diag(1, 1, -1) (hand -1: the
+    mirrored map projects at M P M as the map at P).
+    """
+    poses = np.asarray(poses, dtype=np.float64)
+    if hand == -1:
+        poses = MIRROR @ poses @ MIRROR
+    return poses @ np.asarray(rotation, dtype=np.float64).T
 
 
 def local_grid(own: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -67,6 +67,9 @@ class RankParams:
         ``local_step`` degrees (:mod:`cryopipe.bioem.local`; uniform prior, every model at its own best pose).
         Atomic models are then rendered into a map at the particles' box and pixel size and projected through
         the Fourier slice (Gaussian points only).
+    local_map : the map the local orientations were found against (e.g. the refinement's): each model is first
+        fitted into it (rotation and hand, :func:`cryopipe.mapalign.align`) and the poses carried into the
+        model's frame (None: the poses are in the models' frame already).
     defocus_grid : (start, end, n) offsets added to each particle's rlnDefocusU/V (absolute defocus when the
         particles carry none); Gaussian prior of width defocus_sigma around the estimate (around
         defocus_center for absolute grids). Grids hold n values from start to end inclusive.
@@ -91,6 +94,7 @@ class RankParams:
     orientation_prior: str | None = None
     orientation_prior_sigma: float = 5.0
     local_orientations: str | None = None
+    local_map: str | None = None
     local_radius: float = 10.0
     local_step: float = 5.0
     defocus_grid: tuple[float, float, int] = (0.0, 0.0, 1)
@@ -129,6 +133,8 @@ class RankParams:
         if self.local_orientations:
             require(not (self.orientations or self.orientation_prior), "--local-orientations replaces "
                     "--orientations and --orientation-prior: give one of them", field="--local-orientations")
+            require(self.local_map is None or self.local_orientations, "--local-map needs --local-orientations",
+                    field="--local-map")
             require(not self.keep_orientations, "--keep-orientations needs one orientation list for all particles "
                     "(a global grid or --orientations), not per-particle local grids", field="--keep-orientations")
             require(self.local_step > 0 and 0 <= self.local_radius < 90, "the local grid needs 0 <= radius < 90 and "
@@ -328,6 +334,7 @@ def compute_log_p(model, ds: ParticleSet, params: RankParams, bk, comm=None, lab
         # per-particle grids need I x K projections: through the Fourier slice of the rendered model, ~16x cheaper
         # than projecting every point (spectra within 3% of the exact projections', cc 0.9999 at 2.5 A/px)
         model = MapModel(model.render(n, ds.angpix), ds.angpix)
+    frame = _fit_into_map(params.local_map, model, ds) if params.local_orientations and params.local_map else None
     shifts = _shift_grid(params, n)
     kernels, ctf_lp, grid = _ctf_setup(params, ds, bk, real)
     spectra = bk.fft.rfft2(xp.fft.ifftshift(bk.asarray(ds.images, dtype=real), axes=(-2, -1))).astype(cplx)
@@ -353,7 +360,7 @@ def compute_log_p(model, ds: ParticleSet, params: RankParams, bk, comm=None, lab
 
     fraction = split.resolve_fraction(params.cpu_fraction, bk)
     if params.local_orientations:
-        rotations, res, shared = _integrate_local(problem, params, ds, bk, comm, fraction, label)
+        rotations, res, shared = _integrate_local(problem, params, ds, bk, comm, fraction, label, frame)
     else:
         rotations = _orientation_grid(params, ds)
         prob = problem(np.arange(len(co)), rotations, _orientation_prior(params, ds, rotations))
@@ -398,12 +405,34 @@ def _progress(total: int, label: str, kind: str, comm) -> Progress:
 LOCAL_PRIOR_BYTES = 64 << 20  # the (chunk, chunk x K) prior of a chunk of particles on local grids
 
 
-def _integrate_local(problem, params: RankParams, ds: ParticleSet, bk, comm, fraction, label: str = "model"):
+def _fit_into_map(path, model, ds: ParticleSet):
+    """:func:`cryopipe.mapalign.align` of the map at ``path`` (moving) onto the model's map (reference): the frame
+    the local orientations are carried into (:func:`cryopipe.bioem.local.into_model_frame`)."""
+    from cryopipe.mapalign import align
+
+    vol, map_angpix = read_mrc(path)
+    n = ds.box
+    if vol.ndim != 3 or vol.shape != (n, n, n):
+        raise InputError(f"map of {'x'.join(map(str, vol.shape))} voxels, the particles' box is {n} px", path, "box")
+    if map_angpix is None or abs(map_angpix - ds.angpix) > 1e-3 * ds.angpix:
+        raise InputError(f"map pixel size {map_angpix} A differs from the particles' {ds.angpix} A", path,
+                         "voxel size")
+    model_map = model.volume if isinstance(model, MapModel) else model.render(n, ds.angpix)
+    fit = align(vol.astype(np.float32), np.asarray(model_map, dtype=np.float32), ds.angpix)
+    log.info("model fitted into %s: hand %+d, NCC %.3f, Euler %s deg (the local orientations follow it)", path,
+             fit.hand, fit.correlation, np.round(matrix_to_euler(fit.rotation), 1).tolist())
+    return fit
+
+
+def _integrate_local(problem, params: RankParams, ds: ParticleSet, bk, comm, fraction, label: str = "model",
+                     frame=None):
     """Integrate every particle over its own local grid (:mod:`cryopipe.bioem.local`), in chunks of particles
     whose block priors fit in LOCAL_PRIOR_BYTES. Returns the (I K, 3, 3) orientation list (particle-major), the
     Result (orientation indices into that list) and the first chunk's CPU/GPU split record (later chunks reuse its
     measured rates). Progress lines (:func:`_progress`, named by ``label``) count the particles' orientations."""
     own = local.refined_rotations(params.local_orientations, ds.table["rlnImageName"])
+    if frame is not None:  # poses found against a map in another frame: into the model's (fitted into that map)
+        own = local.into_model_frame(own, frame.rotation, frame.hand)
     offsets, log_w = local.local_offsets(params.local_radius, params.local_step)
     k, n_img = len(offsets), len(own)
     rotations = local.local_grid(own, offsets)

@@ -191,3 +191,65 @@ def test_ranks_splitting_local_grids_combine_to_one_rank(demo, monkeypatch):
     combined = reduce_ranks(parts[0], Comm(0, parts))
     np.testing.assert_allclose(combined.log_sum, one.log_sum, rtol=0, atol=1e-9)
     np.testing.assert_array_equal(combined.best_orientation, one.best_orientation)
+
+
+def _cc(a, b):
+    """(B,) correlation of two stacks of half spectra (B, N, H)."""
+    return (a * b.conj()).sum(axis=(1, 2)).real / np.sqrt((abs(a) ** 2).sum(axis=(1, 2)) * (abs(b) ** 2).sum(
+        axis=(1, 2)))
+
+
+def test_into_model_frame_projects_the_model_as_the_map_projects(tmp_path):
+    """A map in another frame (rotated by R^T, or its mirror): the map at the poses P projects as the model at the
+    carried poses (both hands)."""
+    from cryopipe.backend import get_backend
+    from cryopipe.bioem.forward import PointModel
+    from cryopipe.mapalign import mirror, rotate_map
+    from cryopipe.projection import Projector
+
+    rng = np.random.default_rng(4)
+    model = PointModel(rng.normal(0, 6, (12, 3)), rng.uniform(1, 3, 12), 3.0).render(32, 1.0)  # smooth, asymmetric
+    rot = axis_angle_to_matrix(rng.normal(size=3), 70.0)
+    bk = get_backend("cpu")
+    poses = euler_to_matrix(*rng.uniform([-180, 0, -180], [180, 180, 180], size=(4, 3)).T)
+    for hand in (1, -1):
+        as_found = rotate_map(model, rot.T)  # map(r) = model(R r), so model(r) = map(R^T r)
+        as_found = np.asarray(mirror(as_found)) if hand == -1 else np.asarray(as_found)  # the other enantiomer
+        p = np.asarray(Projector(as_found, bk).project(poses))
+        q = np.asarray(Projector(model, bk).project(local.into_model_frame(poses, rot, hand)))
+        wrong = np.asarray(Projector(model, bk).project(poses))  # the poses as found, not carried
+        assert _cc(q, p).min() > 0.98 > 0.9 > _cc(wrong, p).max(), (hand, _cc(q, p), _cc(wrong, p))
+
+
+@pytest.mark.slow
+def test_poses_against_a_map_in_another_frame_rank_after_fitting_the_models(demo, tmp_path):
+    """Refined poses found against a rotated, mirrored copy of conformation 1's map (as a de novo initial model
+    may give): with --local-map the models are fitted into it and the ranking holds; without, it is lost."""
+    from cryopipe.bioem.forward import PointModel
+    from cryopipe.io.mrc import write_mrc
+    from cryopipe.mapalign import mirror, rotate_map
+    from cryopipe.simulate.complex import build_models, electrons_of
+
+    star, models, truth = demo
+    atoms = build_models(2024)["conformation_1"]
+    true_map = PointModel(atoms.xyz, electrons_of(atoms), 1.8).render(64, 2.5).astype(np.float32)
+    rot = axis_angle_to_matrix(np.array([0.3, -0.5, 0.8]), 120.0)
+    other = np.asarray(mirror(rotate_map(true_map, rot.T)))  # model(r) = mirror(map)(R^T r)
+    write_mrc(tmp_path / "denovo.mrc", other, 2.5)
+    data = starfile.read(star)
+    parts = data["particles"].copy()
+    true_poses = euler_to_matrix(parts["rlnAngleRot"], parts["rlnAngleTilt"], parts["rlnAnglePsi"])
+    m = np.diag([1.0, 1.0, -1.0])
+    found = m @ (true_poses @ rot) @ m  # the poses a refinement against the de novo map finds
+    parts["rlnAngleRot"], parts["rlnAngleTilt"], parts["rlnAnglePsi"] = matrix_to_euler(found)
+    write_star(tmp_path / "refined.star", {"optics": data["optics"], "particles": parts})
+    argv = ["bioem", "--particles", str(star), "--models", *map(str, models.values()), "--local-orientations",
+            str(tmp_path / "refined.star"), "--defocus-grid", "-200", "200", "3", "--displacement", "2", "1",
+            "--device", "cpu"]
+    assert cryopipe.cli.main([*argv, "--local-map", str(tmp_path / "denovo.mrc"), "--out", str(tmp_path / "a")]) == 0
+    ranking = starfile.read(tmp_path / "a" / "ranking.star").set_index("cpModelName")
+    assert ranking.loc["conformation_1", "cpEnsembleWeight"] == pytest.approx(0.6, abs=0.1)
+    assert ranking.loc["conformation_2", "cpEnsembleWeight"] == pytest.approx(0.4, abs=0.1)
+    assert cryopipe.cli.main([*argv, "--out", str(tmp_path / "b")]) == 0
+    lost = starfile.read(tmp_path / "b" / "ranking.star").set_index("cpModelName")
+    assert abs(lost.loc["conformation_1", "cpEnsembleWeight"] - 0.6) > 0.1 or lost.index[0] == "decoy"

@@ -73,7 +73,8 @@ def test_bad_config_stops_with_the_key_and_status_2(tmp_path, config, message):
 
 
 @pytest.mark.parametrize("orientations, flags, absent", [
-    ("local", "--local-orientations results/refine3d/particles.star --local-radius 10 --local-step 5",
+    ("local", "--local-orientations results/refine3d/particles.star --local-map results/refine3d/map.mrc "
+     "--local-radius 10 --local-step 5",
      "--orientation-grid"),
     ("global", "--orientation-grid 2", "--local-orientations"),
     ("refined", "--orientation-prior results/refine3d/particles.star --orientation-prior-sigma 10",

@@ -410,14 +410,14 @@ def what_runs():
 what_runs()
 
 
-def bioem_orientation_flags(particles):
+def bioem_orientation_flags(particles, frame_map):
     """The orientations BioEM integrates over: a ball around each particle's refined orientation (read from
     `particles`, the rule's particle STAR), a global grid, or the refined ones as one list with a prior. A value, not a function of the job: Snakemake compares
     only values (and functions of wildcards alone) when it decides whether a changed parameter reruns a rule."""
     bio = config["bioem"]
-    if bio["orientations"] == "local":
-        return ["--local-orientations", particles, "--local-radius", str(bio["local_radius"]),
-                "--local-step", str(bio["local_step"])]
+    if bio["orientations"] == "local":  # each model is fitted into `frame_map`, the map the poses were found against
+        return ["--local-orientations", particles, "--local-map", frame_map, "--local-radius",
+                str(bio["local_radius"]), "--local-step", str(bio["local_step"])]
     if bio["orientations"] == "refined":
         return ["--orientations", particles, "--orientation-prior", particles,
                 "--orientation-prior-sigma", str(bio["orientation_prior_sigma"])]
