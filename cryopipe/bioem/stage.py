@@ -334,7 +334,7 @@ def compute_log_p(model, ds: ParticleSet, params: RankParams, bk, comm=None, lab
         # per-particle grids need I x K projections: through the Fourier slice of the rendered model, ~16x cheaper
         # than projecting every point (spectra within 3% of the exact projections', cc 0.9999 at 2.5 A/px)
         model = MapModel(model.render(n, ds.angpix), ds.angpix)
-    frame = _fit_into_map(params.local_map, model, ds) if params.local_orientations and params.local_map else None
+    frame = _fit_into_map(params.local_map, model, ds, bk) if params.local_orientations and params.local_map else None
     shifts = _shift_grid(params, n)
     kernels, ctf_lp, grid = _ctf_setup(params, ds, bk, real)
     spectra = bk.fft.rfft2(xp.fft.ifftshift(bk.asarray(ds.images, dtype=real), axes=(-2, -1))).astype(cplx)
@@ -405,7 +405,7 @@ def _progress(total: int, label: str, kind: str, comm) -> Progress:
 LOCAL_PRIOR_BYTES = 64 << 20  # the (chunk, chunk x K) prior of a chunk of particles on local grids
 
 
-def _fit_into_map(path, model, ds: ParticleSet):
+def _fit_into_map(path, model, ds: ParticleSet, bk):
     """:func:`cryopipe.mapalign.align` of the map at ``path`` (moving) onto the model's map (reference): the frame
     the local orientations are carried into (:func:`cryopipe.bioem.local.into_model_frame`)."""
     from cryopipe.mapalign import align
@@ -418,7 +418,7 @@ def _fit_into_map(path, model, ds: ParticleSet):
         raise InputError(f"map pixel size {map_angpix} A differs from the particles' {ds.angpix} A", path,
                          "voxel size")
     model_map = model.volume if isinstance(model, MapModel) else model.render(n, ds.angpix)
-    fit = align(vol.astype(np.float32), np.asarray(model_map, dtype=np.float32), ds.angpix)
+    fit = align(vol.astype(np.float32), np.asarray(model_map, dtype=np.float32), ds.angpix, bk=bk)
     log.info("model fitted into %s: hand %+d, NCC %.3f, Euler %s deg (the local orientations follow it)", path,
              fit.hand, fit.correlation, np.round(matrix_to_euler(fit.rotation), 1).tolist())
     return fit
