@@ -86,3 +86,34 @@ def test_bioem_integrates_over_the_orientations_the_config_asks_for(tmp_path, or
     assert proc.returncode == 0, proc.stderr[-2000:]
     command = next(line for line in proc.stdout.splitlines() if "cryopipe bioem" in line)
     assert flags in command and absent not in command
+
+
+@pytest.mark.slow
+def test_micrographs_alone_reach_a_refined_map_through_the_initial_model(tmp_path):
+    """Simulated micrographs presented as your data (a glob and a CTF STAR; blob picking, no map, no models):
+    picking, 2D classification, the initial model, 3D classification and refinement run, and the refined map's
+    lineage goes through the initial model."""
+    data = tmp_path / "data"
+    cryopipe = Path(sys.executable).parent / "cryopipe"
+    subprocess.run([cryopipe, "simulate", "--out", str(data), "--micrographs", "4", "--size-px", "512",
+                    "--particles-per-micrograph", "24"], check=True, capture_output=True)
+    mine = {"simulate": {"enabled": False},
+            "micrographs": {"glob": "data/micrographs/*.mrc", "ctf_star": "data/micrographs_ctf.star"},
+            "pick": {"templates": "blob"}, "extract": {"box": 64},
+            "class2d": {"classes": 2, "iterations": 2}, "select2d": {"min_size": "off", "max_resolution": "off"},
+            "initial_model": {"iterations": 3, "batch_size": 60},
+            "class3d": {"iterations": 2, "healpix_order": 1, "offset_range": 2, "offset_step": 2},
+            "refine3d": {"max_iterations": 2, "healpix_order": 0, "offset_range": 2, "offset_step": 2},
+            "postprocess": {"bfactor": -50}}
+    (tmp_path / "mine.yaml").write_text(json.dumps(mine))
+    proc = _snakemake(tmp_path, "--configfile", str(tmp_path / "mine.yaml"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "leaves out bioem: bioem.models is empty" in proc.stderr
+    results = tmp_path / "results"
+    assert (results / "refine3d" / "map.mrc").exists() and (results / "postprocess" / "postprocess.star").exists()
+    trail = subprocess.run([cryopipe, "lineage", str(results / "refine3d" / "map.mrc")], capture_output=True,
+                           text=True, check=True).stdout
+    for stage in ("refine3d", "select3d", "class3d", "initial-model", "select2d", "class2d", "extract", "pick"):
+        assert f"<- {stage}" in trail, (stage, trail[-3000:])
+    summary = (results / "summary" / "summary.tsv").read_text()
+    assert "initial-model" in summary and "refine3d" in summary
