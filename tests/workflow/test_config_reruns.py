@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mrcfile
@@ -280,18 +281,38 @@ def test_every_schema_key_is_tested_or_has_a_reason():
     assert not stale, f"keys no longer in the schema: {stale}"
 
 
-@pytest.mark.parametrize("key", [k for k in KEYS if k not in NO_RESULT])
-def test_changed_key_reruns_its_rule_and_what_depends_on_it_only(key, root):
+CHANGING = [k for k in KEYS if k not in NO_RESULT]
+
+
+@pytest.fixture(scope="module")
+def plans(root) -> dict:
+    """key -> (old value, changed value, its config flag, the dry run's plan) for every key that changes a result.
+    The dry runs (one single-threaded Python process each) run as many at a time as there are CPUs; the finished
+    workflows they plan against are made first, one after the other."""
+    for base in sorted({owner(k)[0] for k in CHANGING}):
+        finished(base, root)
+
+    def plan_of(key):
+        base, _ = owner(key)
+        workdir, _ = finished(base, root)
+        old = get(merge(DEFAULTS, BASES[base]), key)
+        change = changed_value(key, old)
+        config = write_config(workdir, merge(BASES[base], nested(key, change)), f"{key}.yaml")
+        return key, (old, change, config, planned(workdir, config))
+
+    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        return dict(pool.map(plan_of, CHANGING))
+
+
+@pytest.mark.parametrize("key", CHANGING)
+def test_changed_key_reruns_its_rule_and_what_depends_on_it_only(key, root, plans):
     base, rules = owner(key)
     workdir, graph = finished(base, root)
-    cfg = merge(DEFAULTS, BASES[base])
-    change = changed_value(key, get(cfg, key))
-    config = write_config(workdir, merge(BASES[base], nested(key, change)), f"{key}.yaml")
-    plan = planned(workdir, config)
+    old, change, config, plan = plans[key]
     allowed = downstream(graph, rules)
     if not plan <= allowed:  # the change may add or drop rules (ctf.estimate, refine3d.enabled): its own graph
         allowed = downstream(rule_graph(workdir, config), rules)
-    assert rules <= plan, f"{key}: {get(cfg, key)!r} -> {change!r} does not rerun {sorted(rules - plan)}"
+    assert rules <= plan, f"{key}: {old!r} -> {change!r} does not rerun {sorted(rules - plan)}"
     assert plan <= allowed, f"{key}: also reruns {sorted(plan - allowed)}, not downstream of {sorted(rules)}"
 
 
