@@ -23,8 +23,8 @@ from cryopipe.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
-ORDER = ["simulate", "ctf", "pick", "extract", "class2d", "select2d", "class3d", "select3d", "refine3d",
-         "postprocess", "bioem"]
+ORDER = ["simulate", "ctf", "pick", "extract", "class2d", "select2d", "initial-model", "class3d", "select3d",
+         "refine3d", "postprocess", "bioem"]
 COLUMNS = ["stage", "jobs", "wall_time_s", "peak_memory_mib", "result"]
 SUMMED = ("micrographs", "picks", "rejected", "flagged")  # notes added up over a stage's batch jobs
 
@@ -99,6 +99,9 @@ def result_text(stage: str, n: dict) -> str:
     if stage == "select2d":
         kept = g("kept_classes", [])
         return f"{len(kept)} of {g('classes', '?')} classes kept ({g('kept_particles', '?')} particles)"
+    if stage == "initial-model":
+        return (f"{g('classes', '?')} de novo map(s), shares {_fmt_list(g('class_distribution', []))}; hand "
+                f"{g('hand', '?')} (unknown from projections: check it)")
     if stage == "class3d":
         return (f"{g('classes', '?')} classes, shares {_fmt_list(g('class_distribution', []))}; "
                 f"resolution {_fmt_list(g('resolution_A', []), 1)} A")
