@@ -59,15 +59,11 @@ def write_particles(folder: Path, particles, angpix: float) -> Path:
 def floor_flops(params: InitialModelParams, n: int, box: int, angpix: float) -> float:
     """FLOPs of the coarse E-step products of a run: per particle and iteration, 4 n_pix (cross term, stacked real
     and imaginary parts, multiply-add) + 2 n_pix (CTF^2 term) per (class, orientation, translation)."""
-    class Shape:  # what shell_of reads
-        pass
-    shape = Shape()
-    shape.box, shape.angpix = box, angpix
     orient = OrientationGrid(params.healpix_order).size
     trans = len(translation_grid(params.offset_range, params.offset_step))
     total = 0.0
     for it in range(1, last_iteration(params) + 1):
-        r_max = shell_of(params, shape, schedule_resolution(params, min(it, params.iterations)))
+        r_max = shell_of(box, angpix, schedule_resolution(params, min(it, params.iterations)))
         n_pix = FourierPixels(box, working_box(box, r_max), r_max).n_pix
         k = 1 if it <= params.iterations + (params.classes == 1) else params.classes
         batch = min(params.batch_size, n) if it <= params.iterations else n

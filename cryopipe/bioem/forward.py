@@ -86,18 +86,14 @@ class PointModel:
     def render(self, box: int, angpix: float) -> np.ndarray:
         """The model as a map vol[z, y, x] (box^3 float64, origin box//2, host): each Gaussian point integrated
         over the voxels (separable differences of error functions), so the map's projections along an axis are
-        :meth:`project`'s images. For projecting many orientations through the Fourier slice
-        (:class:`MapModel`); Gaussian points only."""
+        :meth:`project`'s images (:func:`cryopipe.simulate.render.render_volume`, the simulator's). For projecting
+        many orientations through the Fourier slice (:class:`MapModel`); Gaussian points only."""
+        from cryopipe.simulate.render import render_volume
+
         if self.shape != "gaussian":
             raise InputError("only Gaussian points can be rendered into a map (use --points atom --shape gaussian)",
                              field="--shape")
-        edges = np.arange(box + 1, dtype=np.float64) - 0.5 - box // 2
-        inv = (1.0 / (np.sqrt(2.0) * self.size / angpix))[:, None]
-        # profiles (n, box) along x, y, z: the rotation centre is voxel box//2 on every axis
-        prof = [0.5 * np.diff(scipy.special.erf((edges[None] - self.xyz[:, k, None] / angpix) * inv), axis=1)
-                for k in range(3)]
-        zy = (self.weight[:, None, None] * prof[2][:, :, None] * prof[1][:, None, :]).reshape(len(self.xyz), -1)
-        return (zy.T @ prof[0]).reshape(box, box, box)
+        return render_volume(self.xyz, self.weight, self.size, box, angpix, dtype=np.float64)
 
 
 def project_gaussians(u, weight, sigma_px, box: int, bk, dtype=np.float64):

@@ -150,8 +150,9 @@ def schedule_resolution(params: InitialModelParams, iteration: int) -> float:
     return float(params.ini_high + f * (params.final_high - params.ini_high))
 
 
-def shell_of(params: InitialModelParams, particles: ParticleSet, resolution_A: float) -> int:
-    return int(np.clip(round(particles.box * particles.angpix / resolution_A), 2, particles.box // 2))
+def shell_of(box: int, angpix: float, resolution_A: float) -> int:
+    """The Fourier shell (px of the ``box``) of ``resolution_A`` at ``angpix``, within 2 .. box // 2."""
+    return int(np.clip(round(box * angpix / resolution_A), 2, box // 2))
 
 
 def random_map(params: InitialModelParams, particles: ParticleSet, mask: np.ndarray) -> np.ndarray:
@@ -162,7 +163,7 @@ def random_map(params: InitialModelParams, particles: ParticleSet, mask: np.ndar
     vol = np.asarray(lowpass(np.random.default_rng([params.seed, 0]).standard_normal((box,) * 3), angpix,
                              params.ini_high, ndim=3))
     vol = (vol - vol[inside].mean()) * mask
-    r = shell_of(params, particles, params.ini_high)
+    r = shell_of(particles.box, particles.angpix, params.ini_high)
     data = np.abs(particles.spectra[:, 1:r, 1:r]) ** 2  # the other ranks' particles hold zeros
     power = float(data.sum()) / max(1, int((data > 0).sum()))
     proj = np.abs(np.fft.rfft2(vol.sum(axis=0))[1:r, 1:r]) ** 2
@@ -215,7 +216,7 @@ def build(params: InitialModelParams, inputs: EMInputs, out: Path, ctx: StageCon
                           sigma2=initial_sigma2(particles, mine, comm), tau2=np.zeros((1, box // 2 + 1)),
                           ssnr=np.zeros((1, box // 2 + 1)), resolution_A=np.full(1, params.ini_high),
                           sigma_offset_px=float(params.offset_range),
-                          r_max=shell_of(params, particles, params.ini_high), iteration=0, angpix=angpix)
+                          r_max=shell_of(particles.box, particles.angpix, params.ini_high), iteration=0, angpix=angpix)
         model.options = model_options(params, particles, start.diameter_A)
         if rank == 0 and start.iteration == 0:
             log.info("de novo initial model: one map from a random start, %d minibatch iterations of %d particles, "
@@ -233,7 +234,7 @@ def build(params: InitialModelParams, inputs: EMInputs, out: Path, ctx: StageCon
         for it in range(start.iteration + 1, final + 1):
             stochastic = it <= params.iterations
             resolution = schedule_resolution(params, min(it, params.iterations))
-            r_max = shell_of(params, particles, resolution)
+            r_max = shell_of(particles.box, particles.angpix, resolution)
             batch = _minibatch(params, n, it) if stochastic else np.arange(n)
             members = batch[np.isin(batch, mine_set)]
             class_mask = None

@@ -50,10 +50,10 @@ def project_atoms(
     return gy.T @ (np.asarray(weights, dtype=np.float64)[:, None] * gx)
 
 
-def render_volume(xyz: np.ndarray, weights: np.ndarray, sigma, box: int, angpix: float) -> np.ndarray:
-    """Map (box, box, box) float32, vol[z, y, x] = electrons in each voxel, origin at box//2."""
+def render_volume(xyz: np.ndarray, weights: np.ndarray, sigma, box: int, angpix: float, dtype=np.float32) -> np.ndarray:
+    """Map (box, box, box) of ``dtype``, vol[z, y, x] = electrons in each voxel, origin at box//2."""
     s = np.broadcast_to(np.asarray(sigma, dtype=np.float64) / angpix, (len(xyz),))
     g = [_pixel_profiles(xyz[:, k] / angpix + box // 2, s, box) for k in range(3)]
     w = np.asarray(weights, dtype=np.float64)[:, None]
     yx = (g[1][:, :, None] * g[0][:, None, :]).reshape(len(xyz), box * box)
-    return ((w * g[2]).T @ yx).reshape(box, box, box).astype(np.float32)
+    return ((w * g[2]).T @ yx).reshape(box, box, box).astype(dtype, copy=False)
