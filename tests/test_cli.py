@@ -89,3 +89,26 @@ def test_checksums_hashed_in_parallel_keep_the_order_given(tmp_path):
     assert [e["path"] for e in entries] == [str(tmp_path / n) for n in names]
     assert [e["sha256"] for e in entries] == [sha256(tmp_path / n) for n in names]
     assert [e["size"] for e in entries] == [(1 << 20) * (i + 1) for i in range(5)]
+
+
+def test_every_default_is_shown_one_way_in_help():
+    """An option with a default says "(default X)" (or "default: <how it is derived>"); no bare "(X)"."""
+    import argparse
+    import re
+
+    from cryopipe.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    bad = []
+    for stage, parser in subparsers.choices.items():
+        for action in parser._actions:
+            text = action.help or ""
+            if text == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+                continue
+            shown = action.default not in (None, False, argparse.SUPPRESS) and not isinstance(
+                action, (argparse._StoreTrueAction, argparse._AppendAction)) and not action.required
+            if shown and action.choices is None and "default" not in text:
+                bad.append(f"{stage} {action.option_strings[0]}: {text!r} (default {action.default!r} not shown)")
+            if re.search(r"\((?:-?[\d.]+|C1|True|False)\)$", text):
+                bad.append(f"{stage} {action.option_strings[0]}: {text!r} (a bare value)")
+    assert not bad, "\n".join(bad)

@@ -60,22 +60,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "particle at radius 10)")
     p.add_argument("--defocus-grid", type=float, nargs=3, default=d.defocus_grid, metavar=("START", "END", "N"),
                    help="defocus offsets from each particle's estimate, A, N values end inclusive (default 0 0 1)")
-    p.add_argument("--defocus-sigma", type=float, default=d.defocus_sigma, help="defocus prior width, A")
+    p.add_argument("--defocus-sigma", type=float, default=d.defocus_sigma,
+                   help=f"defocus prior width, A (default {d.defocus_sigma:g})")
     p.add_argument("--defocus-center", type=float, default=d.defocus_center,
-                   help="defocus prior centre, A, for particles without a CTF estimate (the grid is then absolute)")
+                   help="defocus prior centre, A, for particles without a CTF estimate (the grid is then absolute) "
+                   f"(default {d.defocus_center:g})")
     p.add_argument("--amplitude-grid", type=float, nargs=3, metavar=("START", "END", "N"),
                    help="amplitude contrast values (default: each particle's rlnAmplitudeContrast)")
     p.add_argument("--amplitude-center", type=float, help="amplitude contrast prior centre (default: the particles')")
-    p.add_argument("--amplitude-sigma", type=float, default=d.amplitude_sigma, help="amplitude contrast prior width")
+    p.add_argument("--amplitude-sigma", type=float, default=d.amplitude_sigma,
+                   help=f"amplitude contrast prior width (default {d.amplitude_sigma:g})")
     p.add_argument("--bfactor-grid", type=float, nargs=3, default=d.bfactor_grid, metavar=("START", "END", "N"),
                    help="B-factor envelope values exp(-B s^2/4), A^2 (default 0 0 1)")
-    p.add_argument("--bfactor-sigma", type=float, default=d.bfactor_sigma, help="half-normal B-factor prior width, A^2")
+    p.add_argument("--bfactor-sigma", type=float, default=d.bfactor_sigma, help="half-normal B-factor prior width, A^2 "
+                   f"(default {d.bfactor_sigma:g})")
     p.add_argument("--displacement", type=int, nargs=2, default=(d.max_shift_px, d.shift_step_px), metavar=("M", "G"),
                    help="displacements up to +-M pixels in steps of G (default 3 1)")
     p.add_argument("--points", choices=["atom", "residue"], default=d.points,
                    help="atomic models: one point per atom, or one sphere per residue (BioEM's table)")
     p.add_argument("--shape", choices=["gaussian", "sphere"], default=d.shape, help="shape of each point")
-    p.add_argument("--atom-sigma", type=float, default=d.atom_sigma, help="Gaussian width of an atom, A")
+    p.add_argument("--atom-sigma", type=float, default=d.atom_sigma,
+                   help=f"Gaussian width of an atom, A (default {d.atom_sigma:g})")
     p.add_argument("--center-models", action="store_true", help="move each model to its electron-weighted centre")
     p.add_argument("--keep-orientations", action="store_true", help="write ln P per particle and orientation")
     p.add_argument("--cpu-fraction", metavar="F|auto", help="share of the images a CPU backend scores beside the "

@@ -89,15 +89,15 @@ class RankParams:
         ``keep_orientations`` then applies. None: the default mode.
     """
 
-    orientation_order: int = 1
+    orientation_order: int = 2
     orientations: str | None = None
     orientation_prior: str | None = None
-    orientation_prior_sigma: float = 5.0
+    orientation_prior_sigma: float = 10.0
     local_orientations: str | None = None
     local_map: str | None = None
     local_radius: float = 10.0
     local_step: float = 5.0
-    defocus_grid: tuple[float, float, int] = (0.0, 0.0, 1)
+    defocus_grid: tuple[float, float, int] = (-500.0, 500.0, 3)
     defocus_sigma: float = 500.0
     defocus_center: float = 15000.0
     amplitude_grid: tuple[float, float, int] | None = None

@@ -83,8 +83,8 @@ class Class2DParams:
 
     classes: int
     box: int | None = None
-    iterations: int = 20
-    shift_range: float = 3.0
+    iterations: int = 10
+    shift_range: float = 4.0
     shift_step: float = 1.0
     angular_sampling: float | None = None
     diameter_A: float | None = None

@@ -64,11 +64,11 @@ class Class3DParams:
     """
 
     classes: int = 2
-    iterations: int = 25
+    iterations: int = 15
     healpix_order: int = 2
-    offset_range: float = 5.0
+    offset_range: float = 3.0
     offset_step: float = 2.0
-    ini_high: float = 60.0
+    ini_high: float = 40.0
     tau2_fudge: float = 4.0
     particle_diameter: float | None = None
     symmetry: str = "C1"

@@ -3,7 +3,7 @@
 Extract (one job per batch of micrographs)::
 
     cryopipe extract --picks pick/picks.star --ctf micrographs_ctf.star --box 256 [--bin 2 | --out-box 128]
-                     [--invert] [--micrographs <batch files | glob | STAR>] --out extract/batch_001
+                     [--no-invert] [--micrographs <batch files | glob | STAR>] --out extract/batch_001
 
 writes ``OUT/Particles/<micrograph>.mrcs`` and ``OUT/particles.star``. Gather (rule ``gather_particles``)::
 
@@ -35,7 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--out-box", type=int, help="Fourier-downscale the boxes to this size (even, px)")
     size.add_argument("--bin", type=float, help="Fourier-downscale by this factor (output box = box / bin)")
-    p.add_argument("--invert", action="store_true", help="invert contrast (dark-protein micrographs -> white)")
+    p.add_argument("--invert", action=argparse.BooleanOptionalAction, default=ExtractParams.invert,
+                   help="invert contrast: dark protein in the micrographs -> white particles, as RELION expects "
+                   f"(default {ExtractParams.invert}; --no-invert for micrographs with white protein)")
     p.add_argument("--bg-radius", type=float,
                    help="background radius for normalisation, output pixels (default 0.375 x output box)")
     p.add_argument("--no-normalise", action="store_true", help="skip RELION's background normalisation")

@@ -56,7 +56,7 @@ class ExtractParams:
     box_px: int | None = None
     out_box_px: int | None = None
     bin_factor: float | None = None
-    invert: bool = False
+    invert: bool = True
     bg_radius_px: float | None = None
     normalise: bool = True
     max_ctf_resolution_A: float | None = None

@@ -33,27 +33,29 @@ _D = InitialModelParams()
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--particles", type=Path, help="particle STAR file (RELION 3.1+, with data_optics and CTF)")
-    p.add_argument("--classes", "--K", dest="classes", type=int, help=f"number of maps K ({_D.classes})")
+    p.add_argument("--classes", "--K", dest="classes", type=int, help=f"number of maps K (default {_D.classes})")
     p.add_argument("--iterations", type=int, help=f"minibatch iterations; a pass over all particles follows "
-                   f"({_D.iterations})")
+                   f"(default {_D.iterations})")
     p.add_argument("--class-iterations", type=int, help=f"with K > 1: passes over all particles splitting the map "
-                   f"into K classes after the minibatches ({_D.class_iterations})")
-    p.add_argument("--batch-size", type=int, help=f"particles per minibatch ({_D.batch_size})")
-    p.add_argument("--step", type=float, help=f"how far each minibatch moves the maps, (0, 1] ({_D.step})")
+                   f"into K classes after the minibatches (default {_D.class_iterations})")
+    p.add_argument("--batch-size", type=int, help=f"particles per minibatch (default {_D.batch_size})")
+    p.add_argument("--step", type=float, help=f"how far each minibatch moves the maps, (0, 1] (default {_D.step})")
     p.add_argument("--resolution-schedule", type=float, nargs=2, metavar=("START", "END"),
-                   help=f"resolution limit of the first and the last iterations, A ({_D.ini_high:g} {_D.final_high:g})")
-    p.add_argument("--healpix-order", type=int, help=f"HEALPix order of the coarse search ({_D.healpix_order} = "
-                   "15 deg; the fine pass is one order finer)")
-    p.add_argument("--offset-range", type=float, help=f"translation search range, px ({_D.offset_range:g})")
-    p.add_argument("--offset-step", type=float, help=f"translation step, px ({_D.offset_step:g})")
-    p.add_argument("--tau2-fudge", type=float, help=f"regularisation parameter T ({_D.tau2_fudge:g})")
+                   help="resolution limit of the first and the last iterations, A "
+                   f"(default {_D.ini_high:g} {_D.final_high:g})")
+    p.add_argument("--healpix-order", type=int,
+                   help=f"HEALPix order of the coarse search (default {_D.healpix_order} = "
+                   f"{60 / 2 ** _D.healpix_order:g} deg; the fine pass is one order finer)")
+    p.add_argument("--offset-range", type=float, help=f"translation search range, px (default {_D.offset_range:g})")
+    p.add_argument("--offset-step", type=float, help=f"translation step, px (default {_D.offset_step:g})")
+    p.add_argument("--tau2-fudge", type=float, help=f"regularisation parameter T (default {_D.tau2_fudge:g})")
     p.add_argument(DIAMETER_FLAG, dest="particle_diameter", type=float,
                    help="particle (mask) diameter, A (default 0.9 x box)")
     p.add_argument("--symmetry", help="point group: C1 only (the optimisation runs in C1; impose the point group in "
                    "class3d/refine3d)")
     p.add_argument("--max-significant", type=int, help=f"cap on significant coarse samples per particle "
-                   f"({_D.max_significant})")
-    p.add_argument("--seed", type=int, help=f"random seed of the starts and the minibatches ({_D.seed})")
+                   f"(default {_D.max_significant})")
+    p.add_argument("--seed", type=int, help=f"random seed of the starts and the minibatches (default {_D.seed})")
     p.add_argument("--flip-hand", action="store_const", const=1, default=None,
                    help="mirror the output maps (the hand cannot be known from projections) and the poses with them")
     p.add_argument("--continue", dest="continue_from", type=Path,

@@ -80,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: the template box at the micrograph pixel size)")
     p.add_argument("--invert", action=argparse.BooleanOptionalAction, default=True,
                    help="templates have the opposite contrast to the micrographs: white-protein templates, "
-                        "dark-protein micrographs (default yes, as RELION)")
+                        "dark-protein micrographs, as RELION (default True)")
     p.add_argument("--write-maps", action="store_true", help="write the NCC maps (working grid) as MRC")
     p.add_argument("--preview", type=int, default=PickParams.preview,
                    help=f"micrographs shown in picks_preview.png (default {PickParams.preview})")

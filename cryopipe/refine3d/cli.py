@@ -33,25 +33,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--particles", type=Path, help="particle STAR file (RELION 3.1+, with data_optics and CTF); "
                    "rlnRandomSubset (1/2) is kept when present")
     p.add_argument("--reference", type=Path, help="initial 3D reference map (MRC, particle box and pixel size)")
-    p.add_argument("--ini-high", type=float, help=f"initial low-pass of the reference, A ({_D.ini_high})")
+    p.add_argument("--ini-high", type=float, help=f"initial low-pass of the reference, A (default {_D.ini_high})")
     p.add_argument("--healpix-order", type=int, help=f"initial HEALPix order of the coarse search "
-                   f"({_D.healpix_order} = 15 deg; the fine pass is one order finer)")
+                   f"(default {_D.healpix_order} = {60 / 2 ** _D.healpix_order:g} deg; the fine pass is one order "
+                   "finer)")
     p.add_argument("--auto-local-healpix-order", type=int, help="HEALPix order from which searches are local "
-                   f"around each particle's previous orientation ({_D.auto_local_healpix_order})")
-    p.add_argument("--offset-range", type=float, help=f"initial translation search range, px ({_D.offset_range})")
-    p.add_argument("--offset-step", type=float, help=f"initial translation step, px ({_D.offset_step})")
-    p.add_argument("--symmetry", help=f"point group C<n>, D<n>, T, O or I ({_D.symmetry})")
+                   f"around each particle's previous orientation (default {_D.auto_local_healpix_order})")
+    p.add_argument("--offset-range", type=float,
+                   help=f"initial translation search range, px (default {_D.offset_range})")
+    p.add_argument("--offset-step", type=float, help=f"initial translation step, px (default {_D.offset_step})")
+    p.add_argument("--symmetry", help=f"point group C<n>, D<n>, T, O or I (default {_D.symmetry})")
     p.add_argument(DIAMETER_FLAG, dest="particle_diameter", type=float,
                    help="particle (mask) diameter, A (default 0.9 x box)")
     add_deprecated_alias(p, "--particle-diameter", DIAMETER_FLAG, dest="particle_diameter", type=float)
     p.add_argument("--low-resol-join-halves", type=float, help="resolution, A, below which the half-maps are "
-                   f"averaged ({_D.low_resol_join_halves}; 0: never)")
+                   f"averaged (default {_D.low_resol_join_halves}; 0: never)")
     p.add_argument("--max-iterations", type=int, help="last iteration number, the final one included "
-                   f"({_D.max_iterations})")
-    p.add_argument("--tau2-fudge", type=float, help=f"regularisation parameter T ({_D.tau2_fudge})")
+                   f"(default {_D.max_iterations})")
+    p.add_argument("--tau2-fudge", type=float, help=f"regularisation parameter T (default {_D.tau2_fudge})")
     p.add_argument("--max-significant", type=int, help="cap on significant coarse samples per particle "
-                   f"({_D.max_significant})")
-    p.add_argument("--seed", type=int, help=f"random seed of the half split when rlnRandomSubset is absent ({_D.seed})")
+                   f"(default {_D.max_significant})")
+    p.add_argument("--seed", type=int,
+                   help=f"random seed of the half split when rlnRandomSubset is absent (default {_D.seed})")
     p.add_argument("--continue", dest="continue_from", type=Path,
                    help=f"resume from a checkpoint DIR/run_itNNN. Fixed: --particles, --symmetry, {DIAMETER_FLAG}, "
                    "--ini-high, --seed, --low-resol-join-halves, --healpix-order, --auto-local-healpix-order, "

@@ -84,14 +84,14 @@ class Refine3DParams:
     """
 
     ini_high: float = 40.0
-    healpix_order: int = 2
-    auto_local_healpix_order: int = 4
-    offset_range: float = 5.0
+    healpix_order: int = 1
+    auto_local_healpix_order: int = 3
+    offset_range: float = 3.0
     offset_step: float = 2.0
     symmetry: str = "C1"
     particle_diameter: float | None = None
     low_resol_join_halves: float = 40.0
-    max_iterations: int = 25
+    max_iterations: int = 8
     tau2_fudge: float = 1.0
     seed: int = 0
     max_significant: int = 500

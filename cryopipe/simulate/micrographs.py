@@ -72,7 +72,7 @@ class SimulateParams:
     angpix: float = 2.5
     particles_per_micrograph: int = 40
     fraction_conformation_1: float = 0.6
-    snr: float = 0.1
+    snr: float = 0.3
     diameter_A: float = 120.0
     map_box: int = 64
     atom_sigma_A: float = 1.8

@@ -168,7 +168,8 @@ def test_ranks_splitting_local_grids_combine_to_one_rank(demo, monkeypatch):
     star, models, _truth = demo
     star = _subset(star, star.parent / "seven.star", 7)
     ds = stage.load_particles(star)
-    params = stage.RankParams(local_orientations=str(star), local_radius=5, local_step=5, max_shift_px=1)
+    params = stage.RankParams(local_orientations=str(star), local_radius=5, local_step=5, defocus_grid=(0.0, 0.0, 1),
+                              max_shift_px=1)
     model = stage.read_structural_model(models["conformation_1"], ds.angpix, params)
     one = stage.compute_log_p(model, ds, params, get_backend("cpu")).result
 

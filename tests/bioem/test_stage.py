@@ -126,7 +126,7 @@ def test_run_from_a_notebook(demo, tmp_path, caplog):
     star, models, _truth = demo
     out = tmp_path / "nb"
     out.mkdir()
-    params = stage.RankParams(orientation_order=0, max_shift_px=1)
+    params = stage.RankParams(orientation_order=0, defocus_grid=(0.0, 0.0, 1), max_shift_px=1)
     result = stage.run(params, stage.BioEMInputs(str(star), [str(models["conformation_1"]), str(models["decoy"])]),
                        out, StageContext.local("cpu"))
     assert sorted(p.name for p in result.files) == ["cumulative_logp.png", "logp.star", "ranking.png",

@@ -42,7 +42,7 @@ def accuracy(alignment, truth, k):
 @pytest.mark.slow
 def test_classes_angles_and_shifts_match_the_truth(particles_5views):
     """500 particles, 5 views, SNR 0.07, random psi and shifts up to 2.5 px, phase-flipped, 64 px."""
-    params = Class2DParams(classes=5, mask_diameter_A=130.0)
+    params = Class2DParams(classes=5, mask_diameter_A=130.0, iterations=20, shift_range=3.0)
     table, stack = load_particles(particles_5views.star, params, get_backend("cpu"))
     result = classify(stack, params, get_backend("cpu"), progress=False)
     purity, angle_err, shift_err, centres = accuracy(result.alignment, particles_5views.truth, 5)

@@ -20,7 +20,8 @@ OPTICS = ["--voltage", "300", "--cs", "2.7", "--amplitude-contrast", "0.1"]
 def dataset(tmp_path_factory):
     """Two simulated micrographs with Thon rings (ice background), 1024^2 at 1.5 A/px, and their truth."""
     out = tmp_path_factory.mktemp("sim")
-    simulate_dataset(SimulateParams(seed=4, micrographs=2, size_px=1024, angpix=1.5, particles_per_micrograph=4,
+    simulate_dataset(SimulateParams(snr=0.1, seed=4, micrographs=2, size_px=1024, angpix=1.5,
+                                    particles_per_micrograph=4,
                                     diameter_A=90.0, ice_snr=0.1, astigmatism_max_A=1200.0, ice_gradient_every=2),
                      out)
     return out

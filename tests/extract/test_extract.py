@@ -22,7 +22,7 @@ from cryopipe.stage import StageContext
 def sim(tmp_path_factory):
     """Two simulated 512^2 micrographs (2.5 A/px, 10 particles each) with CTF STAR and truth."""
     out = tmp_path_factory.mktemp("sim")
-    simulate_dataset(SimulateParams(seed=5, micrographs=2, size_px=512, particles_per_micrograph=10), out)
+    simulate_dataset(SimulateParams(snr=0.1, seed=5, micrographs=2, size_px=512, particles_per_micrograph=10), out)
     return out
 
 
@@ -38,7 +38,7 @@ def test_windows_are_centred_and_edge_particles_skipped():
 def test_normalise_invert_and_downscale(rng):
     bk = get_backend("cpu")
     boxes = (rng.normal(3.0, 2.0, (5, 64, 64))).astype(np.float32)
-    p = ExtractParams(box_px=64, bin_factor=2)
+    p = ExtractParams(box_px=64, bin_factor=2, invert=False)
     out = process_particles(boxes, p, bk)
     assert out.shape == (5, 32, 32) and p.bg_radius == 12.0
     yy, xx = np.mgrid[:32, :32] - 16

@@ -80,5 +80,5 @@ def synth():
 def demo_data(tmp_path_factory):
     """Two demo-like simulated micrographs (1024^2 at 2.5 A/px, 40 particles, SNR 0.1) with ground truth."""
     out = tmp_path_factory.mktemp("demo")
-    simulate_dataset(SimulateParams(seed=7, micrographs=2, size_px=1024), out)
+    simulate_dataset(SimulateParams(snr=0.1, seed=7, micrographs=2, size_px=1024), out)
     return out

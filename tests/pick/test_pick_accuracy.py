@@ -41,7 +41,8 @@ def test_precision_and_recall_on_demo_micrographs(demo_data, synth):
 def test_psi_agrees_with_truth_for_templates_at_true_directions(tmp_path, synth):
     """Templates = projections at the true (rot, tilt, 0) of each micrograph's particles: the picks' psi is
     within the angular step of the true psi for most true particles (sparser micrographs: 10 per 512^2)."""
-    simulate_dataset(SimulateParams(seed=11, micrographs=2, size_px=512, particles_per_micrograph=10), tmp_path)
+    simulate_dataset(SimulateParams(snr=0.1, seed=11, micrographs=2, size_px=512, particles_per_micrograph=10),
+                     tmp_path)
     bk = get_backend("cpu")
     truth = read_table(tmp_path / "truth" / "particles.star")
     maps = {c: Projector(read_mrc(tmp_path / "maps" / f"conformation_{c}.mrc")[0], bk) for c in (1, 2)}

@@ -79,7 +79,8 @@ def test_thon_rings_follow_the_true_defocus():
 
 
 def test_dataset_layout_truth_and_determinism(tmp_path):
-    params = SimulateParams(seed=5, micrographs=3, size_px=256, particles_per_micrograph=5, ice_gradient_every=2)
+    params = SimulateParams(snr=0.1, seed=5, micrographs=3, size_px=256, particles_per_micrograph=5,
+                            ice_gradient_every=2)
     simulate_dataset(params, tmp_path / "a")
     simulate_dataset(params, tmp_path / "b")
     for rel in ["micrographs/mic_002.mrc", "maps/conformation_2.mrc"]:  # headers hold a time stamp

@@ -29,11 +29,12 @@ from cryopipe.simulate.micrographs import (
 from cryopipe.simulate.molecules import MOLECULE_RADIUS_A, build_molecule
 
 # sha256 over each dataset's micrographs and maps (float32 bytes), models (PDB text) and STAR files (less their
-# time-stamped comment lines), names rooted at /demo; computed with the simulator before hard mode existed
+# time-stamped comment lines), names rooted at /demo; computed with the simulator before hard mode existed (at
+# the SNR that was the default then, 0.1)
 DEMO_DIGESTS = [
-    (dict(seed=11, micrographs=3, size_px=256, particles_per_micrograph=6, ice_gradient_every=2),
+    (dict(snr=0.1, seed=11, micrographs=3, size_px=256, particles_per_micrograph=6, ice_gradient_every=2),
      "a5aa773310fc1ac59680774e37168a9ae35bd61853579be46e9fa09f62df7310"),
-    (dict(seed=4, micrographs=2, size_px=256, particles_per_micrograph=8, ice_gradient_every=1, ice_snr=0.3,
+    (dict(snr=0.1, seed=4, micrographs=2, size_px=256, particles_per_micrograph=8, ice_gradient_every=1, ice_snr=0.3,
           phase_shift=30.0),
      "686d1a67cc1c2bf9889c6c061cb72098bc2db1482abfaa34aa384c9468be9bd0"),
 ]
@@ -165,7 +166,8 @@ def test_ctf_on_a_rectangular_grid_uses_each_axis_frequencies():
 
 
 def test_rectangular_ice_has_its_thon_rings_where_the_ctf_has_zeros():
-    p = SimulateParams(seed=2, size_px=512, height_px=256, angpix=2.0, diameter_A=100.0, particles_per_micrograph=0,
+    p = SimulateParams(snr=0.1, seed=2, size_px=512, height_px=256, angpix=2.0, diameter_A=100.0,
+                       particles_per_micrograph=0,
                        ice_snr=50.0, ice_gradient_every=0)
     m = simulate_micrograph_full(p, np.random.default_rng(2), build_molecule("complex", 2), CTF, False)
     assert m.image.shape == (256, 512)
@@ -199,7 +201,7 @@ def test_rectangular_micrographs_place_particles_over_the_whole_width_and_grade_
 
 
 def test_ferritin_is_a_hollow_shell_and_the_rod_is_elongated(tmp_path):
-    p = SimulateParams(seed=6, micrographs=1, size_px=256, particles_per_micrograph=3, molecule="ferritin")
+    p = SimulateParams(snr=0.1, seed=6, micrographs=1, size_px=256, particles_per_micrograph=3, molecule="ferritin")
     simulate_dataset(p, tmp_path)
     vol, _ = read_mrc(tmp_path / "maps/conformation_1.mrc")
     z, y, x = np.mgrid[0:64, 0:64, 0:64] - 32

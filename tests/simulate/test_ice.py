@@ -19,7 +19,8 @@ DEMO_SHA256 = "b48aed3d6c840070f8976d7e7e79726ce80aab42e892f6fc54a37e12210cec01"
 
 
 def test_demo_defaults_are_unchanged(tmp_path):
-    params = SimulateParams(seed=11, micrographs=2, size_px=256, particles_per_micrograph=4, ice_gradient_every=2)
+    params = SimulateParams(snr=0.1, seed=11, micrographs=2, size_px=256, particles_per_micrograph=4,
+                            ice_gradient_every=2)
     assert params.ice_snr == 0.0 and params.phase_shift == 0.0
     simulate_dataset(params, tmp_path)
     digest = hashlib.sha256()
@@ -32,7 +33,8 @@ def test_demo_defaults_are_unchanged(tmp_path):
 
 
 def _pair(ice_snr, phase=0.0):
-    p = SimulateParams(seed=3, size_px=512, angpix=2.0, particles_per_micrograph=6, diameter_A=100.0, ice_snr=ice_snr,
+    p = SimulateParams(snr=0.1, seed=3, size_px=512, angpix=2.0, particles_per_micrograph=6, diameter_A=100.0,
+                       ice_snr=ice_snr,
                        phase_shift=phase)
     ctf = CTFParams(16000.0, 13000.0, 35.0, 300.0, 2.7, 0.1, bfactor=40.0, phase_shift=phase)
     return ctf, simulate_micrograph(p, np.random.default_rng(3), build_models(3), ctf, True, index=2)
@@ -56,7 +58,8 @@ def test_ice_has_the_stated_snr_follows_the_ctf_and_changes_nothing_else():
 
 
 def test_phase_shift_is_recorded_in_the_truth(tmp_path):
-    simulate_dataset(SimulateParams(seed=2, micrographs=1, size_px=256, particles_per_micrograph=2, phase_shift=90.0,
+    simulate_dataset(SimulateParams(snr=0.1, seed=2, micrographs=1, size_px=256, particles_per_micrograph=2,
+                                    phase_shift=90.0,
                                     ice_snr=0.2), tmp_path)
     for star, block in (("micrographs_ctf.star", "micrographs"), ("truth/micrographs.star", "micrographs"),
                         ("truth/particles.star", "particles")):

@@ -13,7 +13,7 @@ rule extract:
         box=arg("box", EXTRACT_BOX),  # extract.box, or derived from particle_diameter (common.smk)
         angpix=angpix_flag(),
         out_box=flag("out-box", config["extract"]["out_box"]),
-        invert=flag("invert", config["extract"]["invert"]),
+        invert="--invert" if config["extract"]["invert"] else "--no-invert",
         ctf_limit=flag("max-ctf-resolution", CTF["max_resolution"]),
         device=arg("device", DEVICE),
         ctf_rows=ctf_rows,  # compared, not passed: this batch's rows of your CTF STAR (a function of the batch)
