@@ -13,12 +13,19 @@ FSC 0.5 / 0.143 resolution of the largest class against the true map after align
 :func:`cryopipe.mapalign.align`). Target (one GPU): <= 60 s for 10,000 particles of 128 px.
 
     python benchmarks/initial_model.py --device gpu
+    python benchmarks/initial_model.py --device gpu --classes 1 --relion /path/to/relion_refine
+
+``--relion``: also run RELION's InitialModel job on the same particles, as its GUI writes the command (``relion_refine
+--grad --denovo_3dref``, 200 VDAM mini-batches, T = 4, --gpu), and align its largest class to the truth the same way.
+RELION is built beside the project, never into it.
     python benchmarks/initial_model.py --small
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -33,8 +40,8 @@ from cryopipe.em3d.driver import EMInputs
 from cryopipe.em3d.estep import FourierPixels, working_box
 from cryopipe.em3d.sampling import OrientationGrid, translation_grid
 from cryopipe.initmodel.stage import InitialModelParams, build, last_iteration, schedule_resolution, shell_of
-from cryopipe.io.mrc import write_mrc
-from cryopipe.io.star import write_star
+from cryopipe.io.mrc import read_mrc, write_mrc
+from cryopipe.io.star import read_star, write_star
 from cryopipe.mapalign import align
 from cryopipe.stage import StageContext
 
@@ -71,6 +78,22 @@ def floor_flops(params: InitialModelParams, n: int, box: int, angpix: float) -> 
     return total
 
 
+def run_relion(binary: str, star: Path, out: Path, classes: int, diameter: float, threads: int) -> tuple[float, Path]:
+    """RELION's InitialModel job on ``star`` (its GUI's command, 200 VDAM mini-batches): (wall s, largest class map)."""
+    out.mkdir()
+    cmd = [binary, "--o", str(out / "run"), "--iter", "200", "--grad", "--denovo_3dref", "--i", str(star), "--ctf",
+           "--K", str(classes), "--sym", "C1", "--flatten_solvent", "--zero_mask", "--dont_combine_weights_via_disc",
+           "--pool", "30", "--pad", "1", "--particle_diameter", f"{diameter:g}", "--oversampling", "1",
+           "--healpix_order", "1", "--offset_range", "6", "--offset_step", "2", "--auto_sampling", "--tau2_fudge", "4",
+           "--j", str(threads), "--gpu", "0"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=star.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wall = time.perf_counter() - t0
+    model = read_star(out / "run_it200_model.star")["model_classes"]
+    best = int(np.argmax(model["rlnClassDistribution"].to_numpy()))
+    return wall, out / f"run_it200_class{best + 1:03d}.mrc"
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
@@ -78,6 +101,8 @@ def main(argv=None) -> None:
     p.add_argument("--particles", type=int, help="default 10,000 (small: 1,000)")
     p.add_argument("--classes", type=int, nargs="+", help="K values (default 1 3; small: 1)")
     p.add_argument("--workdir", help="local-disk folder for the stack (default: a temporary folder)")
+    p.add_argument("--relion", help="relion_refine of a RELION 5 build: run its InitialModel on the same particles")
+    p.add_argument("--relion-threads", type=int, default=min(8, os.cpu_count() or 1), help="its --j (default 8)")
     args = p.parse_args(argv)
     bk = get_backend(args.device)
     box, angpix = (64, 4.0) if args.small else (128, 2.0)
@@ -101,9 +126,16 @@ def main(argv=None) -> None:
             best = result.model.maps[int(np.argmax(result.model.pdf_class))]
             fit = align(best, truth, angpix)
             floor = floor_flops(result.params, n, box, angpix) / rate
-            rows.append([f"{n} x {box}^2 @ {angpix:g} A/px, SNR 0.05, K = {k}", bk.describe(), f"{wall:.1f}",
-                         f"{n / wall:.0f}", f"{floor:.2f}", f"{wall / floor:.1f}",
+            rows.append([f"cryopipe, {n} x {box}^2 @ {angpix:g} A/px, SNR 0.05, K = {k}", bk.describe(),
+                         f"{wall:.1f}", f"{n / wall:.0f}", f"{floor:.2f}", f"{wall / floor:.1f}",
                          f"{fit.resolution_05_A:.1f} / {fit.resolution_0143_A:.1f} (hand {fit.hand:+d})"])
+            if args.relion:
+                wall, path = run_relion(args.relion, star, folder / f"relion_k{k}", k, params.particle_diameter,
+                                        args.relion_threads)
+                fit = align(read_mrc(path)[0], truth, angpix)
+                rows.append([f"RELION InitialModel (200 VDAM mini-batches), same particles, K = {k}", bk.describe(),
+                             f"{wall:.1f}", f"{n / wall:.0f}", "", "",
+                             f"{fit.resolution_05_A:.1f} / {fit.resolution_0143_A:.1f} (hand {fit.hand:+d})"])
     print(markdown_table(["workload", "device", "wall s", "particles / s", "floor s (coarse products)",
                           "ratio", "FSC 0.5 / 0.143 vs truth, A"], rows))
     print(f"Particles simulated and written in {made:.1f} s; float32 matrix-product rate {rate / 1e12:.1f} TFLOP/s. "

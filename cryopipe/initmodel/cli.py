@@ -51,8 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tau2-fudge", type=float, help=f"regularisation parameter T (default {_D.tau2_fudge:g})")
     p.add_argument(DIAMETER_FLAG, dest="particle_diameter", type=float,
                    help="particle (mask) diameter, A (default 0.9 x box)")
-    p.add_argument("--symmetry", help="point group: C1 only (the optimisation runs in C1; impose the point group in "
-                   "class3d/refine3d)")
+    p.add_argument("--symmetry", help="point group C<n>, D<n>, T, O or I: the optimisation runs in C1, then each map's "
+                   f"axes are found and the group imposed, as RELION (default {_D.symmetry})")
     p.add_argument("--max-significant", type=int, help=f"cap on significant coarse samples per particle "
                    f"(default {_D.max_significant})")
     p.add_argument("--seed", type=int, help=f"random seed of the starts and the minibatches (default {_D.seed})")

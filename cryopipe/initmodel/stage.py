@@ -22,9 +22,14 @@ share each minibatch (their particles of it); the sums are added over ranks befo
 
 Handedness cannot be known from projections: a de novo map is the true structure or its mirror image, with equal
 likelihood. The log says so, the model STAR records ``cp_flip_hand``, and ``flip_hand`` mirrors the output maps
-(z -> -z about the centre voxel) and the particles' poses with them, for the rest of the workflow. The optimisation
-runs in C1 (RELION's choice; finding and imposing a point group afterwards is not built yet: other symmetries are
-refused).
+(z -> -z about the centre voxel) and the particles' poses with them, for the rest of the workflow.
+
+Symmetry as RELION does it: the optimisation runs in C1; with ``symmetry`` other than C1 each final map (of the
+hand chosen) is then centred, its symmetry axes are found and put into RELION's orientation for the point group,
+and the group is imposed (:mod:`cryopipe.symalign`, as ``relion_align_symmetry --apply_sym``). The particles' poses
+and origins move with their class's map, so they still project it. The log, the model STAR and the record give each
+map's symmetry score and its contrast against other frames (near 1: the map has the symmetry; near 0: it has not,
+and imposing it averaged unrelated density).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from cryopipe.backend import get_backend
 from cryopipe.em3d import mstep
@@ -55,11 +61,14 @@ from cryopipe.em3d.runner import CheckpointWriter, gather_results, update_table
 from cryopipe.em3d.sampling import OrientationGrid, translation_grid
 from cryopipe.errors import require
 from cryopipe.fourier import lowpass
+from cryopipe.geometry import symmetry_operators
 from cryopipe.io.mrc import write_mrc
+from cryopipe.io.star import write_star
 from cryopipe.mapalign import mirror
 from cryopipe.parallel import allreduce_sum, share_round_robin
 from cryopipe.progress import Progress
 from cryopipe.stage import StageContext, StageResult
+from cryopipe.symalign import SymmetryFrame, apply_frame, find_frame, framed_poses, symmetrise
 
 __all__ = ["InitialModelParams", "InitialModelResult", "build", "run"]
 
@@ -70,6 +79,7 @@ FIXED = ("particles", "classes", "symmetry", "particle_diameter", "ini_high", "f
          "class_iterations", "batch_size", "step", "seed", "healpix_order", "offset_range", "offset_step", "tau2_fudge")
 SCHEDULE_SHARE = 0.7  # share of the iterations over which the resolution limit goes from ini_high to final_high
 MIN_BOX = 24
+LOW_CONTRAST = 0.5  # symmetry contrast below which the log warns that the map may not have the point group
 HAND_NOTE = ("the hand of a de novo map cannot be known from projections: it is the structure or its mirror "
              "image; check it against a feature of known hand (alpha helices are right-handed) and use "
              "--flip-hand if it is wrong")
@@ -85,6 +95,7 @@ class InitialModelParams:
     far each minibatch moves the maps (0..1]. ``ini_high`` / ``final_high``: the resolution schedule, A.
     ``class_iterations``: with K > 1, passes over all particles after the minibatches, starting from K copies of
     the map and a random split of the particles (as class3d starts). ``flip_hand``: mirror the output maps.
+    ``symmetry``: the point group found in and imposed on the final C1 maps.
     """
 
     classes: int = 1
@@ -115,9 +126,6 @@ class InitialModelParams:
         require(0 < self.step <= 1, f"must lie in (0, 1], got {self.step}", field="--step")
         require(self.ini_high >= self.final_high > 0, "need START >= END > 0 Angstrom",
                 field="--resolution-schedule")
-        require(self.symmetry.upper() == "C1", f"the optimisation runs in C1 (finding and imposing {self.symmetry} "
-                "afterwards is not built yet): give --symmetry C1 and impose the point group in class3d/refine3d",
-                field="--symmetry")
         validate_common(self)
 
     def check_particles(self, particles: ParticleSet) -> None:
@@ -132,14 +140,16 @@ class InitialModelParams:
 
 @dataclass
 class InitialModelResult:
-    """``model`` (final maps and state), ``particles`` (classes, angles, origins of the final pass), ``params``
-    (resolved), ``files`` written (rank 0), ``inputs`` read."""
+    """``model`` (final maps and state, in the chosen hand and symmetry frame on rank 0), ``particles`` (classes,
+    angles, origins of the final pass, moved with the maps), ``params`` (resolved), ``files`` written (rank 0),
+    ``inputs`` read, ``frames`` (rank 0, symmetry other than C1: each class map's :class:`SymmetryFrame`)."""
 
     model: Model
     particles: ParticleSet
     params: InitialModelParams
     files: list[Path] = field(default_factory=list)
     inputs: list[Path] = field(default_factory=list)
+    frames: list[SymmetryFrame] = field(default_factory=list)
 
 
 def schedule_resolution(params: InitialModelParams, iteration: int) -> float:
@@ -267,11 +277,42 @@ def build(params: InitialModelParams, inputs: EMInputs, out: Path, ctx: StageCon
             if rank == 0:
                 writer.submit(out, it, model, particles)
         files = [Path(f) for f in writer.wait()]
+        frames = []
         if rank == 0:
-            files += _outputs(out, model, particles, params, last_iteration(params))
+            model, frames = finish(model, particles, params, start.diameter_A, bk)
+            files += _outputs(out, model, particles, params, last_iteration(params), frames)
     if rank == 0:
         files += link_last_iteration(out, model.iteration)
-    return InitialModelResult(model=model, particles=particles, params=params, files=files, inputs=start.inputs)
+    return InitialModelResult(model=model, particles=particles, params=params, files=files, inputs=start.inputs,
+                              frames=frames)
+
+
+def finish(model: Model, particles: ParticleSet, params: InitialModelParams, diameter_A: float,
+           bk) -> tuple[Model, list[SymmetryFrame]]:
+    """The final C1 maps in the chosen hand (``flip_hand``: mirrored) and, for a point group other than C1, centred,
+    in RELION's orientation of the group's axes and symmetrised; the particles' angles and origins (``particles.table``,
+    changed in place) follow their class's map. Returns the new model and the frames found (none for C1)."""
+    maps = [np.asarray(mirror(v) if params.flip_hand else v, dtype=np.float32) for v in model.maps]
+    table = particles.table
+    if params.flip_hand:
+        table["rlnAngleRot"], table["rlnAnglePsi"] = mirrored_poses(table["rlnAngleRot"], table["rlnAnglePsi"])
+    frames = []
+    if symmetry_operators(params.symmetry).shape[0] > 1:
+        lowpass_A = max(2.0 * params.final_high, 4 * model.angpix)  # the search's; refined at half of it
+        for k, vol in enumerate(maps):
+            frame = find_frame(vol, params.symmetry, model.angpix, diameter_A=diameter_A, lowpass_A=lowpass_A, bk=bk)
+            maps[k] = bk.asnumpy(symmetrise(apply_frame(vol, frame, bk), params.symmetry, bk)).astype(np.float32)
+            rows = table["rlnClassNumber"].to_numpy() == k + 1
+            columns = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"]
+            moved = framed_poses(*(table.loc[rows, c].to_numpy(float) for c in columns), frame, model.angpix)
+            for c, values in zip(columns, moved, strict=True):
+                table.loc[rows, c] = values
+            log.info("class %d: %s imposed; symmetry score %.3f, %.3f for other frames (contrast %.2f)%s", k + 1,
+                     frame.symmetry, frame.score, frame.baseline, frame.contrast,
+                     "" if frame.contrast >= LOW_CONTRAST else f": LOW, this map may not have {frame.symmetry} "
+                     "symmetry (compare with the C1 map of the last iteration, run_classNNN.mrc)")
+            frames.append(frame)
+    return dataclasses.replace(model, maps=np.stack(maps)), frames
 
 
 def mirrored_poses(rot, psi) -> tuple[np.ndarray, np.ndarray]:
@@ -285,24 +326,35 @@ def mirrored_poses(rot, psi) -> tuple[np.ndarray, np.ndarray]:
     return wrap(rot), wrap(psi)
 
 
-def _outputs(out: Path, model: Model, particles: ParticleSet, params: InitialModelParams, last: int) -> list[Path]:
-    """initial_model_classNNN.mrc (mirrored with flip_hand), initial_model.mrc (the most populated class's),
-    particles.star and the report figures."""
+def _outputs(out: Path, model: Model, particles: ParticleSet, params: InitialModelParams, last: int,
+             frames: list[SymmetryFrame]) -> list[Path]:
+    """initial_model_classNNN.mrc (the finished maps: hand, symmetry), initial_model.mrc (the most populated
+    class's), particles.star, symmetry.star (a point group other than C1) and the report figures."""
     files = []
     best = int(np.argmax(model.pdf_class))
     for k, vol in enumerate(model.maps):
-        vol = np.ascontiguousarray(mirror(vol) if params.flip_hand else vol)
+        vol = np.ascontiguousarray(vol)
         path = out / f"initial_model_class{k + 1:03d}.mrc"
         write_mrc(path, vol, model.angpix)
         files.append(path)
         if k == best:  # the map a 3D classification starts from
             write_mrc(out / "initial_model.mrc", vol, model.angpix)
             files.append(out / "initial_model.mrc")
-    table = particles.table.copy()
-    if params.flip_hand:
-        table["rlnAngleRot"], table["rlnAnglePsi"] = mirrored_poses(table["rlnAngleRot"], table["rlnAnglePsi"])
-    write_particles_exact(out / "particles.star", table)
+    write_particles_exact(out / "particles.star", particles.table)
     files.append(out / "particles.star")
+    if frames:
+        rows = pd.DataFrame({"rlnReferenceImage": [f"initial_model_class{k + 1:03d}.mrc" for k in range(len(frames))],
+                             "rlnSymmetryGroup": [f.symmetry for f in frames],
+                             "rlnAngleRot": [f.euler[0] for f in frames], "rlnAngleTilt": [f.euler[1] for f in frames],
+                             "rlnAnglePsi": [f.euler[2] for f in frames],
+                             "cpCentreXpx": [f.centre_px[0] for f in frames],
+                             "cpCentreYpx": [f.centre_px[1] for f in frames],
+                             "cpCentreZpx": [f.centre_px[2] for f in frames],
+                             "cpSymmetryScore": [f.score for f in frames],
+                             "cpSymmetryBaseline": [f.baseline for f in frames],
+                             "cpSymmetryContrast": [f.contrast for f in frames]})
+        write_star(out / "symmetry.star", {"symmetry": rows})
+        files.append(out / "symmetry.star")
     its, dist = [], []
     for i, blocks in iteration_models(out, last):
         its.append(i)
@@ -323,4 +375,6 @@ def run(params: InitialModelParams, inputs: EMInputs, out: Path, ctx: StageConte
         "parameters": dataclasses.asdict(result.params), "classes": int(result.model.maps.shape[0]),
         "iteration": result.model.iteration,
         "class_distribution": [round(float(x), 4) for x in result.model.pdf_class],
-        "hand": "mirrored (--flip-hand)" if result.params.flip_hand else "as found", "hand_note": HAND_NOTE})
+        "hand": "mirrored (--flip-hand)" if result.params.flip_hand else "as found", "hand_note": HAND_NOTE,
+        "symmetry": result.params.symmetry.upper(),
+        "symmetry_contrast": [round(f.contrast, 3) for f in result.frames]})

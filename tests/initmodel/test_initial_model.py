@@ -18,6 +18,7 @@ from cryopipe.mapalign import align, mirror
 from cryopipe.simulate.complex import electrons_of
 from cryopipe.simulate.molecules import build_molecule
 from cryopipe.simulate.particles import simulate_particles
+from cryopipe.symalign import SymmetryFrame, apply_frame, framed_poses, symmetrise
 
 BOX, ANGPIX, DIAMETER = 64, 2.5, 130.0
 
@@ -104,6 +105,32 @@ def test_flip_hand_mirrors_the_maps_and_the_poses_together(few, tmp_path):
                                atol=1e-9)
 
 
+def test_a_point_group_is_found_in_and_imposed_on_the_c1_map_and_the_poses_follow(few, tmp_path):
+    """--symmetry D2: the C1 optimisation is the same as without it (its last checkpoint map); the output map is that
+    map in the frame of symmetry.star, symmetrised; each particle's pose and origin moved with it. (The rod is not
+    D2-symmetric: its contrast is low, and the log says so.)"""
+    args = ("--iterations", "2", "--batch-size", "60")
+    assert _run(few, tmp_path / "c1", *args) == 0
+    assert _run(few, tmp_path / "d2", *args, "--symmetry", "D2") == 0
+    c1, _ = read_mrc(tmp_path / "c1" / "initial_model_class001.mrc")
+    np.testing.assert_array_equal(read_mrc(tmp_path / "d2" / "run_class001.mrc")[0], c1)
+    row = starfile.read(tmp_path / "d2" / "symmetry.star").iloc[0]
+    assert row["rlnSymmetryGroup"] == "D2" and row["cpSymmetryContrast"] < 0.8
+    frame = SymmetryFrame("D2", euler_to_matrix(row["rlnAngleRot"], row["rlnAngleTilt"], row["rlnAnglePsi"]),
+                          row[["cpCentreXpx", "cpCentreYpx", "cpCentreZpx"]].to_numpy(float), 0.0, 0.0)
+    d2, _ = read_mrc(tmp_path / "d2" / "initial_model_class001.mrc")
+    np.testing.assert_allclose(d2, symmetrise(apply_frame(c1, frame), "D2"), atol=1e-4 * np.abs(d2).max())
+    before = starfile.read(tmp_path / "c1" / "particles.star")["particles"]
+    after = starfile.read(tmp_path / "d2" / "particles.star")["particles"]
+    columns = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"]
+    moved = framed_poses(*(before[c] for c in columns), frame, ANGPIX)
+    np.testing.assert_allclose(euler_to_matrix(*(after[c] for c in columns[:3])), euler_to_matrix(*moved[:3]),
+                               atol=1e-4)
+    np.testing.assert_allclose(after[columns[3:]].to_numpy(), np.column_stack(moved[3:]), atol=1e-4)
+    record = json.loads((tmp_path / "d2" / "provenance.json").read_text())
+    assert record["notes"]["symmetry"] == "D2" and len(record["notes"]["symmetry_contrast"]) == 1
+
+
 def test_the_mirrored_map_projects_at_the_mirrored_poses_as_the_map_at_the_poses():
     from cryopipe.backend import get_backend
     from cryopipe.projection import Projector
@@ -123,7 +150,7 @@ def test_the_mirrored_map_projects_at_the_mirrored_poses_as_the_map_at_the_poses
 def test_bad_input_is_one_clear_error(few, tmp_path, capsys):
     assert _run(few, tmp_path / "o1", "--classes", "3") == 2
     assert "too few for K = 3" in capsys.readouterr().err
-    assert _run(few, tmp_path / "o2", "--symmetry", "C4") == 2
+    assert _run(few, tmp_path / "o2", "--symmetry", "Q7") == 2
     assert "--symmetry" in capsys.readouterr().err
     small = few.parent / "small"
     small.mkdir()

@@ -104,6 +104,7 @@ CHANGED = {
     "select2d.max_resolution": 20,
     "class3d.reference": "{data}/map64.mrc",  # on the grid of the demo's particles (64 px, 2.5 A/px)
     "class3d.symmetry": "C2",
+    "initial_model.symmetry": "D2",
     "refine3d.reference": "{data}/map64.mrc",
     "refine3d.symmetry": "C2",
     "postprocess.mask": "{data}/map64.mrc",

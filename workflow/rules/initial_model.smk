@@ -27,6 +27,7 @@ if RUN_INITIAL_MODEL:
             schedule=arg("resolution-schedule", IM["resolution_schedule"]),
             seed=arg("seed", IM["seed"]),
             flip=flag("flip-hand", IM["flip_hand"]),
+            symmetry=arg("symmetry", IM["symmetry"]),
             diameter=arg("diameter", config["particle_diameter"]),
             device=arg("device", DEVICE),
         threads: STAGE_THREADS  # BLAS and FFT threads
@@ -39,4 +40,5 @@ if RUN_INITIAL_MODEL:
         shell:
             "{params.launch:q} cryopipe initial-model --particles {input.particles:q} {params.classes:q}"
             " {params.iterations:q} {params.batch:q} {params.schedule:q} {params.seed:q} {params.flip:q}"
+            " {params.symmetry:q}"
             " {params.diameter:q} {params.device:q} --out {params.out:q} 2> {log:q}"
