@@ -24,9 +24,12 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES)
 
+# Test files run on TEST_WORKERS processes (pytest-xdist; a file's tests stay together, sharing its fixtures).
+TEST_WORKERS ?= 2
+
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 gpu-test: $(BIN)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m gpu
