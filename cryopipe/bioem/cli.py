@@ -9,8 +9,8 @@ Default mode::
 
 BioEM 2.1 inputs and numbers::
 
-    cryopipe bioem --compat bioem2.1 --params param.txt --particles particles.txt|.mrc --models model.txt|.pdb \\
-        [--orientations angles.txt] --out bioem/
+    cryopipe bioem --compat bioem2.1 --params param.txt --particles particles.txt|.mrc|list.txt \\
+        --models model.txt|.pdb [--orientations angles.txt] --out bioem/
 
 Flags become :class:`~cryopipe.bioem.stage.RankParams` and :class:`~cryopipe.bioem.stage.BioEMInputs`; the stage
 is :func:`cryopipe.bioem.stage.run`. Outputs in --out: logp.star (per particle and model: ln P and the maximising
@@ -35,7 +35,8 @@ HELP = "rank structural models (PDB/mmCIF, maps, BioEM text) by BioEM posteriors
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = RankParams()
     p.add_argument("--particles", required=True,
-                   help="particles: RELION STAR (default mode); BioEM text or MRC (--compat)")
+                   help="particles: RELION STAR (default mode); BioEM text, MRC, or a text file naming one MRC stack "
+                   "per line (BioEM's --ReadMultipleMRC list, names relative to the working directory) (--compat)")
     p.add_argument("--models", required=True, nargs="+", help="model files: .pdb/.cif, .mrc map, or BioEM text model")
     add_common(p)
     add_cache_arguments(p)

@@ -217,6 +217,27 @@ def read_text_particles(path, n_pixels: int) -> np.ndarray:
     return np.stack(images)
 
 
+def mrc_list(path) -> list[Path] | None:
+    """The MRC files a BioEM multiple-MRC list names (``--ReadMultipleMRC``: one file name per line, relative to the
+    working directory as BioEM reads them; blank lines and lines starting with "XXX", the tutorial's end marker,
+    skipped), or None when ``path`` is not such a list (a text particle file starts with PARTICLE)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as exc:
+        raise InputError(f"cannot read particle file ({exc.strerror})", path) from None
+    first = next((line.strip() for line in head.decode("latin-1").splitlines() if line.strip()), "")
+    if not first.lower().endswith((".mrc", ".mrcs")) or first.startswith("PARTICLE"):
+        return None
+    names = [line.strip() for line in Path(path).read_text().splitlines()]
+    files = [Path(n) for n in names if n and not n.startswith("XXX")]
+    for k, name in enumerate(files):
+        if not name.is_file():
+            raise InputError(f"line {k + 1}: MRC file {str(name)!r} not found (names are read relative to the "
+                             "working directory, as BioEM reads them)", path, "MRC list")
+    return files
+
+
 def read_mrc_particles(path, n_pixels: int, normalise: bool = True) -> np.ndarray:
     """MRC particle stack (mode 2) -> (I, N, N) float64 I[x][y] = arr[k].T, standardised per image
     (mean 0, population s.d. 1) unless ``normalise`` is False (NO_MAP_NORM)."""
@@ -395,8 +416,9 @@ def write_output_probabilities(path, p: BioEMParams, log_p, best: dict, orientat
 
     best : per-image arrays 'orientation', 'ctf', 'shift_x', 'shift_y' (pixels), 'norm', 'offset', 'constant'.
     """
+    names = "q1 q2 q3 q4" if p.use_quaternions else "alpha[rad] beta[rad] gamma[rad]"  # as BioEM names them
     out = ["# cryopipe bioem --compat bioem2.1: ln P per image and the maximising grid parameters",
-           "# RefMap: image LogProb: lnP Constant: max(logpro) / Maximizing Param: lnP orientation amp defocus[um]"
+           f"# RefMap: image LogProb: lnP Constant: max(logpro) / Maximizing Param: lnP {names} amp defocus[um]"
            " b-env[A^2] center-x center-y norm offset", ""]
     for i, lp in enumerate(log_p):
         o, c = int(best["orientation"][i]), int(best["ctf"][i])
@@ -416,7 +438,9 @@ def write_angle_probabilities(path, orient_log_p: np.ndarray, orientations: np.n
     orient_log_p : (I, O) ln P per image and orientation (constants included). With ``priors`` the
     printed value is ln P plus the prior value (as BioEM prints it) and the prior is appended.
     """
-    out = ["# cryopipe bioem --compat bioem2.1: image orientation... lnP per orientation, best first"]
+    names = "q1 q2 q3 q4" if orientations.shape[1] == 4 else "alpha[rad] beta[rad] gamma[rad]"  # as BioEM's
+    out = [f"# cryopipe bioem --compat bioem2.1: image {names} lnP{' prior' if priors is not None else ''} per "
+           "orientation, best first"]
     for i, row in enumerate(orient_log_p):
         order = sorted(range(len(row)), key=lambda o: (-row[o], o))[:k]
         for o in order:

@@ -473,9 +473,14 @@ class CompatRun:
 
 
 def load_compat(param_file, particles, orientation_file=None) -> CompatRun:
-    """Read a BioEM 2.1 parameter file, its particles (.mrc/.mrcs: MRC, else text) and orientations."""
+    """Read a BioEM 2.1 parameter file, its particles (.mrc/.mrcs: MRC; a text file naming MRC files, one per line:
+    BioEM's multiple-MRC list, the stacks in order; else BioEM text particles) and orientations."""
     p = compat.read_parameter_file(param_file)
-    if str(particles).lower().endswith((".mrc", ".mrcs")):
+    listed = None if str(particles).lower().endswith((".mrc", ".mrcs")) else compat.mrc_list(particles)
+    if listed is not None:
+        images = np.concatenate([compat.read_mrc_particles(f, p.n_pixels, normalise=not p.no_map_norm)
+                                 for f in listed])
+    elif str(particles).lower().endswith((".mrc", ".mrcs")):
         images = compat.read_mrc_particles(particles, p.n_pixels, normalise=not p.no_map_norm)
     else:
         images = compat.read_text_particles(particles, p.n_pixels)
@@ -593,7 +598,7 @@ def run(params: RankParams, inputs: BioEMInputs, out: Path, ctx: StageContext) -
                 files += write_compat_outputs(out, "" if len(names) == 1 else f"_{name}", res, setup)
         image_names = [f"{k + 1}@{inputs.particles}" for k in range(len(setup.images))]
         orientations = setup.orientations
-        read = [params.orientations] if params.orientations else []
+        read = ([params.orientations] if params.orientations else []) + (compat.mrc_list(inputs.particles) or [])
     else:
         params.validate()
         with ctx.cache() as cache:  # copies fill while the models are scored

@@ -98,6 +98,20 @@ def make_case(folder, name):
                      DISPLACE_CENTER="2 1")
         return dict(Modelfile="model.pdb", Particlesfile="particles.mrc", Inputfile="params.txt",
                     flags=["--ReadPDB", "--ReadMRC"])
+    if name == "multi_mrc":  # BioEM's --ReadMultipleMRC: a list naming MRC stacks, relative to the working folder
+        xyz = write_pdb(folder / "model.pdb", rng)
+        imgs = blob_images(xyz, np.full(len(xyz), 60.0), 32, 2.0, 3.0, rng, 4.0, offset=50.0,
+                           shifts=[(0, 0), (1, -2), (-2, 1), (2, 2), (0, 1)])
+        (folder / "stacks").mkdir(exist_ok=True)
+        for stack, part in (("a.mrc", imgs[:2]), ("b.mrc", imgs[2:])):
+            with mrcfile.new(folder / "stacks" / stack, overwrite=True) as m:
+                m.set_data(np.ascontiguousarray(part.transpose(0, 2, 1)).astype(np.float32))
+        (folder / "particles_list.txt").write_text("stacks/a.mrc\nstacks/b.mrc\nXXX\n")
+        write_params(folder / "params.txt", PIXEL_SIZE="2.0", NUMBER_PIXELS="32", GRIDPOINTS_ALPHA="3",
+                     GRIDPOINTS_BETA="2", CTF_B_ENV="20.0 60.0 2", CTF_DEFOCUS="1.0 3.0 2", CTF_AMPLITUDE="0.2 0.2 1",
+                     DISPLACE_CENTER="2 1")
+        return dict(Modelfile="model.pdb", Particlesfile="particles_list.txt", Inputfile="params.txt",
+                    flags=["--ReadPDB", "--ReadMRC", "--ReadMultipleMRC"])
     xyz, e = write_text_model(folder / "model.txt", rng)
     centred = xyz - (e[:, None] * xyz).sum(0) / e.sum()
     imgs = blob_images(centred, e, 24, 1.8, 2.5, rng, 2.0, shifts=[(0, 0), (1, 0), (-1, 2)])

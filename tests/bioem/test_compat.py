@@ -5,6 +5,8 @@ OpenMP) run on exactly the inputs that ``make_case`` (conftest.py) writes; only 
 here. Agreement asserted: ln P to 1e-3 and identical maximising parameters (orientation, CTF point, centre
 shift exactly as printed; normalisation and offset to the printed 4 decimals)."""
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -24,6 +26,13 @@ REFERENCE = {  # case: [(ln P, maximising parameters as printed), ...] per image
         (-1113.439, [-2.0944, 2.3005, 2.0944, 0.2, 2.3333, 40.0, 2.0, -2.0, 0.0407, -0.0695]),
         (-1074.0201, [-2.0944, 2.3005, 2.0944, 0.2, 2.3333, 40.0, -1.0, 0.0, 0.0422, -0.072]),
         (-1115.5835, [-2.0944, 2.3005, -2.0944, 0.2, 2.3333, 40.0, 2.0, 1.0, 0.0413, -0.0705]),
+    ],
+    'multi_mrc': [  # --ReadPDB --ReadMRC --ReadMultipleMRC, run in the case's folder (the list names stacks/a.mrc ...)
+        (-1083.0275, [0.0, 2.0944, -2.0944, 0.2, 2.0, 40.0, -2.0, -1.0, 0.0418, -0.0713]),
+        (-1110.1159, [0.0, 2.0944, 0.0, 0.2, 1.0, 40.0, 0.0, -2.0, 0.0456, -0.0778]),
+        (-1111.0927, [0.0, 2.0944, 2.0944, 0.2, 2.0, 40.0, -2.0, 0.0, 0.0401, -0.0684]),
+        (-1086.3588, [0.0, 2.0944, -2.0944, 0.2, 2.0, 40.0, 0.0, 1.0, 0.0417, -0.0711]),
+        (-1083.9759, [0.0, 2.0944, -2.0944, 0.2, 2.0, 40.0, -2.0, 0.0, 0.0418, -0.0713]),
     ],
     'euler_list': [
         (-2120.5438, [0.0, 0.0, 0.0, 0.3, 1.5, 30.0, 0.0, 0.0, 2.6342, 6.1055]),
@@ -81,10 +90,11 @@ CASES = sorted(REFERENCE)
 
 def _run(case, name, tmp_path):
     args, folder = case(name)
-    run = stage.load_compat(folder / args["Inputfile"], folder / args["Particlesfile"],
-                            folder / args["ReadOrientation"] if "ReadOrientation" in args else None)
+    with contextlib.chdir(folder):  # as the reference ran: an MRC list names its stacks relative to the working folder
+        run = stage.load_compat(folder / args["Inputfile"], folder / args["Particlesfile"],
+                                folder / args["ReadOrientation"] if "ReadOrientation" in args else None)
     model_file = folder / args["Modelfile"]
-    model = compat.read_pdb_residues(model_file) if name == "pdb_mrc" else compat.read_text_model(model_file)
+    model = compat.read_pdb_residues(model_file) if model_file.suffix == ".pdb" else compat.read_text_model(model_file)
     res = stage.compute_compat(model, run, get_backend("cpu"))
     files = stage.write_compat_outputs(tmp_path, "", res, run)
     return res, files
@@ -126,6 +136,29 @@ def test_cli_compat_writes_reference_layout(case, tmp_path):
     assert [ours[i]["log_p"] for i in range(3)] == pytest.approx([r[0] for r in REFERENCE["euler_list"]], abs=1e-3)
     for name in ("ANG_PROB", "logp.star", "ranking.star", "ranking.png", "cumulative_logp.png", "provenance.json"):
         assert (out / name).exists(), name
+
+
+def test_cli_reads_a_multiple_mrc_list_and_names_its_stacks_as_inputs(case, tmp_path, monkeypatch, capsys):
+    args, folder = case("multi_mrc")
+    monkeypatch.chdir(folder)
+    argv = ["bioem", "--compat", "bioem2.1", "--params", "params.txt", "--models", "model.pdb", "--device", "cpu"]
+    assert cryopipe.cli.main([*argv, "--particles", "particles_list.txt", "--out", str(tmp_path / "out")]) == 0
+    ours = compat.parse_output_probabilities((tmp_path / "out" / "Output_Probabilities").read_text())
+    assert [ours[i]["log_p"] for i in range(5)] == pytest.approx([r[0] for r in REFERENCE["multi_mrc"]], abs=1e-3)
+    record = (tmp_path / "out" / "provenance.json").read_text()
+    assert "stacks/a.mrc" in record and "stacks/b.mrc" in record
+    (folder / "bad_list.txt").write_text("stacks/a.mrc\nstacks/missing.mrc\n")
+    assert cryopipe.cli.main([*argv, "--particles", "bad_list.txt", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "bad_list.txt" in err and "stacks/missing.mrc" in err and "line 2" in err
+
+
+def test_headers_name_the_orientation_values_as_bioem_does(case, tmp_path):
+    _res, files = _run(case, "quaternion_list", tmp_path)
+    assert "Maximizing Param: lnP q1 q2 q3 q4 amp" in files[0].read_text()
+    assert files[1].read_text().startswith("# cryopipe bioem --compat bioem2.1: image q1 q2 q3 q4 lnP per")
+    _res, files = _run(case, "euler_list", tmp_path / "e")
+    assert "Maximizing Param: lnP alpha[rad] beta[rad] gamma[rad] amp" in files[0].read_text()
 
 
 def test_ctf_kernel_rows_follow_quirk_1():
