@@ -100,8 +100,12 @@ def result_text(stage: str, n: dict) -> str:
         kept = g("kept_classes", [])
         return f"{len(kept)} of {g('classes', '?')} classes kept ({g('kept_particles', '?')} particles)"
     if stage == "initial-model":
+        sym = g("symmetry", "C1")
+        contrast = g("symmetry_contrast", [])
+        imposed = f"; {sym} imposed (symmetry contrast {_fmt_list(contrast)}; near 0: the map lacks it)" if (
+            sym != "C1") else ""
         return (f"{g('classes', '?')} de novo map(s), shares {_fmt_list(g('class_distribution', []))}; hand "
-                f"{g('hand', '?')} (unknown from projections: check it)")
+                f"{g('hand', '?')} (unknown from projections: check it){imposed}")
     if stage == "class3d":
         return (f"{g('classes', '?')} classes, shares {_fmt_list(g('class_distribution', []))}; "
                 f"resolution {_fmt_list(g('resolution_A', []), 1)} A")

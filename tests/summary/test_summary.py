@@ -26,8 +26,8 @@ def results(tmp_path):
             5.0, 700.0)
     _record(res / "pick" / "batch_0002", "pick", {"micrographs": 4, "picks": 90, "rejected": 1,
                                                   "no_picks": ["mic_8.mrc"]}, 6.0, 650.0)
-    _record(res / "initial_model", "initial-model", {"classes": 1, "class_distribution": [1.0], "hand": "as found"},
-            30.0, 500.0)
+    _record(res / "initial_model", "initial-model", {"classes": 1, "class_distribution": [1.0], "hand": "as found",
+                                                     "symmetry": "D2", "symmetry_contrast": [0.93]}, 30.0, 500.0)
     _record(res / "class3d", "class3d", {"classes": 2, "class_distribution": [0.45, 0.55],
                                          "resolution_A": [16.0, 15.5]}, 200.0, 2200.0)
     _record(res / "postprocess", "postprocess", {"resolution_A": 10.95, "bfactor": 0.0,
@@ -46,7 +46,8 @@ def test_one_row_per_stage_in_pipeline_order_with_batches_added_up(results, tmp_
     table = pd.read_csv(out / "summary.tsv", sep="\t").set_index("stage")
     assert list(table.index) == ["simulate", "pick", "initial-model", "class3d", "postprocess", "bioem"]
     assert table.loc["initial-model", "result"] == ("1 de novo map(s), shares 1.00; hand as found (unknown from "
-                                                    "projections: check it)")
+                                                    "projections: check it); D2 imposed (symmetry contrast 0.93; "
+                                                    "near 0: the map lacks it)")
     assert table.loc["pick", "jobs"] == 2 and table.loc["pick", "wall_time_s"] == 11.0
     assert table.loc["pick", "peak_memory_mib"] == 700.0
     assert table.loc["pick", "result"] == ("240 picks on 8 micrographs (30 per micrograph); 4 set aside as "
