@@ -106,7 +106,7 @@ def test_separates_conformations(tmp_path_factory, tmp_path):
     conformation-2 class 7.8 deg off, 4.89 px as is, 3.16 px in the true frame."""
     truth = _dataset(tmp_path_factory, "mixture", 1000, 5, snr=0.3)
     params = Class3DParams(classes=2, iterations=12, healpix_order=2, offset_range=1.5, offset_step=1.5,
-                           particle_diameter=130.0)
+                           ini_high=60.0, particle_diameter=130.0)  # measured with RELION's 60 A first limit
     out = classify(params, EMInputs(truth["star"], truth["reference"]), tmp_path, StageContext.local())
     table, maps = out.particles.table, out.model.maps
     cls = table["rlnClassNumber"].to_numpy() - 1
