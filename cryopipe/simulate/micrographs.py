@@ -67,7 +67,7 @@ class SimulateParams:
     """What to simulate. Lengths in Angstrom, voltage kV, Cs mm, defocus Angstrom."""
 
     seed: int = 2024
-    micrographs: int = 16
+    micrographs: int = 20
     size_px: int = 1024
     angpix: float = 2.5
     particles_per_micrograph: int = 40

@@ -36,6 +36,8 @@ DATA_FLAGS = {"--particles", "--reference", "--out", "--micrographs", "--ctf", "
               "--amplitude-contrast", "--orientations", "--orientation-prior"}
 # class2d has no default class count (the number of --references, else required): the config's 8 is a choice.
 REQUIRED = {"class2d": {"--classes"}}
+# The simulator's flags are all choices of the demo (its --micrographs is a count, its --angpix the pixel it makes).
+ONLY_DATA = {"simulate": {"--out"}}
 
 OWN = {"simulate": {"enabled": False},
        "micrographs": {"glob": "{data}/mics/*.mrc", "voltage": 300, "cs": 2.7, "amplitude_contrast": 0.1},
@@ -75,7 +77,7 @@ def data_only(argv: list[str]) -> list[str]:
         j = i + 1
         while j < len(argv) and not argv[j].startswith("--"):
             j += 1
-        if argv[i] in DATA_FLAGS | REQUIRED.get(argv[0], set()):
+        if argv[i] in ONLY_DATA.get(argv[0], DATA_FLAGS) | REQUIRED.get(argv[0], set()):
             keep += argv[i:j]
         i = j
     return keep
