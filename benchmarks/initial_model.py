@@ -78,14 +78,16 @@ def floor_flops(params: InitialModelParams, n: int, box: int, angpix: float) -> 
     return total
 
 
-def run_relion(binary: str, star: Path, out: Path, classes: int, diameter: float, threads: int) -> tuple[float, Path]:
-    """RELION's InitialModel job on ``star`` (its GUI's command, 200 VDAM mini-batches): (wall s, largest class map)."""
+def run_relion(binary: str, star: Path, out: Path, classes: int, diameter: float, threads: int,
+               gpu: bool) -> tuple[float, Path]:
+    """RELION's InitialModel job on ``star`` (its GUI's command, 200 VDAM mini-batches; ``gpu``: --gpu 0):
+    (wall s, largest class map)."""
     out.mkdir()
     cmd = [binary, "--o", str(out / "run"), "--iter", "200", "--grad", "--denovo_3dref", "--i", str(star), "--ctf",
            "--K", str(classes), "--sym", "C1", "--flatten_solvent", "--zero_mask", "--dont_combine_weights_via_disc",
            "--pool", "30", "--pad", "1", "--particle_diameter", f"{diameter:g}", "--oversampling", "1",
            "--healpix_order", "1", "--offset_range", "6", "--offset_step", "2", "--auto_sampling", "--tau2_fudge", "4",
-           "--j", str(threads), "--gpu", "0"]
+           "--j", str(threads)] + (["--gpu", "0"] if gpu else [])
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=star.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wall = time.perf_counter() - t0
@@ -131,9 +133,10 @@ def main(argv=None) -> None:
                          f"{fit.resolution_05_A:.1f} / {fit.resolution_0143_A:.1f} (hand {fit.hand:+d})"])
             if args.relion:
                 wall, path = run_relion(args.relion, star, folder / f"relion_k{k}", k, params.particle_diameter,
-                                        args.relion_threads)
+                                        args.relion_threads, bk.is_gpu)
                 fit = align(read_mrc(path)[0], truth, angpix)
-                rows.append([f"RELION InitialModel (200 VDAM mini-batches), same particles, K = {k}", bk.describe(),
+                rows.append([f"RELION InitialModel (200 VDAM mini-batches, --j {args.relion_threads}), same particles, "
+                             f"K = {k}", bk.describe(),
                              f"{wall:.1f}", f"{n / wall:.0f}", "", "",
                              f"{fit.resolution_05_A:.1f} / {fit.resolution_0143_A:.1f} (hand {fit.hand:+d})"])
     print(markdown_table(["workload", "device", "wall s", "particles / s", "floor s (coarse products)",

@@ -1,7 +1,7 @@
 """``cryopipe class3d``: RELION-style 3D classification (regularised likelihood EM), CPU/GPU, MPI.
 
     cryopipe class3d --particles select2d/particles.star --reference ref.mrc --out class3d [--classes 2]
-                     [--iterations 15] [--healpix-order 2] [--diameter 150] [--symmetry C1] [--device gpu]
+                     [--iterations 10] [--healpix-order 2] [--diameter 150] [--symmetry C1] [--device gpu]
     cryopipe class3d --continue class3d/run_it010 --iterations 30 --out class3d
 
 writes ``OUT/run_itNNN_{data,model}.star`` and ``OUT/run_itNNN_classKKK.mrc`` every iteration, the last one also as

@@ -64,7 +64,7 @@ class Class3DParams:
     """
 
     classes: int = 2
-    iterations: int = 15
+    iterations: int = 10
     healpix_order: int = 2
     offset_range: float = 3.0
     offset_step: float = 2.0
