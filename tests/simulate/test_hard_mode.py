@@ -167,8 +167,7 @@ def test_ctf_on_a_rectangular_grid_uses_each_axis_frequencies():
 
 def test_rectangular_ice_has_its_thon_rings_where_the_ctf_has_zeros():
     p = SimulateParams(snr=0.1, seed=2, size_px=512, height_px=256, angpix=2.0, diameter_A=100.0,
-                       particles_per_micrograph=0,
-                       ice_snr=50.0, ice_gradient_every=0)
+                       particles_per_micrograph=0, ice_snr=50.0, ice_gradient_every=0)
     m = simulate_micrograph_full(p, np.random.default_rng(2), build_molecule("complex", 2), CTF, False)
     assert m.image.shape == (256, 512)
     power = np.abs(np.fft.rfft2(m.image - m.image.mean())) ** 2

@@ -34,8 +34,7 @@ def test_demo_defaults_are_unchanged(tmp_path):
 
 def _pair(ice_snr, phase=0.0):
     p = SimulateParams(snr=0.1, seed=3, size_px=512, angpix=2.0, particles_per_micrograph=6, diameter_A=100.0,
-                       ice_snr=ice_snr,
-                       phase_shift=phase)
+                       ice_snr=ice_snr, phase_shift=phase)
     ctf = CTFParams(16000.0, 13000.0, 35.0, 300.0, 2.7, 0.1, bfactor=40.0, phase_shift=phase)
     return ctf, simulate_micrograph(p, np.random.default_rng(3), build_models(3), ctf, True, index=2)
 
