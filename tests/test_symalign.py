@@ -88,5 +88,7 @@ def test_gpu_finds_the_cpu_frame():
     moved = _off_frame(symmetric_map("D2", 2), 12)
     cpu = find_frame(moved, "D2", ANGPIX, lowpass_A=12.0)
     gpu = find_frame(moved, "D2", ANGPIX, lowpass_A=12.0, bk=get_backend("gpu"))
-    assert _ncc(apply_frame(moved, cpu), apply_frame(moved, gpu)) >= 0.99
+    # D2's frame is defined up to the octahedral group (its axes may be permuted): float32 sums may pick another
+    assert max(_ncc(rotate_map(apply_frame(moved, cpu), g), apply_frame(moved, gpu)) for g in symmetry_operators("O")
+               ) >= 0.99
     assert gpu.score == pytest.approx(cpu.score, abs=1e-3)
