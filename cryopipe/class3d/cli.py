@@ -1,6 +1,7 @@
 """``cryopipe class3d``: RELION-style 3D classification (regularised likelihood EM), CPU/GPU, MPI.
 
     cryopipe class3d --particles select2d/particles.star --reference ref.mrc --out class3d [--classes 2]
+    cryopipe class3d --particles select2d/particles.star --reference im/initial_model_class00[1-3].mrc --out class3d
                      [--iterations 10] [--healpix-order 2] [--diameter 150] [--symmetry C1] [--device gpu]
     cryopipe class3d --continue class3d/run_it010 --iterations 30 --out class3d
 
@@ -29,9 +30,12 @@ _DEFAULTS = Class3DParams()
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--particles", type=Path, help="particle STAR file (RELION 3.1+, with data_optics and CTF)")
-    p.add_argument("--reference", type=Path, help="initial 3D reference map (MRC, particle box and pixel size)")
+    p.add_argument("--reference", type=Path, nargs="+", metavar="MAP",
+                   help="initial 3D reference map (MRC, particle box and pixel size): one, from which every class "
+                   "starts (iteration 1 splits the particles at random), or one per class (e.g. an initial model's "
+                   "K maps; K is then their number)")
     p.add_argument("--classes", "--K", dest="classes", type=int,
-                   help=f"number of classes K (default {_DEFAULTS.classes})")
+                   help=f"number of classes K (default {_DEFAULTS.classes}, or the number of reference maps)")
     p.add_argument("--iterations", type=int, help=f"last iteration number (default {_DEFAULTS.iterations})")
     p.add_argument("--healpix-order", type=int, help="HEALPix order of the coarse search (default "
                    f"{_DEFAULTS.healpix_order} = {60 / 2 ** _DEFAULTS.healpix_order:g} deg; the fine pass is one "

@@ -2,8 +2,10 @@
 
 Iteration 1 splits the particles at random over the K classes (RELION's random seeds), all starting from the
 reference low-passed to ``ini_high`` and scaled to the data's grey scale; later iterations assign particles by
-their posteriors. Every iteration writes ``run_itNNN_{data,model}.star`` and ``run_itNNN_classKKK.mrc``; the last
-one is also linked as ``run_{data,model}.star`` and ``run_classKKK.mrc``. As in RELION, the model STAR names its maps
+their posteriors. Given K references (one per class, e.g. the K maps of a de novo initial model), each class starts
+from its own and iteration 1 assigns by the posteriors too, as RELION does with a STAR file of references.
+Every iteration writes ``run_itNNN_{data,model}.star`` and ``run_itNNN_classKKK.mrc``; the last one is also linked
+as ``run_{data,model}.star`` and ``run_classKKK.mrc``. As in RELION, the model STAR names its maps
 with the output folder (``ctx.final(out)/run_itNNN_classKKK.mrc``) and the data STARs keep rlnImageName as the input
 STAR gives it (relative names stay relative: :func:`cryopipe.io.star.portable_image_names`). A driver over
 :mod:`cryopipe.em3d.driver` (parameters, --continue, initial model)::
@@ -30,6 +32,7 @@ from cryopipe.em3d.driver import (
     initial_model,
     link_last_iteration,
     model_options,
+    reference_paths,
     resolution_increment,
     start_run,
     validate_common,
@@ -126,6 +129,11 @@ def classify(params: Class3DParams, inputs: EMInputs, out: Path, ctx: StageConte
     out = Path(out)
     comm = ctx.comm
     bk = ctx.backend if ctx.backend is not None else get_backend("cpu")
+    n_refs = len(reference_paths(inputs.reference))
+    if n_refs > 1 and params.classes is None:  # K from the references, as RELION takes it from a STAR of them
+        params = dataclasses.replace(params, classes=n_refs)
+    require(n_refs <= 1 or params.classes in (None, n_refs), f"{n_refs} reference maps for {params.classes} classes: "
+            "give one map (every class starts from it) or one per class", field="--reference")
     with ctx.cache() as cache:
         start = start_run(params, inputs, ctx, cache, fixed=FIXED, columns=TABLE_COLUMNS)
         params, particles, mask, mine = start.params, start.particles, start.mask, start.mine
@@ -142,7 +150,7 @@ def classify(params: Class3DParams, inputs: EMInputs, out: Path, ctx: StageConte
         progress = Progress(params.iterations, log, "iteration", done=start.iteration, comm=comm)
         for it in range(start.iteration + 1, params.iterations + 1):
             class_mask = None
-            if it == 1 and params.classes > 1:
+            if it == 1 and params.classes > 1 and n_refs <= 1:  # K references: no random split
                 seeds = np.random.default_rng(params.seed).integers(params.classes, size=n)
                 class_mask = np.eye(params.classes, dtype=bool)[seeds]
             estep = EStep(particles, model.maps, np.log(np.maximum(model.pdf_class, 1e-30)), model.sigma2,

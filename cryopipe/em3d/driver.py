@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,14 +63,23 @@ class EMInputs:
     """The files an em3d driver reads.
 
     ``particles``: particle STAR (RELION 3.1+, with data_optics and CTF); on continue it may be left out (the
-    checkpoint names it). ``reference``: initial map (MRC, the particles' box and pixel size); not with
-    ``continue_from`` (the maps come from the checkpoint). ``continue_from``: a checkpoint ``DIR/run_itNNN`` (or
-    any of its files) to continue from; None: a fresh run.
+    checkpoint names it). ``reference``: initial map (MRC, the particles' box and pixel size), or a sequence of
+    them, one per class (class3d); not with ``continue_from`` (the maps come from the checkpoint).
+    ``continue_from``: a checkpoint ``DIR/run_itNNN`` (or any of its files) to continue from; None: a fresh run.
     """
 
     particles: Path | None = None
-    reference: Path | None = None
+    reference: Path | Sequence[Path] | None = None
     continue_from: Path | None = None
+
+
+def reference_paths(reference: Path | Sequence[Path] | None) -> list[Path]:
+    """The initial maps an :class:`EMInputs` names, as a list (empty: none)."""
+    if reference is None:
+        return []
+    if isinstance(reference, (str, os.PathLike)):
+        return [Path(reference)]
+    return [Path(r) for r in reference]
 
 
 @dataclass
@@ -92,7 +102,7 @@ class Start:
     model: Model | None
     iteration: int
     options: dict
-    reference: Path | None
+    reference: Path | Sequence[Path] | None
     diameter_A: float
     mask: np.ndarray
     mine: np.ndarray
@@ -236,30 +246,39 @@ def start_run(params, inputs: EMInputs, ctx: StageContext, cache=None, *, fixed=
     n = len(particles)
     diameter = mask_diameter_A(params, particles)
     mask = mstep.solvent_mask(particles.box, particles.angpix, diameter)
-    if prefix is None and reference is not None:
-        check_reference(reference, particles)
-    read = [Path(particles_path), *([Path(inputs.reference)] if inputs.reference is not None else []), *read]
+    if prefix is None:
+        for path in reference_paths(reference):
+            check_reference(path, particles)
+    read = [Path(particles_path), *reference_paths(inputs.reference), *read]
     return Start(params=params, particles=particles, model=model, iteration=iteration, options=stored,
                  reference=reference, diameter_A=diameter, mask=mask, mine=np.arange(n)[split_range(n, rank, size)],
                  inputs=read)
 
 
-def initial_model(particles: ParticleSet, reference: Path, n_maps: int, params, mask: np.ndarray, mine, bk,
-                  comm) -> Model:
-    """The model of iteration 0: ``n_maps`` copies of the reference map low-passed to ``params.ini_high`` (A),
-    masked by ``mask`` (N, N, N) and scaled to the particles' grey scale (fitted on this rank's particles ``mine``
-    and summed over ``comm``); equal class weights, the noise spectra of the data (sigma2 (G, N//2+1)), tau2 (K,
-    N//2+1) = tau2_fudge x the map's power (recorded only: the M-step takes tau2 from the data), E-step limit
+def initial_model(particles: ParticleSet, reference: Path | Sequence[Path], n_maps: int, params, mask: np.ndarray,
+                  mine, bk, comm) -> Model:
+    """The model of iteration 0: ``n_maps`` maps from ``reference`` (one map: ``n_maps`` copies of it; a sequence:
+    one map per class, exactly ``n_maps`` of them), each low-passed to ``params.ini_high`` (A), masked by ``mask``
+    (N, N, N) and scaled to the particles' grey scale (fitted on this rank's particles ``mine`` and summed over
+    ``comm``); equal class weights, the noise spectra of the data (sigma2 (G, N//2+1)), tau2 (K, N//2+1) =
+    tau2_fudge x each map's power (recorded only: the M-step takes tau2 from the data), E-step limit
     N angpix / ini_high Fourier px (2 .. N//2)."""
     box, angpix, k = particles.box, particles.angpix, n_maps
+    paths = reference_paths(reference)
+    require(len(paths) in (1, k), f"{len(paths)} reference maps for {k} classes: give one map (every class starts "
+            f"from it) or one per class", field="--reference")
     r_max = int(np.clip(round(box * angpix / params.ini_high), 2, box // 2))
-    ref, _ = read_mrc(reference)
-    ref = np.asarray(lowpass(ref.astype(np.float64), angpix, params.ini_high, ndim=3)) * mask
-    ref *= reference_scale(ref, particles, mine, r_max, bk, comm, seed=params.seed)
-    tau2 = params.tau2_fudge * mstep.signal_power(ref)
+    refs = []
+    for path in paths:
+        ref, _ = read_mrc(path)
+        ref = np.asarray(lowpass(ref.astype(np.float64), angpix, params.ini_high, ndim=3)) * mask
+        ref *= reference_scale(ref, particles, mine, r_max, bk, comm, seed=params.seed)
+        refs.append(ref)
+    refs = np.stack(refs if len(refs) == k else refs * k)
+    tau2 = params.tau2_fudge * np.stack([mstep.signal_power(ref) for ref in refs])
     nsh = box // 2 + 1
-    return Model(maps=np.repeat(ref[None].astype(np.float32), k, axis=0), pdf_class=np.full(k, 1.0 / k),
-                 sigma2=initial_sigma2(particles, mine, comm), tau2=np.repeat(tau2[None], k, axis=0),
+    return Model(maps=refs.astype(np.float32), pdf_class=np.full(k, 1.0 / k),
+                 sigma2=initial_sigma2(particles, mine, comm), tau2=tau2,
                  ssnr=np.zeros((k, nsh)), resolution_A=np.full(k, params.ini_high),
                  sigma_offset_px=float(params.offset_range), r_max=r_max, iteration=0, angpix=angpix)
 

@@ -147,6 +147,20 @@ def test_without_a_3d_reference_the_initial_model_makes_one(data):
     assert "leaves out bioem: bioem.models is empty" in proc.stderr
 
 
+def test_class3d_can_start_one_class_from_each_initial_map(data):
+    """initial_model.class3d_start: all gives class3d the K initial maps, in order; K must match class3d's."""
+    proc = dry_run(data, merged(OWN, {"initial_model": {"classes": 3, "class3d_start": "all"},
+                                      "class3d": {"classes": 3}}), "-p")
+    maps = " ".join(f"results/initial_model/initial_model_class{k:03d}.mrc" for k in (1, 2, 3))
+    assert f" --reference {maps} " in command(proc, "class3d")
+    best = dry_run(data, merged(OWN, {"initial_model": {"classes": 3}, "class3d": {"classes": 3}}), "-p")
+    assert " --reference results/initial_model/initial_model.mrc " in command(best, "class3d")
+    bad = dry_run(data, merged(OWN, {"initial_model": {"classes": 3, "class3d_start": "all"}}))
+    assert bad.returncode == 2
+    assert ("cryopipe config: error: [initial_model.class3d_start]: all: class3d starts one class from each of the "
+            "initial model's 3 maps, but class3d.classes is 2") in bad.stderr
+
+
 def test_without_a_3d_reference_or_an_initial_model_it_says_what_runs(data):
     proc = dry_run(data, merged(OWN, {"initial_model": {"use": False}}))
     assert plan(proc) == {"pick", "extract", "gather_particles", "class2d", "select2d", "summary"}

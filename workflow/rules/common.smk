@@ -362,11 +362,24 @@ def pick_ctf_rows(wildcards):
 IM = config["initial_model"]
 # the de novo initial model: always with use: true; with auto when no map is given for your own data
 RUN_INITIAL_MODEL = IM["use"] is True or (IM["use"] == "auto" and not config["class3d"]["reference"] and not USE_SIM)
+# class3d starts from all K initial maps (one class each) or from the most populated one (every class from it)
+START_FROM_ALL = RUN_INITIAL_MODEL and IM["class3d_start"] == "all" and IM["classes"] > 1
+if START_FROM_ALL and config["class3d"]["classes"] != IM["classes"]:
+    config_error("initial_model.class3d_start", f"all: class3d starts one class from each of the initial model's "
+                 f"{IM['classes']} maps, but class3d.classes is {config['class3d']['classes']}: make the two equal, "
+                 "or start from the best map (best)")
+
+
+def initial_maps():
+    """The initial model's K maps (initial_model_classNNN.mrc)."""
+    return [f"{RESULTS}/initial_model/initial_model_class{k:03d}.mrc" for k in range(1, IM["classes"] + 1)]
 
 
 def class3d_reference():
-    """The initial map: the initial model's (when it runs), else class3d.reference, else the demo's; None (no 3D
-    stages) for real data without one and no initial model."""
+    """The initial map(s): the initial model's (when it runs: all K, or its most populated class), else
+    class3d.reference, else the demo's; None (no 3D stages) for real data without one and no initial model."""
+    if START_FROM_ALL:
+        return initial_maps()
     if RUN_INITIAL_MODEL:
         return f"{RESULTS}/initial_model/initial_model.mrc"
     if config["class3d"]["reference"]:

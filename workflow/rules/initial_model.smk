@@ -1,5 +1,6 @@
 # De novo initial model of the selected 2D particles (stochastic minibatch EM from a random start), when no map is
-# given for your data (initial_model.use): class3d starts from its most populated class.
+# given for your data (initial_model.use): class3d starts from its most populated class, or from all K maps
+# (initial_model.class3d_start).
 
 if RUN_INITIAL_MODEL:
 
@@ -8,6 +9,9 @@ if RUN_INITIAL_MODEL:
             particles=rules.select2d.output.particles,
         output:
             map=f"{RESULTS}/initial_model/initial_model.mrc",
+            # every class's map only when class3d reads them all: an output nothing asks for would have no
+            # metadata, and a job with such an output is not rerun when its parameters change
+            classes=initial_maps() if START_FROM_ALL else [],
             particles=f"{RESULTS}/initial_model/particles.star",
             record=f"{RESULTS}/initial_model/provenance.json",  # its recorded params rerun the job when they change
             figures=report(
