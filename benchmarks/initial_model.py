@@ -79,9 +79,9 @@ def floor_flops(params: InitialModelParams, n: int, box: int, angpix: float) -> 
 
 
 def run_relion(binary: str, star: Path, out: Path, classes: int, diameter: float, threads: int,
-               gpu: bool) -> tuple[float, Path]:
+               gpu: bool, timeout: float | None = None) -> tuple[float, Path]:
     """RELION's InitialModel job on ``star`` (its GUI's command, 200 VDAM mini-batches; ``gpu``: --gpu 0):
-    (wall s, largest class map)."""
+    (wall s, largest class map; None when it did not finish within ``timeout`` s)."""
     out.mkdir()
     cmd = [binary, "--o", str(out / "run"), "--iter", "200", "--grad", "--denovo_3dref", "--i", str(star), "--ctf",
            "--K", str(classes), "--sym", "C1", "--flatten_solvent", "--zero_mask", "--dont_combine_weights_via_disc",
@@ -89,8 +89,14 @@ def run_relion(binary: str, star: Path, out: Path, classes: int, diameter: float
            "--healpix_order", "1", "--offset_range", "6", "--offset_step", "2", "--auto_sampling", "--tau2_fudge", "4",
            "--j", str(threads)] + (["--gpu", "0"] if gpu else [])
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=star.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        proc = subprocess.run(cmd, cwd=star.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return float(timeout), None
     wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"RELION failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     model = read_star(out / "run_it200_model.star")["model_classes"]
     best = int(np.argmax(model["rlnClassDistribution"].to_numpy()))
     return wall, out / f"run_it200_class{best + 1:03d}.mrc"
@@ -105,6 +111,7 @@ def main(argv=None) -> None:
     p.add_argument("--workdir", help="local-disk folder for the stack (default: a temporary folder)")
     p.add_argument("--relion", help="relion_refine of a RELION 5 build: run its InitialModel on the same particles")
     p.add_argument("--relion-threads", type=int, default=min(8, os.cpu_count() or 1), help="its --j (default 8)")
+    p.add_argument("--relion-timeout", type=float, help="stop RELION after this many seconds (default: none)")
     args = p.parse_args(argv)
     bk = get_backend(args.device)
     box, angpix = (64, 4.0) if args.small else (128, 2.0)
@@ -133,12 +140,14 @@ def main(argv=None) -> None:
                          f"{fit.resolution_05_A:.1f} / {fit.resolution_0143_A:.1f} (hand {fit.hand:+d})"])
             if args.relion:
                 wall, path = run_relion(args.relion, star, folder / f"relion_k{k}", k, params.particle_diameter,
-                                        args.relion_threads, bk.is_gpu)
-                fit = align(read_mrc(path)[0], truth, angpix)
+                                        args.relion_threads, bk.is_gpu, args.relion_timeout)
+                fsc_cell = "did not finish"
+                if path is not None:
+                    fit = align(read_mrc(path)[0], truth, angpix)
+                    fsc_cell = f"{fit.resolution_05_A:.1f} / {fit.resolution_0143_A:.1f} (hand {fit.hand:+d})"
                 rows.append([f"RELION InitialModel (200 VDAM mini-batches, --j {args.relion_threads}), same particles, "
-                             f"K = {k}", bk.describe(),
-                             f"{wall:.1f}", f"{n / wall:.0f}", "", "",
-                             f"{fit.resolution_05_A:.1f} / {fit.resolution_0143_A:.1f} (hand {fit.hand:+d})"])
+                             f"K = {k}", bk.describe(), f"{wall:.1f}" + (" (stopped)" if path is None else ""),
+                             f"{n / wall:.0f}", "", "", fsc_cell])
     print(markdown_table(["workload", "device", "wall s", "particles / s", "floor s (coarse products)",
                           "ratio", "FSC 0.5 / 0.143 vs truth, A"], rows))
     print(f"Particles simulated and written in {made:.1f} s; float32 matrix-product rate {rate / 1e12:.1f} TFLOP/s. "
