@@ -113,9 +113,10 @@ def main(argv=None) -> None:
         rows.append(["cryopipe class3d", workload, bk.describe(), f"{wall:.1f}", f"{wall / n / its * 1e3:.2f}",
                      f"{box * angpix / model.r_max:.1f}", resolutions(best, truth, angpix)])
         wall, vol, limit = run_relion(args.relion, star, reference, folder / "relion", params, args.relion_threads,
-                                      bk.is_gpu)
+                                      bk.is_gpu, args.relion_timeout)
         rows.append([f"RELION relion_refine (--j {args.relion_threads})", workload, bk.describe(),
-                     f"{wall:.1f}" + (" (stopped)" if vol is None else ""), f"{wall / n / its * 1e3:.2f}",
+                     f"{wall:.1f}" + (" (stopped)" if vol is None else ""),
+                     f"{wall / n / its * 1e3:.2f}" if vol is not None else "",
                      f"{limit:.1f}", "did not finish" if vol is None else resolutions(vol, truth, angpix)])
     print(markdown_table(["program", "workload", "device", "wall s", "ms / particle-iteration",
                           "last E-step limit, A", "FSC 0.5 / 0.143 of the largest class vs truth, A"], rows))
