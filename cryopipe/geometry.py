@@ -35,6 +35,24 @@ _GENERATORS = {
 }
 
 
+def centre_of_mass(data, mask, ndim: int, bk=None) -> np.ndarray:
+    """Centre of mass of the positive part of ``data * mask``: (..., ndim) float64 on the host, (x, y[, z]) in px
+    from the origin N//2 of the last ``ndim`` axes of ``data`` (..., [N,] N, N: axes [z,] y, x), zero where nothing
+    is positive. ``bk``: the backend ``data`` lives on (None: NumPy arrays)."""
+    xp = np if bk is None else bk.xp
+    weight = xp.maximum(data * mask, 0)
+    axes = tuple(range(-ndim, 0))
+    total = weight.sum(axis=axes)
+    coords = []
+    for ax in axes[::-1]:  # x (the last axis) first
+        n = data.shape[ax]
+        grid = xp.arange(n, dtype=xp.float64) - n // 2
+        coords.append((weight.sum(axis=tuple(a for a in axes if a != ax)) * grid).sum(-1))
+    safe = xp.where(total > 0, total, 1.0)
+    centre = xp.stack(coords, axis=-1) / safe[..., None] * (total > 0)[..., None]
+    return np.asarray(centre, dtype=np.float64) if bk is None else bk.asnumpy(centre).astype(np.float64)
+
+
 def _wrap180(angle):
     """Angles in degrees wrapped into (-180, 180]."""
     return 180.0 - np.mod(180.0 - angle, 360.0)

@@ -36,6 +36,7 @@ from cryopipe.errors import require
 from cryopipe.fourier import backend_or_cpu, fourier_crop, lowpass, resize, soft_circular_mask
 from cryopipe.geometry import (
     angular_sampling_deg,
+    centre_of_mass,
     euler_to_matrix,
     healpix_directions,
     matrix_to_euler,
@@ -120,19 +121,6 @@ class _SymmetryScorer:
         return scores, np.zeros((len(scores), 3))
 
 
-def centre_of_mass(vol, mask, bk: Backend) -> np.ndarray:
-    """(x, y, z) voxels from the box centre of the centre of mass of ``vol``'s positive density times ``mask``."""
-    xp = bk.xp
-    n = vol.shape[0]
-    w = xp.maximum(vol, 0) * mask
-    total = float(w.sum())
-    if total <= 0:
-        return np.zeros(3)
-    c = xp.arange(n, dtype=xp.float64) - n // 2
-    return np.array([float((w.sum(axis=(0, 1)) * c).sum()), float((w.sum(axis=(0, 2)) * c).sum()),
-                     float((w.sum(axis=(1, 2)) * c).sum())]) / total
-
-
 def _candidates(symmetry: str, ops: np.ndarray, order: int) -> np.ndarray:
     """Rotations (K, 3, 3) of the global search, one per frame that scores differently. For C<n> one per HEALPix
     direction of ``order + 1`` (the axis direction is all that matters). Otherwise RELION's SO(3) grid, of ``order +
@@ -172,7 +160,7 @@ def find_frame(vol, symmetry: str, angpix: float, *, diameter_A: float | None = 
     vol = bk.asarray(vol, dtype=xp.float32)
     edge = 0.05 * n
     mask = soft_circular_mask(n, 0.5 * diameter_A / angpix, edge, ndim=3, bk=bk)
-    centre = centre_of_mass(lowpass(vol, angpix, lowpass_A, ndim=3), mask, bk)
+    centre = centre_of_mass(lowpass(vol, angpix, lowpass_A, ndim=3), mask, 3, bk)
     if len(ops) == 1:
         return SymmetryFrame(key, np.eye(3), centre, 1.0, 0.0)
     centred = rotate_map(vol, np.eye(3), -centre, bk)

@@ -311,3 +311,15 @@ def test_asymmetric_unit_cyclic_is_rot_wedge():
     wedge = (d[:, 0] > -180 + 1e-6) & (d[:, 0] <= -90 + 1e-6)
     pole = np.isin(d[:, 1], [0, 180])
     np.testing.assert_array_equal(mask, wedge | pole)
+
+
+def test_centre_of_mass_in_2d_batches_and_3d():
+    """A Gaussian blob placed at a known offset from the origin N//2 comes back as (x, y[, z]); empty or all
+    negative data give zero; a batch keeps its leading axes."""
+    n = 32
+    grid = np.arange(n) - n // 2
+    z, y, x = np.meshgrid(grid, grid, grid, indexing="ij")
+    vol = np.exp(-((x - 3.0) ** 2 + (y + 2.0) ** 2 + (z - 5.0) ** 2) / 8.0)
+    np.testing.assert_allclose(g.centre_of_mass(vol, 1.0, 3), [3.0, -2.0, 5.0], atol=1e-6)
+    images = np.stack([vol[n // 2 + 5], -vol[n // 2 + 5], np.zeros((n, n))])
+    np.testing.assert_allclose(g.centre_of_mass(images, 1.0, 2), [[3.0, -2.0], [0.0, 0.0], [0.0, 0.0]], atol=1e-6)

@@ -108,19 +108,6 @@ def class_averages(sums: ClassSums, wiener_snr: float | None = None) -> tuple[np
     return out[:, 0], out[:, 1:3], out[:, 3:5]
 
 
-def centre_of_mass(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(K, 2) centre (x, y) in px from the origin N//2 of the positive part of ``images * mask`` (K, N, N);
-    zero for an image with no positive density."""
-    n = images.shape[-1]
-    weight = np.clip(images * mask, 0.0, None)
-    total = weight.sum(axis=(-2, -1))
-    grid = np.arange(n, dtype=np.float64) - n // 2
-    cx = (weight.sum(axis=-2) * grid).sum(-1)
-    cy = (weight.sum(axis=-1) * grid).sum(-1)
-    safe = np.where(total > 0, total, 1.0)
-    return np.stack([cx / safe, cy / safe], axis=-1) * (total > 0)[:, None]
-
-
 def shift_images(images: np.ndarray, shift_px: np.ndarray) -> np.ndarray:
     """Move real images (..., N, N) by ``shift_px`` (..., 2) (sx, sy) px (sub-pixel, Fourier); same shape."""
     n = images.shape[-1]

@@ -46,11 +46,12 @@ import pandas as pd
 from cryopipe.backend import Backend, get_backend
 from cryopipe.cache import StackCache
 from cryopipe.class2d.align import Aligner, Alignment
-from cryopipe.class2d.averages import ClassSums, centre_of_mass, class_averages, frc_resolution, shift_images
+from cryopipe.class2d.averages import ClassSums, class_averages, frc_resolution, shift_images
 from cryopipe.class2d.polar import PolarGrid, transform_images
 from cryopipe.ctf import CTFParams, ctf_2d, phase_flip
 from cryopipe.errors import InputError, require
 from cryopipe.fourier import backend_of, fourier_crop, normalise_background, soft_circular_mask
+from cryopipe.geometry import centre_of_mass
 from cryopipe.io.mrc import read_mrc, write_mrc
 from cryopipe.io.star import UNKNOWN_RESOLUTION_A, portable_image_names, write_star, write_table
 from cryopipe.parallel import SerialComm
@@ -366,7 +367,7 @@ def classify(stack: ParticleStack, params: Class2DParams, bk: Backend | None = N
         averages, halves, split = class_averages(sums, params.wiener_snr if wiener else None)
         sizes = sums.sizes()
         low_below = np.nan_to_num(sums.mean_scores(), nan=np.inf)
-        centre = centre_of_mass(averages, mask_host)
+        centre = centre_of_mass(averages, mask_host, 2)
         averages, halves, split = (shift_images(a, -c) for a, c in ((averages, centre), (halves, centre[:, None]),
                                                                      (split, centre[:, None])))
         done = it == params.iterations - 1 or (it > 0 and changed[-1] < params.convergence)

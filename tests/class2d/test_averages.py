@@ -2,9 +2,10 @@
 
 import numpy as np
 
-from cryopipe.class2d.averages import ClassSums, centre_of_mass, class_averages, frc_resolution, shift_images
+from cryopipe.class2d.averages import ClassSums, class_averages, frc_resolution, shift_images
 from cryopipe.ctf import CTFParams, ctf_2d
 from cryopipe.fourier import lowpass
+from cryopipe.geometry import centre_of_mass
 
 
 def _sums(cpu, images, classes, halves, low, scores, batches):
@@ -65,10 +66,10 @@ def test_recentring_moves_the_centre_of_mass_to_the_origin():
     y, x = np.mgrid[:n, :n] - n // 2
     blob = np.exp(-((x - 3.4) ** 2 + (y + 2.2) ** 2) / 18.0)[None] - 0.1  # negative halo is ignored
     mask = (np.hypot(x, y) < 20).astype(float)
-    c = centre_of_mass(blob, mask)
+    c = centre_of_mass(blob, mask, 2)
     np.testing.assert_allclose(c, [[3.4, -2.2]], atol=0.05)
-    np.testing.assert_allclose(centre_of_mass(shift_images(blob, -c), mask), 0.0, atol=0.05)
-    np.testing.assert_array_equal(centre_of_mass(np.zeros((1, n, n)), mask), 0.0)
+    np.testing.assert_allclose(centre_of_mass(shift_images(blob, -c), mask, 2), 0.0, atol=0.05)
+    np.testing.assert_array_equal(centre_of_mass(np.zeros((1, n, n)), mask, 2), 0.0)
 
 
 def test_frc_resolution(rng):
