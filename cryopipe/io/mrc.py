@@ -2,7 +2,9 @@
 
 Reads are memory-mapped and validated: a truncated file, an unsupported mode,
 NaN/Inf values or non-square images raise :class:`InputError` naming the file.
-Data come back as float32 (float16 files are converted); writes are float32 and atomic.
+Data come back as float32 (float16 files are converted); writes are float32 and atomic. Mode 0 is signed bytes
+(MRC2014, as RELION and mrcfile read it), except in files IMOD stamped without its "bytes are signed" flag, whose
+bytes are unsigned (IMOD's mrc_format.txt): those are read as unsigned, as IMOD reads them.
 """
 
 from __future__ import annotations
@@ -37,6 +39,21 @@ def _open(path: str | os.PathLike):
         return mrcfile.mmap(path, mode="r", permissive=False)
     except ValueError as exc:  # mrcfile raises ValueError for bad headers and truncated data
         raise InputError(f"not a valid MRC file ({exc})", path, "header") from None
+
+
+IMOD_STAMP = 1146047817  # header bytes 152-155 (imodStamp) of files written by IMOD-aware software
+IMOD_SIGNED_BYTES = 1  # bit of imodFlags (bytes 156-159): mode-0 bytes are signed
+
+
+def unsigned_bytes(mrc) -> bool:
+    """True for a mode-0 file that IMOD stamped without the signed-bytes flag: its bytes are unsigned."""
+    if int(mrc.header.mode) != 0:
+        return False
+    raw = mrc.header.tobytes()[152:160]
+    for order in ("little", "big"):  # the header's byte order
+        if int.from_bytes(raw[:4], order) == IMOD_STAMP:
+            return not int.from_bytes(raw[4:], order) & IMOD_SIGNED_BYTES
+    return False
 
 
 def _angpix(mrc) -> float | None:
@@ -107,6 +124,8 @@ def read_mrc(
         data = mrc.data
         if data is None:
             raise InputError("MRC file holds no data", path, "data")
+        if unsigned_bytes(mrc):
+            data = data.view(np.uint8)
         if indices is not None:
             idx = np.asarray(indices, dtype=np.int64)
             n = data.shape[0] if data.ndim == 3 else 1

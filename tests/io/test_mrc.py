@@ -76,3 +76,21 @@ def test_failed_write_leaves_old_file(tmp_path, rng, monkeypatch):
         write_mrc(tmp_path / "m.mrc", np.zeros((4, 4)), 1.0)
     np.testing.assert_array_equal(read_mrc(tmp_path / "m.mrc")[0], good)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.mrc"]
+
+
+@pytest.mark.parametrize("stamp, flags, expected", [(1146047817, 0, "unsigned"), (1146047817, 1, "signed"),
+                                                    (0, 0, "signed")])
+def test_mode_0_bytes_are_signed_unless_imod_says_unsigned(tmp_path, stamp, flags, expected):
+    """MRC2014 (and RELION) read mode 0 as signed bytes; IMOD stamps its files and, without the signed-bytes flag,
+    stores unsigned ones (an 8-bit export of levels 0..255): those read as 0..255, not wrapped to -128..-1."""
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    path = tmp_path / "bytes.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(levels.view(np.int8))
+        mrc.voxel_size = 2.0
+        extra = bytearray(mrc.header.extra2.tobytes())
+        extra[40:48] = np.array([stamp, flags], "<i4").tobytes()
+        mrc.header.extra2 = np.frombuffer(bytes(extra), dtype=mrc.header.extra2.dtype)
+    data, _ = read_mrc(path)
+    want = levels.astype(np.float32) if expected == "unsigned" else levels.view(np.int8).astype(np.float32)
+    np.testing.assert_array_equal(data, want)
