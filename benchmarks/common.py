@@ -82,6 +82,20 @@ def mean_time(fn: Callable, bk, repeat: int) -> float:
 # ---------------------------------------------------------------------------------------------- tables
 
 
+def run_timed(cmd: Sequence[str], cwd: Path, timeout: float | None = None) -> float | None:
+    """Run an outside program (stdout discarded): its wall time in s, None when it did not finish within
+    ``timeout`` s (it is stopped); a failure exits with its command and the end of its stderr."""
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(list(cmd), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    if proc.returncode:
+        raise SystemExit(f"{cmd[0]} failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
 def markdown_header(header: Sequence[str]) -> str:
     """The two header lines of a markdown table (print rows after them with :func:`markdown_row`)."""
     return "| " + " | ".join(header) + " |\n| " + " | ".join("---" for _ in header) + " |"

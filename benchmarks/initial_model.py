@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from class3d import blob_map, matmul_rate, synthetic_particles
-from common import banner, markdown_table
+from common import banner, markdown_table, run_timed
 
 from cryopipe.backend import get_backend
 from cryopipe.em3d.driver import EMInputs
@@ -88,18 +87,17 @@ def run_relion(binary: str, star: Path, out: Path, classes: int, diameter: float
            "--pool", "30", "--pad", "1", "--particle_diameter", f"{diameter:g}", "--oversampling", "1",
            "--healpix_order", "1", "--offset_range", "6", "--offset_step", "2", "--auto_sampling", "--tau2_fudge", "4",
            "--j", str(threads)] + (["--gpu", "0"] if gpu else [])
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, cwd=star.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              timeout=timeout)
-    except subprocess.TimeoutExpired:
+    wall = run_timed(cmd, star.parent, timeout)
+    if wall is None:
         return float(timeout), None
-    wall = time.perf_counter() - t0
-    if proc.returncode:
-        raise SystemExit(f"RELION failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    model = read_star(out / "run_it200_model.star")["model_classes"]
-    best = int(np.argmax(model["rlnClassDistribution"].to_numpy()))
+    best, _ = largest_class(out / "run_it200_model.star")
     return wall, out / f"run_it200_class{best + 1:03d}.mrc"
+
+
+def largest_class(model_star: Path) -> tuple[int, dict]:
+    """The 0-based index of a RELION model STAR's most populated class, and the STAR's blocks."""
+    blocks = read_star(model_star)
+    return int(np.argmax(blocks["model_classes"]["rlnClassDistribution"].to_numpy())), blocks
 
 
 def main(argv=None) -> None:

@@ -21,22 +21,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from class3d import blob_map, synthetic_particles
-from common import banner, markdown_table
-from initial_model import write_particles
+from common import banner, markdown_table, run_timed
+from initial_model import largest_class, write_particles
 
 from cryopipe.backend import get_backend
 from cryopipe.class3d import Class3DParams, EMInputs, classify
 from cryopipe.em3d.synthetic import write_reference
 from cryopipe.fourier import fsc, resolution_at
 from cryopipe.io.mrc import read_mrc
-from cryopipe.io.star import read_star
 from cryopipe.stage import StageContext
 
 
@@ -52,17 +50,10 @@ def run_relion(binary: str, star: Path, reference: Path, out: Path, params: Clas
            "--offset_step", f"{params.offset_step:g}", "--oversampling", "1", "--flatten_solvent", "--zero_mask",
            "--norm", "--scale", "--pad", "2", "--pool", "30", "--dont_combine_weights_via_disc",
            "--random_seed", "0", "--j", str(threads)] + (["--gpu", "0"] if gpu else [])
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, cwd=star.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              timeout=timeout)
-    except subprocess.TimeoutExpired:
+    wall = run_timed(cmd, star.parent, timeout)
+    if wall is None:
         return float(timeout), None, float("nan")
-    wall = time.perf_counter() - t0
-    if proc.returncode:
-        raise SystemExit(f"RELION failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    blocks = read_star(out / f"run_it{params.iterations:03d}_model.star")
-    best = int(np.argmax(blocks["model_classes"]["rlnClassDistribution"].to_numpy()))
+    best, blocks = largest_class(out / f"run_it{params.iterations:03d}_model.star")
     size = float(blocks["model_general"]["rlnCurrentImageSize"].iloc[0])  # the E-step's Fourier window, px
     vol, angpix = read_mrc(out / f"run_it{params.iterations:03d}_class{best + 1:03d}.mrc")
     return wall, vol, vol.shape[0] * angpix / (size / 2)
