@@ -29,6 +29,7 @@ from cryopipe.em3d.driver import (
     TABLE_COLUMNS,
     EMInputs,
     check_diameter,
+    check_reference_count,
     initial_model,
     link_last_iteration,
     model_options,
@@ -130,10 +131,9 @@ def classify(params: Class3DParams, inputs: EMInputs, out: Path, ctx: StageConte
     comm = ctx.comm
     bk = ctx.backend if ctx.backend is not None else get_backend("cpu")
     n_refs = len(reference_paths(inputs.reference))
-    if n_refs > 1 and params.classes is None:  # K from the references, as RELION takes it from a STAR of them
-        params = dataclasses.replace(params, classes=n_refs)
-    require(n_refs <= 1 or params.classes in (None, n_refs), f"{n_refs} reference maps for {params.classes} classes: "
-            "give one map (every class starts from it) or one per class", field="--reference")
+    if n_refs > 1:  # K from the references (RELION takes it from a STAR of them), checked before any reading
+        params = dataclasses.replace(params, classes=n_refs if params.classes is None else params.classes)
+        check_reference_count(n_refs, params.classes)
     with ctx.cache() as cache:
         start = start_run(params, inputs, ctx, cache, fixed=FIXED, columns=TABLE_COLUMNS)
         params, particles, mask, mine = start.params, start.particles, start.mask, start.mine

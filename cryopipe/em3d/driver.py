@@ -82,6 +82,13 @@ def reference_paths(reference: Path | Sequence[Path] | None) -> list[Path]:
     return [Path(r) for r in reference]
 
 
+def check_reference_count(n_refs: int, classes: int) -> None:
+    """Raise InputError unless ``n_refs`` initial maps can start ``classes`` classes: one (every class from it) or
+    one per class."""
+    require(n_refs in (1, classes), f"{n_refs} reference maps for {classes} classes: give one map (every class "
+            "starts from it) or one per class", field="--reference")
+
+
 @dataclass
 class Start:
     """Where a driver's iterations start (:func:`start_run`).
@@ -265,8 +272,7 @@ def initial_model(particles: ParticleSet, reference: Path | Sequence[Path], n_ma
     N angpix / ini_high Fourier px (2 .. N//2)."""
     box, angpix, k = particles.box, particles.angpix, n_maps
     paths = reference_paths(reference)
-    require(len(paths) in (1, k), f"{len(paths)} reference maps for {k} classes: give one map (every class starts "
-            f"from it) or one per class", field="--reference")
+    check_reference_count(len(paths), k)
     r_max = int(np.clip(round(box * angpix / params.ini_high), 2, box // 2))
     refs = []
     for path in paths:
