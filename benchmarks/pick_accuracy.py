@@ -29,11 +29,17 @@ from cryopipe.simulate.micrographs import HARD_CONDITIONS, SimulateParams, simul
 MODES = ("reference", "reference+ctf", "blob")
 
 
-def condition_data(name: str, folder: Path, micrographs: int | None = None):
-    """Simulate one condition into ``folder``; return (params, :func:`simulated_micrographs`)."""
+def condition_data(name: str, folder: Path, micrographs: int | None = None, scale: int = 1):
+    """Simulate one condition into ``folder``; return (params, :func:`simulated_micrographs`). ``scale`` multiplies
+    the micrographs' sides, and their particles, contaminants and aggregates by its square (same density)."""
     values = dict(HARD_CONDITIONS[name])
     if micrographs:
         values["micrographs"] = micrographs
+    if scale > 1:
+        values["size_px"] *= scale
+        values["height_px"] = values.get("height_px", 0) * scale
+        for key in ("particles_per_micrograph", "contaminants", "aggregates"):
+            values[key] = values.get(key, getattr(SimulateParams, key)) * scale * scale
     params = SimulateParams(**values)
     simulate_dataset(params, folder)
     return params, simulated_micrographs(folder)
@@ -55,13 +61,15 @@ def main(argv=None) -> int:
     parser.add_argument("--conditions", nargs="+", default=sorted(HARD_CONDITIONS), choices=sorted(HARD_CONDITIONS))
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--micrographs", type=int, help="micrographs per condition (default: the condition's)")
+    parser.add_argument("--scale", type=int, default=1,
+                        help="micrograph sides x this, particles and artefacts x its square (default 1: 512^2)")
     args = parser.parse_args(argv)
     bk = get_backend(args.device)
     print(banner("pick accuracy on hard-mode simulated micrographs", bk.name))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.conditions:
-            params, items = condition_data(name, Path(tmp) / name, args.micrographs)
+            params, items = condition_data(name, Path(tmp) / name, args.micrographs, args.scale)
             radius = 0.2 * params.diameter_A / params.angpix
             n_true = sum(len(i[1]) for i in items)
             for mode in args.modes:

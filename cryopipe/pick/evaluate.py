@@ -6,10 +6,12 @@ the same way. Coordinates are micrograph pixels.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
@@ -79,6 +81,19 @@ class Evaluation:
     statuses: list[str]
 
 
+def picks_at(picker, scores, thresholds) -> Iterator[pd.DataFrame]:
+    """The picks of one score map at each fixed threshold of ``thresholds``, as ``picker.peaks(scores, t)`` gives
+    them. Greedy suppression keeps the highest first, so (with no cap on their number) a threshold's picks are
+    those of the lowest threshold that reach it: one search serves the whole sweep."""
+    if picker.params.max_picks is not None:
+        yield from (picker.peaks(scores, threshold=float(t)).picks for t in thresholds)
+        return
+    lowest = picker.peaks(scores, threshold=float(np.min(thresholds))).picks
+    merit = lowest["rlnAutopickFigureOfMerit"].to_numpy(np.float32)  # find_peaks compares in float32
+    for t in thresholds:
+        yield lowest[merit >= np.float32(t)]
+
+
 def evaluate(picker, micrographs, radius: float, thresholds=None) -> Evaluation:
     """Score a :class:`cryopipe.pick.Picker` on ``micrographs``: an iterable of (image (H, W), true positions
     (T, 2) x y px, excluded mask (H, W) bool or None, CTF or None). Each micrograph is correlated once; the
@@ -97,8 +112,7 @@ def evaluate(picker, micrographs, radius: float, thresholds=None) -> Evaluation:
             ij = np.clip(np.round(xy[:, ::-1]).astype(int), 0, np.array(excluded.shape) - 1)
             hits = int(excluded[ij[:, 0], ij[:, 1]].sum())
             inside, outside = inside + hits, outside + len(xy) - hits
-        for k, t in enumerate(thresholds):
-            picks = picker.peaks(scores, threshold=float(t)).picks
+        for k, picks in enumerate(picks_at(picker, scores, thresholds)):
             swept[k] = swept[k] + score(picks[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(), truth_xy, radius)
     k = int(np.argmax([s.f1 for s in swept]))
     return Evaluation(default, swept[k], float(thresholds[k]), inside / max(1, inside + outside), statuses)

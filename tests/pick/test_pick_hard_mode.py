@@ -11,7 +11,7 @@ import pytest
 
 from cryopipe.backend import get_backend
 from cryopipe.pick import Picker, PickParams, project_reference
-from cryopipe.pick.evaluate import evaluate, simulated_micrographs
+from cryopipe.pick.evaluate import evaluate, picks_at, simulated_micrographs
 from cryopipe.pick.templates import blob_templates
 from cryopipe.simulate.micrographs import HARD_CONDITIONS, SimulateParams, simulate_dataset
 
@@ -84,3 +84,18 @@ def test_noise_only_micrographs_give_almost_no_picks(tmp_path_factory):
     print(f"empty: {ev.default.picks} picks, statuses {ev.statuses}")
     assert ev.default.picks <= 2
     assert ev.statuses.count("no peak above the background") >= 3
+
+
+def test_threshold_sweep_from_one_search_equals_a_search_per_threshold(crowded):
+    """The evaluation's sweep filters the lowest threshold's picks; that must be what picking at each threshold
+    gives (same positions, same order), with artefact rejection on."""
+    params, folder, items = crowded
+    picker = reference_picker(params, folder)
+    image, _, _, ctf = items[0]
+    scores = picker.score(image, ctf=ctf)
+    counts = []
+    for t, swept in zip(THRESHOLDS, picks_at(picker, scores, THRESHOLDS), strict=True):
+        direct = picker.peaks(scores, threshold=float(t)).picks
+        np.testing.assert_array_equal(swept.to_numpy(), direct.to_numpy())
+        counts.append(len(direct))
+    assert counts[0] > counts[-1] >= 0 and counts[0] > 20
