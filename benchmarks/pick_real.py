@@ -100,6 +100,8 @@ def main(argv=None) -> int:
     parser.add_argument("--blob", default="disc", choices=["disc", "ring"])
     parser.add_argument("--templates", type=Path, help="an MRCS of templates (white protein) instead of blobs")
     parser.add_argument("--no-invert", action="store_true", help="the particles are bright in the images")
+    parser.add_argument("--reject-sigmas", type=float, default=PickParams.reject_sigmas,
+                        help="artefact rejection (default: the picker's); 0: off")
     parser.add_argument("--match", type=float, default=0.3, help="match radius in diameters (default 0.3)")
     parser.add_argument("--limit", type=int, help="at most this many micrographs")
     parser.add_argument("--sweep-geometry", action="store_true",
@@ -138,6 +140,7 @@ def main(argv=None) -> int:
     for mask, distance in geometries:
         params = PickParams(diameter_A=args.diameter, mask_diameter_A=mask * args.diameter,
                             min_distance_A=distance * args.diameter, invert=not args.no_invert,
+                            reject_sigmas=args.reject_sigmas or None,
                             blob=None if args.templates else args.blob)
         t0 = time.perf_counter()
         ev = evaluate(Picker(stack, args.angpix, params, bk), items, radius)

@@ -1,0 +1,53 @@
+"""The reference-free route on crowded micrographs at SNR 0.05, as the workflow's ``pick.templates: class2d``
+runs it with the stages' defaults: blob picks, extract, class2d (``pick.template_classes``: 4 classes), select2d,
+then picking with the selected class averages. #17 asks F1 >= 0.85 of the second round against the true positions
+(measured 0.919, P 0.964 R 0.879, from a blob round of 0.723; with 8 classes of the same ~460 blob picks the
+averages are noisier and the second round gave 0.834)."""
+
+import numpy as np
+import pytest
+
+from cryopipe.cli import main as cli_main
+from cryopipe.io.star import read_table
+from cryopipe.pick.evaluate import Score, score, simulated_micrographs
+from cryopipe.simulate.micrographs import hard_params, simulate_dataset
+
+pytestmark = pytest.mark.slow
+
+
+def round_score(picks_star, items, radius) -> Score:
+    picks = read_table(picks_star)
+    total = Score(0, 0, 0)
+    by_name = dict(tuple(picks.groupby(picks["rlnMicrographName"].map(lambda n: n.rsplit("/", 1)[-1]))))
+    for name, (_, truth_xy, _, _) in items.items():
+        rows = by_name.get(name)
+        xy = np.zeros((0, 2)) if rows is None else rows[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy()
+        total = total + score(xy, truth_xy, radius)
+    return total
+
+
+def test_class_averages_from_blob_picks_pick_crowded_micrographs_at_f1_085(tmp_path):
+    params = hard_params("crowded", size_px=1024, micrographs=3)  # 40% of the area covered, ~480 particles
+    data = tmp_path / "data"
+    simulate_dataset(params, data)
+    mics = sorted((data / "micrographs").glob("*.mrc"))
+    items = dict(zip((m.name for m in mics), simulated_micrographs(data), strict=True))
+    ctf, out = str(data / "micrographs_ctf.star"), tmp_path / "run"
+    common = ["--micrographs", str(data / "micrographs" / "*.mrc"), "--diameter", str(params.diameter_A),
+              "--ctf", ctf, "--device", "cpu"]
+    assert cli_main(["pick", *common, "--blob", "disc", "--out", str(out / "blob")]) == 0
+    assert cli_main(["extract", "--picks", str(out / "blob" / "picks.star"), "--ctf", ctf, "--box", "64",
+                     "--out", str(out / "extract"), "--device", "cpu"]) == 0
+    assert cli_main(["class2d", "--particles", str(out / "extract" / "particles.star"), "--classes", "4",
+                     "--diameter", str(params.diameter_A), "--out", str(out / "class2d"), "--device", "cpu"]) == 0
+    assert cli_main(["select2d", "--particles", str(out / "class2d" / "particles.star"), "--classes-star",
+                     str(out / "class2d" / "classes.star"), "--out", str(out / "select2d")]) == 0
+    assert cli_main(["pick", *common, "--templates", str(out / "select2d" / "class_averages.mrcs"),
+                     "--out", str(out / "classes")]) == 0
+    radius = 0.2 * params.diameter_A / params.angpix
+    blob = round_score(out / "blob" / "picks.star", items, radius)
+    classes = round_score(out / "classes" / "picks.star", items, radius)
+    print(f"blob round: P {blob.precision:.3f} R {blob.recall:.3f} F1 {blob.f1:.3f}; class averages: "
+          f"P {classes.precision:.3f} R {classes.recall:.3f} F1 {classes.f1:.3f} ({classes.truth} particles)")
+    assert classes.f1 >= 0.85
+    assert classes.f1 > blob.f1
