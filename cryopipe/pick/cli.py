@@ -47,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--reference", help="3D map (MRC) projected along --directions directions as templates")
     src.add_argument("--blob", choices=BLOB_KINDS,
                      help="no templates: blobs of the particle's size, 'disc' (spheres of 0.35-0.8 diameters, "
-                          "a compact particle) or 'ring' (shells of 0.8-1 diameters, a hollow one)")
+                          "a compact particle) or 'ring' (shells of 0.9-1.2 diameters, a hollow one)")
     p.add_argument("--ctf", help="the micrographs' CTF STAR: correlate templates as imaged under each micrograph's "
                    "CTF (RELION's CTF-aware autopick; default: templates as given)")
     p.add_argument("--masks", help="masks for --templates (MRCS, one per template or one for all; default circular)")

@@ -277,9 +277,12 @@ class Picker:
             return f1_threshold(real, background) if p.fdr is None else fdr_threshold(real, background, p.fdr)
 
         threshold = rule(null & where)
-        if np.isfinite(threshold.value):  # again without the null peaks beside the first threshold's picks
+        if np.isfinite(threshold.value):
+            # again without the null peaks beside the first threshold's picks; fewer background peaks can only
+            # lower the threshold (a higher one comes from the background share's noise, not from the data)
             picks = maxima & where & (scores.ncc >= threshold.value)
-            threshold = rule(beside_picks(scores.null, null & where, scores.ncc, picks, spacing))
+            second = rule(beside_picks(scores.null, null & where, scores.ncc, picks, spacing))
+            threshold = second if second.value < threshold.value else threshold
         if threshold.status not in ("f1", "fdr") and not quiet:
             log.warning("no picks: %s (%d candidates)", threshold.status, threshold.candidates)
         return threshold
