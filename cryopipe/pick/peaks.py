@@ -66,9 +66,11 @@ def beside_picks(null: np.ndarray, null_maxima: np.ndarray, real: np.ndarray, pi
     if len(ny) == 0 or len(py) == 0:
         return null_maxima
     dy, dx = (max(float(d), 1e-9) for d in min_distance)
-    near = cKDTree(np.column_stack([py / dy, px / dx])).query_ball_point(np.column_stack([ny / dy, nx / dx]), 1.0)
-    height = real[py, px]
-    beside = np.array([len(k) > 0 and height[k].max() > v for k, v in zip(near, null[ny, nx], strict=True)])
+    pairs = cKDTree(np.column_stack([py / dy, px / dx])).sparse_distance_matrix(
+        cKDTree(np.column_stack([ny / dy, nx / dx])), 1.0, output_type="ndarray")
+    higher = real[py[pairs["i"]], px[pairs["i"]]] > null[ny[pairs["j"]], nx[pairs["j"]]]
+    beside = np.zeros(len(ny), dtype=bool)
+    beside[pairs["j"][higher]] = True
     kept = null_maxima.copy()
     kept[ny[beside], nx[beside]] = False
     return kept
