@@ -50,32 +50,6 @@ def local_maxima(score: np.ndarray, valid: np.ndarray, min_distance: tuple[float
     return (masked == local_max) & valid & np.isfinite(masked)
 
 
-def beside_picks(null: np.ndarray, null_maxima: np.ndarray, real: np.ndarray, picks: np.ndarray,
-                 min_distance: tuple[float, float]) -> np.ndarray:
-    """The null map's candidates ``null_maxima`` ((H, W) bool of the map ``null``) less those that a higher pick
-    (``picks``: (H, W) bool of the real map ``real``) lies within ``min_distance`` (dy, dx) of.
-
-    A particle makes null peaks beside itself: a contrast-inverted template placed next to it matches the
-    particle with the template's own surroundings (most for elongated particles, whose flanks a shifted
-    inverted rod matches). Those are not background, and counting them raised the threshold (a rod's recall fell
-    to 0.61 at precision 0.95). The real map has no such candidates: its own suppression removes what lies
-    beside a pick. Only the picks of a first threshold take part, so a micrograph without picks keeps its null.
-    """
-    ny, nx = np.nonzero(null_maxima)
-    py, px = np.nonzero(picks)
-    if len(ny) == 0 or len(py) == 0:
-        return null_maxima
-    dy, dx = (max(float(d), 1e-9) for d in min_distance)
-    pairs = cKDTree(np.column_stack([py / dy, px / dx])).sparse_distance_matrix(
-        cKDTree(np.column_stack([ny / dy, nx / dx])), 1.0, output_type="ndarray")
-    higher = real[py[pairs["i"]], px[pairs["i"]]] > null[ny[pairs["j"]], nx[pairs["j"]]]
-    beside = np.zeros(len(ny), dtype=bool)
-    beside[pairs["j"][higher]] = True
-    kept = null_maxima.copy()
-    kept[ny[beside], nx[beside]] = False
-    return kept
-
-
 def null_exceedance(null: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Expected number of null candidates at or above each ``t``, from the null's heights ``null`` (P,).
 

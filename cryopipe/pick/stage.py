@@ -37,7 +37,7 @@ from cryopipe.io.star import match_names, read_table, write_star
 from cryopipe.parallel import SerialComm, split_range
 from cryopipe.pick.artefacts import OUTLIER_REASONS, artefact_map
 from cryopipe.pick.ncc import Correlator, Grid, grid_ctf, plan_grid, prepare_micrograph
-from cryopipe.pick.peaks import Threshold, beside_picks, f1_threshold, fdr_threshold, find_peaks, local_maxima
+from cryopipe.pick.peaks import Threshold, f1_threshold, fdr_threshold, find_peaks, local_maxima
 from cryopipe.pick.templates import (
     BLOB_KINDS,
     TemplateStack,
@@ -247,13 +247,13 @@ class Picker:
         code = None
         if p.reject_sigmas is not None and scores.mean is not None:
             # the reference picks: the automatic threshold's when the null is there (also under a fixed threshold)
-            first = self._threshold(scores, maxima, null, valid, None if null is not None else fixed, spacing, True)
+            first = self._threshold(scores, maxima, null, valid, None if null is not None else fixed, quiet=True)
             iy, ix = find_peaks(scores.ncc, valid, first.value, spacing, p.max_picks, maxima)[3:]
             iy, ix = iy[: max(3, len(iy) // 2)], ix[: max(3, len(ix) // 2)]  # the better half: surest particles
             grow = 0.5 * p.diameter_A / grid.work_angpix
             code = artefact_map(scores.mean, scores.sd, valid, iy, ix, p.reject_sigmas, grow)
         clean = valid if code is None else valid & (code == 0)
-        threshold = self._threshold(scores, maxima, null, clean, fixed, spacing)
+        threshold = self._threshold(scores, maxima, null, clean, fixed)
         picks = self._table(scores, *find_peaks(scores.ncc, clean, threshold.value, spacing, p.max_picks, maxima))
         rejected = empty_rejected()
         if code is not None and code.any():
@@ -263,26 +263,14 @@ class Picker:
         return Picks(picks, rejected, threshold)
 
     def _threshold(self, scores: ScoreMap, maxima: np.ndarray, null: np.ndarray | None, where: np.ndarray,
-                   fixed: float | None, spacing: tuple[float, float], quiet: bool = False) -> Threshold:
+                   fixed: float | None, quiet: bool = False) -> Threshold:
         """The fixed threshold, or the automatic one over the candidates (``maxima`` of the real map, ``null``
-        of the null map) at ``where``; ``spacing`` (working px) for :func:`beside_picks`."""
+        of the null map) at ``where``."""
         if fixed is not None:
             return Threshold(fixed, float("nan"), "fixed")
         p = self.params
-
-        real = scores.ncc[maxima & where].astype(np.float64)
-
-        def rule(null_maxima):
-            background = scores.null[null_maxima].astype(np.float64)
-            return f1_threshold(real, background) if p.fdr is None else fdr_threshold(real, background, p.fdr)
-
-        threshold = rule(null & where)
-        if np.isfinite(threshold.value):
-            # again without the null peaks beside the first threshold's picks; fewer background peaks can only
-            # lower the threshold (a higher one comes from the background share's noise, not from the data)
-            picks = maxima & where & (scores.ncc >= threshold.value)
-            second = rule(beside_picks(scores.null, null & where, scores.ncc, picks, spacing))
-            threshold = second if second.value < threshold.value else threshold
+        real, background = scores.ncc[maxima & where].astype(np.float64), scores.null[null & where].astype(np.float64)
+        threshold = f1_threshold(real, background) if p.fdr is None else fdr_threshold(real, background, p.fdr)
         if threshold.status not in ("f1", "fdr") and not quiet:
             log.warning("no picks: %s (%d candidates)", threshold.status, threshold.candidates)
         return threshold

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cryopipe.pick.peaks import beside_picks, f1_threshold, fdr_threshold, find_peaks, local_maxima, null_exceedance
+from cryopipe.pick.peaks import f1_threshold, fdr_threshold, find_peaks, local_maxima, null_exceedance
 
 
 def _bumps(shape, peaks, sigma=2.0):
@@ -24,25 +24,6 @@ def test_peaks_subpixel_threshold_distance_area_and_cap():
     assert v[0] > v[1]
     assert len(find_peaks(score, valid, 0.5, (4.0, 4.0))[0]) == 3  # closer allowed: both survive
     assert len(find_peaks(score, valid, 0.5, (4.0, 4.0), max_peaks=1)[0]) == 1
-
-
-def test_null_candidates_beside_a_higher_pick_are_dropped():
-    shape = (60, 80)
-    real = _bumps(shape, [(10, 10, 0.8), (40, 43, 0.4), (50, 70, 0.5)])
-    null = _bumps(shape, [(10, 14, 0.5), (40, 40, 0.6), (25, 60, 0.7), (50, 66, 0.3)])
-    null_max = np.zeros(shape, bool)
-    for y, x in ((10, 14), (40, 40), (25, 60), (50, 66)):
-        null_max[y, x] = True
-    picks = np.zeros(shape, bool)
-    for y, x in ((10, 10), (40, 43)):  # (50, 70) is not a pick
-        picks[y, x] = True
-    kept = beside_picks(null, null_max, real, picks, (6.0, 6.0))
-    # (10, 14) lies beside the higher pick (10, 10): dropped; (40, 40) is higher than the pick beside it; (25, 60)
-    # has no pick near; (50, 66) lies beside a candidate that is no pick
-    assert sorted(zip(*np.nonzero(kept), strict=True)) == [(25, 60), (40, 40), (50, 66)]
-    # an anisotropic distance: 6 px along rows but 3 along columns keeps (10, 14), 4 columns from its pick
-    assert beside_picks(null, null_max, real, picks, (6.0, 3.0)).sum() == 4
-    assert beside_picks(null, null_max, real, np.zeros(shape, bool), (6.0, 6.0)).sum() == 4
 
 
 def test_plateau_gives_one_peak():
