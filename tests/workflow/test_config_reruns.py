@@ -50,7 +50,6 @@ BASES = {
     "own": OWN,  # micrographs with a CTF STAR
     "own_estimate": {**OWN, "micrographs": {**OWN["micrographs"], "ctf_star": ""}},  # cryopipe ctf estimates it
     "own_k2": {**OWN, "initial_model": {"classes": 2}},  # two initial maps (class3d's K): class3d_start matters
-    "demo_class2d": {**TINY, "pick": {**TINY.get("pick", {}), "templates": "class2d"}},  # the blob round runs
 }
 
 # Files a real run of a base writes beyond its rules' declared outputs (the initial model writes every class's map;
@@ -70,7 +69,6 @@ OWNERS = {
     "ctf.max_resolution": ("demo", {"extract"}),
     "ctf.*": ("own_estimate", {"ctf"}),
     "particle_diameter": ("demo", {"pick", "class2d", "class3d", "refine3d"}),
-    "pick.template_classes": ("demo_class2d", {"class2d_blob"}),
     "pick.*": ("demo", {"pick"}),
     "extract.*": ("demo", {"extract"}),
     "class2d.*": ("demo", {"class2d"}),

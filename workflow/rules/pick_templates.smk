@@ -52,7 +52,6 @@ use rule class2d as class2d_blob with:
         figures=[f"{RESULTS}/class2d_blob/class_averages.png", f"{RESULTS}/class2d_blob/class2d_histograms.png"],
     params:
         out=f"{RESULTS}/class2d_blob",
-        classes=arg("classes", config["pick"]["template_classes"]),
     log:
         f"{RESULTS}/logs/class2d_blob.log",
 
