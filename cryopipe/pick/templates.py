@@ -149,8 +149,9 @@ def blob_templates(diameter_A: float, angpix: float, kind: str = "disc") -> Temp
         and lumpy particles alike (as cryoSPARC's blob picker takes a size range); "ring": projections of shells
         of 0.9 to 1.2 diameters whose inner diameter is ``RING_INNER`` (0.75) of the outer one (hollow particles
         such as ferritin). Real apoferritin images as a dark ring near its outer edge, not at the projected shell's
-        inner radius: on 6 annotated real micrographs (benchmarks/pick_real.py) shells of 0.8-1 diameters with
-        inner 0.6 found none of them at the default threshold (0.42 at the best), these 0.90 (best 0.93).
+        inner radius: on its 19 annotated real micrographs (benchmarks/pick_real.py, RESULTS.md) these shells pick
+        at F1 0.93 with the defaults, where shells of 0.8-1 diameters with inner 0.6 picked none (0.42 at the
+        best fixed threshold, on 6 of them).
     Returns one template per size, (S, box, box) float32.
     """
     require(kind in BLOB_KINDS, f"unknown blob kind {kind!r}; choose from {', '.join(BLOB_KINDS)}", field="--blob")
