@@ -11,8 +11,8 @@ ship with the project: point the script at a copy of your own.
 
 A pick matches an annotated centre within ``--match`` diameters (one to one, :func:`cryopipe.pick.evaluate.score`).
 Annotated particles whose box would leave the micrograph are not counted (no picker extracts them); the header
-says how many that drops. ``--picks DIR`` scores coordinates picked earlier (e.g. by the workflow's class-average
-round) instead of picking.
+says how many that drops. ``--picks STAR`` scores picks made earlier (a pick stage's picks.star, e.g. of the
+workflow's class-average round) instead of picking.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from cryopipe.backend import get_backend
 from cryopipe.io.mrc import read_mrc
 from cryopipe.io.star import read_table
 from cryopipe.pick import Picker, PickParams
-from cryopipe.pick.evaluate import Score, evaluate, score
+from cryopipe.pick.evaluate import evaluate, score_picks
 from cryopipe.pick.stage import DISTANCE_FACTOR, MASK_FACTOR
 from cryopipe.pick.templates import TemplateStack, blob_templates
 
@@ -81,16 +81,6 @@ def inside(items: list[tuple], margin_px: float) -> list[tuple]:
     return out
 
 
-def score_picks(items: list[tuple], paths: list[Path], picks: Path, radius: float) -> Score:
-    """Picks read from ``picks`` (a coordinates STAR per micrograph, by stem) scored against ``items``."""
-    total = Score(0, 0, 0)
-    for (_, xy, _, _), path in zip(items, paths, strict=True):
-        found = [p for p in picks.glob(f"{path.stem}*.star")]
-        got = read_centres(found[0]) if found else np.zeros((0, 2))
-        total = total + score(got, xy, radius)
-    return total
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", required=True, help="glob of the micrographs")
@@ -106,7 +96,8 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, help="at most this many micrographs")
     parser.add_argument("--sweep-geometry", action="store_true",
                         help="also mask factors 1.0-1.4 and distance factors 0.6-1.0 of the diameter")
-    parser.add_argument("--picks", type=Path, help="score these coordinates (STAR per micrograph) instead")
+    parser.add_argument("--picks", type=Path, help="score these picks instead (a picks STAR: rlnMicrographName, "
+                        "rlnCoordinateX/Y)")
     parser.add_argument("--label", default="", help="dataset name for the table")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu", "auto"])
     args = parser.parse_args(argv)
@@ -129,7 +120,8 @@ def main(argv=None) -> int:
           f"{annotated} annotated particles, {n_true} with their box inside, diameter {args.diameter} A, match "
           f"within {args.match} diameters")
     if args.picks:
-        total = score_picks(items, paths, args.picks, radius)
+        truth = {str(path): xy for path, (_, xy, _, _) in zip(paths, items, strict=True)}
+        total = score_picks(read_table(args.picks), truth, radius)
         print(f"picks in {args.picks}: {total.picks}, precision {total.precision:.3f}, recall {total.recall:.3f}, "
               f"F1 {total.f1:.3f}")
         return 0

@@ -16,7 +16,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
 from cryopipe.io.mrc import read_mrc
-from cryopipe.io.star import read_table
+from cryopipe.io.star import match_names, read_table
 from cryopipe.pick.stage import Micrograph, micrograph_ctfs
 
 
@@ -66,6 +66,24 @@ def score(picks_xy: np.ndarray, truth_xy: np.ndarray, radius: float) -> Score:
     """:class:`Score` of picks (P, 2) against true particles (T, 2), matched within ``radius`` px."""
     return Score(int(matched(picks_xy, truth_xy, radius).sum()), len(np.reshape(picks_xy, (-1, 2))),
                  len(np.reshape(truth_xy, (-1, 2))))
+
+
+def score_picks(picks: pd.DataFrame, truth: dict[str, np.ndarray], radius: float) -> Score:
+    """:class:`Score` of the picks of several micrographs (``rlnMicrographName``, ``rlnCoordinateX/Y``: e.g. a pick
+    stage's picks.star) against each micrograph's true positions (``truth``: name -> (T, 2) x y px), matched
+    within ``radius`` px. Names are matched as the stages match them (:func:`cryopipe.io.star.match_names`); a
+    micrograph without picks has missed all its particles."""
+    keys = list(truth)
+    xy = {key: [] for key in keys}
+    if len(picks):
+        groups = dict(tuple(picks.groupby(picks["rlnMicrographName"].astype(str))))
+        for name, i in match_names(list(groups), keys).items():
+            if i is not None:
+                xy[keys[i]].append(groups[name][["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float))
+    total = Score(0, 0, 0)
+    for key in keys:
+        total = total + score(np.concatenate(xy[key]) if xy[key] else np.zeros((0, 2)), truth[key], radius)
+    return total
 
 
 @dataclass

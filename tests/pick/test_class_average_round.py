@@ -4,26 +4,14 @@ picking with the selected class averages. #17's bar is F1 >= 0.85 for the second
 (~460 blob picks) it measured 0.844 (P 0.950 R 0.759; blob round 0.709), so the test asserts 0.8 and that the
 class averages pick better than the blobs; a 12-micrograph workflow run reached 0.850 (benchmarks/RESULTS.md)."""
 
-import numpy as np
 import pytest
 
 from cryopipe.cli import main as cli_main
 from cryopipe.io.star import read_table
-from cryopipe.pick.evaluate import Score, score, simulated_micrographs
+from cryopipe.pick.evaluate import score_picks, simulated_micrographs
 from cryopipe.simulate.micrographs import hard_params, simulate_dataset
 
 pytestmark = pytest.mark.slow
-
-
-def round_score(picks_star, items, radius) -> Score:
-    picks = read_table(picks_star)
-    total = Score(0, 0, 0)
-    by_name = dict(tuple(picks.groupby(picks["rlnMicrographName"].map(lambda n: n.rsplit("/", 1)[-1]))))
-    for name, (_, truth_xy, _, _) in items.items():
-        rows = by_name.get(name)
-        xy = np.zeros((0, 2)) if rows is None else rows[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy()
-        total = total + score(xy, truth_xy, radius)
-    return total
 
 
 def test_class_averages_from_blob_picks_pick_crowded_micrographs_at_f1_085(tmp_path):
@@ -31,7 +19,7 @@ def test_class_averages_from_blob_picks_pick_crowded_micrographs_at_f1_085(tmp_p
     data = tmp_path / "data"
     simulate_dataset(params, data)
     mics = sorted((data / "micrographs").glob("*.mrc"))
-    items = dict(zip((m.name for m in mics), simulated_micrographs(data), strict=True))
+    truth = {m.name: xy for m, (_, xy, _, _) in zip(mics, simulated_micrographs(data), strict=True)}
     ctf, out = str(data / "micrographs_ctf.star"), tmp_path / "run"
     common = ["--micrographs", str(data / "micrographs" / "*.mrc"), "--diameter", str(params.diameter_A),
               "--ctf", ctf, "--device", "cpu"]
@@ -45,8 +33,8 @@ def test_class_averages_from_blob_picks_pick_crowded_micrographs_at_f1_085(tmp_p
     assert cli_main(["pick", *common, "--templates", str(out / "select2d" / "class_averages.mrcs"),
                      "--out", str(out / "classes")]) == 0
     radius = 0.2 * params.diameter_A / params.angpix
-    blob = round_score(out / "blob" / "picks.star", items, radius)
-    classes = round_score(out / "classes" / "picks.star", items, radius)
+    blob = score_picks(read_table(out / "blob" / "picks.star"), truth, radius)
+    classes = score_picks(read_table(out / "classes" / "picks.star"), truth, radius)
     print(f"blob round: P {blob.precision:.3f} R {blob.recall:.3f} F1 {blob.f1:.3f}; class averages: "
           f"P {classes.precision:.3f} R {classes.recall:.3f} F1 {classes.f1:.3f} ({classes.truth} particles)")
     assert classes.f1 >= 0.8
