@@ -34,6 +34,7 @@ from cryopipe.ctf import ctf_2d
 from cryopipe.em3d.particles import ParticleSet
 from cryopipe.em3d.sampling import ORIENTATION_CHILDREN, TRANSLATION_CHILDREN, OrientationGrid, fine_translations
 from cryopipe.fourier import fourier_crop, fourier_pad
+from cryopipe.geometry import euler_to_direction, healpix_directions, matrix_to_euler
 from cryopipe.projection import BackProjector, Projector, slice_interpolate
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,17 @@ def project_pixels(projector: Projector, rotations, kxy, bk):
     return out
 
 
+def orientation_cell(rotations) -> np.ndarray:
+    """(B,) int cell of (B, 3, 3) rotations in a coarse partition of SO(3): the nearest of the 48 HEALPix order-1
+    viewing directions x 12 in-plane bins of 30 deg (about 30 deg across). Sorting by it puts rotations close to
+    each other next to each other."""
+    rot = np.asarray(rotations, dtype=np.float64)
+    dirs = healpix_directions(1)
+    d = (rot[:, 2, :] @ euler_to_direction(dirs[:, 0], dirs[:, 1]).T).argmax(axis=1)
+    psi = matrix_to_euler(rot)[2]
+    return d * 12 + np.floor(np.mod(psi, 360.0) / 30.0).astype(np.int64) % 12
+
+
 def _stack_real(z, xp):
     """Complex (..., n) -> real (..., 2n) [Re, Im], so that Re(a conj b) = stack(a) . stack(b)."""
     return xp.concatenate([z.real, z.imag], axis=-1)
@@ -180,6 +192,44 @@ def _angles_to(prior_rot, rot, xp):
     else:
         tr = xp.einsum("bij,bmij->bm", prior_rot, rot)
     return xp.degrees(xp.arccos(xp.clip((tr - 1) / 2, -1.0, 1.0)))
+
+
+def local_candidates(prior, grid: OrientationGrid, sigma_deg: float, n_classes: int):
+    """Coarse candidates of a local search around prior rotations (B, 3, 3): the orientations within 3 s.d. of each
+    prior (and always its nearest), for every class.
+
+    Only directions within 3 s.d. of the prior's viewing direction (or within the nearest direction's best angle,
+    if that is larger) are searched: two rotations' angle is at least the angle between their viewing directions,
+    so the rest cannot qualify (B x n_dir dot products, then about B x 30 directions x n_psi rotation angles,
+    instead of B x n_orient rotation angles).
+
+    Returns host arrays: cand (B, M) columns into ctab, valid (B, M) bool, ctab (U,) sorted coarse ids
+    k * n_orient + o of the union, crot (U, 3, 3) their rotations.
+    """
+    table = grid.rotation_table()  # (n_dir, n_psi, 3, 3)
+    n_psi = table.shape[1]
+    prior = np.asarray(prior, dtype=np.float64)
+    b = len(prior)
+    limit = 3 * sigma_deg
+    cos_dir = prior[:, 2, :] @ table[:, 0, 2, :].T  # (B, n_dir) cosines between viewing directions
+    # the nearest orientation is no farther than the nearest one of the nearest direction (a1), so its direction
+    # is within a1 too
+    a1 = _angles_to(prior, table[cos_dir.argmax(axis=1)], np).min(axis=1)  # (B,)
+    reach = np.minimum(np.maximum(limit, a1) + 1e-6, 180.0)
+    near_dir = cos_dir >= np.cos(np.radians(reach))[:, None]
+    pb, pd = np.nonzero(near_dir)  # (P,) particle and direction of each pair, sorted by particle
+    ang = _angles_to(prior[pb], table[pd], np)  # (P, n_psi)
+    nearest = np.minimum.reduceat(ang.min(axis=1), np.searchsorted(pb, np.arange(b)))  # (B,)
+    pi, psi = np.nonzero((ang <= limit) | (ang <= nearest[pb][:, None]))
+    ids = ((pd[pi] * n_psi + psi)[:, None] + grid.size * np.arange(n_classes)).ravel()  # (S * K,) by particle
+    part = np.repeat(pb[pi], n_classes)
+    ctab, pos = np.unique(ids, return_inverse=True)
+    counts = np.bincount(part, minlength=b)
+    rank = np.arange(len(part)) - np.repeat(np.cumsum(counts) - counts, counts)
+    cand = np.zeros((b, max(1, int(counts.max()))), dtype=np.int64)
+    valid = np.zeros(cand.shape, dtype=bool)
+    cand[part, rank], valid[part, rank] = pos, True
+    return cand, valid, ctab, table.reshape(-1, 3, 3)[ctab % grid.size]
 
 
 def _top_significant(w, fraction: float, cap: int, xp, floor: int = 1, total=None):
@@ -410,6 +460,8 @@ class EStep:
         self.half = np.arange(len(self.p)) % 2 if half is None else np.asarray(half, dtype=np.int64)
         batch_key = 2 * self.p.group[indices] + self.half[indices]  # batches of one optics group and one half
         order = np.argsort(batch_key, kind="stable")
+        if self.search.local_sigma_deg is not None:  # neighbours in one batch share their candidates' projections
+            order = np.lexsort((orientation_cell(self.prior_rot[indices]), batch_key))
         q = self.coarse.shape[0] if self.coarse is not None else 512
         per_particle = 4 * len(self.trans) * q * 6 + 16 * len(self.trans) * self.pix.n_pix
         step = min(256, bk.batch_size(per_particle, fraction=0.25))
@@ -466,7 +518,9 @@ class EStep:
         else:  # local search: the coarse orientations near each particle's previous one
             nc = self.n_coarse
             xw = (2 * w * c * x)[:, None, :nc] * self.phase_c[None]  # (B, T, n_coarse)
-            cand, cvalid, ctab, crot = self._local_candidates(idx)
+            cand, cvalid, ctab, crot = local_candidates(self.prior_rot[idx], self.search.grid,
+                                                        self.search.local_sigma_deg, self.n_classes)
+            cand, cvalid = xp.asarray(cand), xp.asarray(cvalid)
             proj, _ = self._project_coarse(ctab)
             pg = proj[cand]
             lp = xp.matmul(_stack_real(xw, xp), xp.swapaxes(_stack_real(pg, xp), 1, 2))
@@ -492,22 +546,6 @@ class EStep:
                 out.setdefault(key, np.zeros((b,) + np.shape(val)[1:], dtype=np.asarray(val).dtype))[g] = val
         out["n_significant"] = counts
         return out
-
-    def _local_candidates(self, idx):
-        """Per-particle coarse candidates (B, M) (columns into table ctab), validity, table of coarse ids, rots."""
-        xp = self.bk.xp
-        grid = self.search.grid
-        rot = grid.rotations(np.arange(grid.size))
-        ang = _angles_to(np.asarray(self.prior_rot[idx]), rot, np)  # (B, n_orient) host
-        near = ang <= 3 * self.search.local_sigma_deg
-        near[np.arange(len(idx)), ang.argmin(axis=1)] = True
-        near = np.tile(near, (1, self.n_classes))  # (B, K * n_orient)
-        ctab = np.flatnonzero(near.any(axis=0))
-        sub = near[:, ctab]
-        m = max(1, int(sub.sum(axis=1).max()))
-        cand = np.argsort(~sub, axis=1, kind="stable")[:, :m]
-        valid = np.take_along_axis(sub, cand, axis=1)
-        return xp.asarray(cand), xp.asarray(valid), ctab, np.tile(rot, (self.n_classes, 1, 1))[ctab]
 
     def _fine(self, idx, x, c, w, x2, cw2, t_sig, q_sig, valid):
         """Fine pass over the children of the significant coarse pairs (translation t_sig, class-orientation q_sig),

@@ -48,6 +48,7 @@ class OrientationGrid:
         near = euler_to_direction(dirs[:, 0], dirs[:, 1]) @ euler_to_direction(fine[:, 0], fine[:, 1]).T
         self.child_directions = fine[np.argsort(-near, axis=1)[:, :4]]
         self.size = len(dirs) * n_psi
+        self._rotation_table = None
 
     @property
     def sampling_deg(self) -> float:
@@ -77,6 +78,13 @@ class OrientationGrid:
         """(m, 3, 3) RELION rotation matrices of coarse orientations."""
         e = self.euler(index)
         return euler_to_matrix(e[:, 0], e[:, 1], e[:, 2])
+
+    def rotation_table(self) -> np.ndarray:
+        """(n_dir, n_psi, 3, 3) rotation matrices of every coarse orientation (index = dir * n_psi + psi), kept."""
+        if self._rotation_table is None:
+            e = self.euler(np.arange(self.size))
+            self._rotation_table = euler_to_matrix(e[:, 0], e[:, 1], e[:, 2]).reshape(len(self.directions), -1, 3, 3)
+        return self._rotation_table
 
     def fine_rotations(self, index) -> np.ndarray:
         """(m, 3, 3) RELION rotation matrices of fine orientations."""

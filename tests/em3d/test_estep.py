@@ -9,13 +9,13 @@ import pytest
 
 from cryopipe.backend import get_backend
 from cryopipe.em3d import mstep
-from cryopipe.em3d.estep import EStep, SearchSpace
+from cryopipe.em3d.estep import EStep, SearchSpace, local_candidates, orientation_cell
 from cryopipe.em3d.model import initial_sigma2, reference_scale
 from cryopipe.em3d.particles import load_particles
 from cryopipe.em3d.sampling import OrientationGrid, translation_grid
 from cryopipe.em3d.synthetic import SyntheticSpec, simulate_particles
 from cryopipe.fourier import fsc, shift_phase
-from cryopipe.geometry import axis_angle_to_matrix, euler_to_matrix, rotation_angle_between
+from cryopipe.geometry import axis_angle_to_matrix, euler_to_matrix, random_rotations, rotation_angle_between
 from cryopipe.parallel import SerialComm
 
 
@@ -120,3 +120,30 @@ def test_local_search_around_previous_orientations(dataset):
     err = rotation_angle_between(euler_to_matrix(*res.euler.T), truth["rotations"])
     assert np.median(err) <= search.grid.fine_sampling_deg
     assert np.all(rotation_angle_between(euler_to_matrix(*res.euler.T), prior) <= 3 * 10.0 + 15.0)
+
+
+@pytest.mark.parametrize("order,symmetry,sigma", [(2, "C1", 15.0), (3, "C1", 7.5), (2, "D2", 15.0), (3, "C1", 1.0)])
+def test_local_candidates_equal_the_exhaustive_search(order, symmetry, sigma):
+    """The direction-prefiltered candidates are exactly the orientations within 3 s.d. of each prior (plus its
+    nearest), found by measuring the angle to every orientation of the grid, for each of K = 2 classes."""
+    grid = OrientationGrid(order, symmetry)
+    prior = random_rotations(40, np.random.default_rng(order))
+    cand, valid, ctab, crot = local_candidates(prior, grid, sigma, 2)
+    rot = grid.rotations(np.arange(grid.size))
+    ang = rotation_angle_between(prior[:, None], rot[None])
+    want = ang <= 3 * sigma
+    want[np.arange(len(prior)), ang.argmin(axis=1)] = True
+    got = np.zeros((len(prior), 2 * grid.size), dtype=bool)
+    for b in range(len(prior)):
+        got[b, ctab[cand[b][valid[b]]]] = True
+    np.testing.assert_array_equal(got, np.tile(want, (1, 2)))
+    np.testing.assert_allclose(crot, np.tile(rot, (2, 1, 1))[ctab])
+
+
+def test_orientation_cells_gather_near_rotations():
+    """Rotations 2 deg apart mostly share a cell; random rotations are spread over the 576 cells."""
+    rng = np.random.default_rng(0)
+    a = random_rotations(2000, rng)
+    b = axis_angle_to_matrix(rng.standard_normal((2000, 3)), np.full(2000, 2.0)) @ a
+    assert np.mean(orientation_cell(a) == orientation_cell(b)) > 0.8
+    assert len(np.unique(orientation_cell(a))) > 500
