@@ -7,6 +7,8 @@ half aligned against its own half-map with the E-step limited to 4 A (r_max = 36
 * local: HEALPix order 4 (fine pass order 5), offsets 1.5 px step 0.5, Gaussian prior of s.d. 3.75 deg around
   each particle's previous orientation (the truth, perturbed by 2 deg).
 ``--small``: a CPU case finishing in < 1 min (48 px at 5 A/px, 150 particles, 15 A limit, orders 1 and 3).
+``--cpu``: the CPU refinement of #23 (64 px at 2.5 A/px, SNR 0.1, 8 A limit; global order 3 with offsets 3/1 px,
+local order 4 with offsets 1.5/0.5 px), 600 particles unless ``--particles`` is given.
 
 Prints per stage: seconds per iteration, milliseconds per particle, the floor (FLOPs of the E-step matrix products
 at the device's measured float32 matrix-product rate: coarse cross term + CTF^2 term over the orientations x
@@ -16,6 +18,7 @@ rank in the last iteration, 1.1e-8 x (2 x box)^3 GB (about 4 GB at 360 px).
 
     python benchmarks/refine3d.py --device gpu [--particles 2000]
     python benchmarks/refine3d.py --small
+    python benchmarks/refine3d.py --cpu [--particles 3000]
 """
 
 from __future__ import annotations
@@ -88,19 +91,24 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     p.add_argument("--small", action="store_true", help="small CPU case (< 1 min)")
-    p.add_argument("--particles", type=int, default=2000)
+    p.add_argument("--cpu", action="store_true", help="the CPU refinement case of 64 px particles")
+    p.add_argument("--particles", type=int, help="number of particles (default 2000; --cpu 600)")
     p.add_argument("--stages", default="global,local", help="comma-separated: global, local")
     args = p.parse_args()
-    bk = get_backend("cpu" if args.small else args.device)
+    bk = get_backend("cpu" if args.small or args.cpu else args.device)
+    snr = 0.05
     if args.small:
         box, angpix, n, radius, blobs, limit_A = 48, 5.0, 150, 100.0, 300, 15.0
         stages = {"global": (1, 4.0, 2.0, None), "local": (3, 1.5, 0.5, 1)}
+    elif args.cpu:
+        box, angpix, n, radius, blobs, limit_A, snr = 64, 2.5, args.particles or 600, 60.0, 300, 8.0, 0.1
+        stages = {"global": (3, 3.0, 1.0, None), "local": (4, 1.5, 0.5, 1)}
     else:
-        box, angpix, n, radius, blobs, limit_A = 360, 1.34, args.particles, 120.0, 3000, 4.0
+        box, angpix, n, radius, blobs, limit_A = 360, 1.34, args.particles or 2000, 120.0, 3000, 4.0
         stages = {"global": (2, 5.0, 2.0, None), "local": (4, 1.5, 0.5, 1)}
     vol = blob_map(box, angpix, radius, blobs)
     t0 = time.perf_counter()
-    particles = synthetic_particles(vol, n, angpix, 0.05, bk)
+    particles = synthetic_particles(vol, n, angpix, snr, bk)
     t_sim = time.perf_counter() - t0
     truth_rot = _true_rotations(n, bk)
     rng = np.random.default_rng(2)

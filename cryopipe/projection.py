@@ -126,11 +126,39 @@ def slice_interpolate(grid, coords, xp, interpolation: str = "trilinear"):
     grid: (P, P, P//2+1) complex half spectrum ``grid[kz, ky, kx]``. coords: (..., 3) real, (x, y, z) in
     grid units, ``|coords| <= P/2``. Returns (...) complex; points with x < 0 read ``conj F(-k)``.
     """
-    if xp is not np and interpolation == "trilinear":
-        return slice_kernels.interpolate(grid, coords, xp)
+    if interpolation == "trilinear":
+        if xp is not np:
+            return slice_kernels.interpolate(grid, coords, xp)
+        return _interpolate_host(grid, coords)
     idx, w, _, flip = grid_corners(coords, grid.shape, xp, interpolation)
     vals = (w * grid.reshape(-1)[idx]).sum(axis=0)
     return xp.where(flip, xp.conj(vals), vals)
+
+
+def _interpolate_host(grid, coords):
+    """:func:`slice_interpolate` (trilinear) on the CPU, equal to the array code of :func:`grid_corners`.
+
+    The grid is copied once into a (P+1, P+1, P//2+2) grid whose last plane of each axis repeats the wrapped (y, z)
+    or clamped (x) neighbour, so that a point's 8 corners are its lower corner's flat index plus 8 constants:
+    one int32 index array and separable weights instead of 8 index arrays (about 3x faster).
+    """
+    p, _, h = grid.shape
+    padded = np.empty((p + 1, p + 1, h + 1), dtype=grid.dtype)
+    padded[:p, :p, :h] = grid
+    padded[p, :p, :h] = grid[0]
+    padded[:, p, :h] = padded[:, 0, :h]
+    padded[:, :, h] = padded[:, :, h - 1]
+    flip = coords[..., 0] < 0
+    c = np.where(flip[..., None], -coords, coords)
+    c0 = np.floor(c)
+    t = c - c0
+    i0 = c0.astype(np.int32)
+    base = ((i0[..., 2] % p) * (p + 1) + i0[..., 1] % p) * (h + 1) + i0[..., 0]
+    off = ((CORNER_OFFSETS[:, 2] * (p + 1) + CORNER_OFFSETS[:, 1]) * (h + 1) + CORNER_OFFSETS[:, 0]).astype(np.int32)
+    w = [np.stack([1 - t[..., d], t[..., d]], axis=-1) for d in range(3)]  # (..., 2) per axis x, y, z
+    weight = (w[2][..., :, None, None] * w[1][..., None, :, None] * w[0][..., None, None, :]).reshape(base.shape + (8,))
+    vals = np.einsum("...k,...k->...", padded.reshape(-1)[base[..., None] + off], weight.astype(grid.real.dtype))
+    return np.where(flip, vals.conj(), vals)
 
 
 def slice_insert(grid, coords, values, xp) -> None:

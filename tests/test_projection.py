@@ -184,6 +184,29 @@ def test_device_matches_cpu(bk):
     assert rel_err(recs[1], recs[0]) < 1e-4
 
 
+@pytest.mark.parametrize("dtype", [np.complex128, np.complex64, np.float64])
+def test_host_interpolation_equals_corner_gather(dtype):
+    """The CPU's trilinear interpolation (one padded grid, 8 constant offsets) gives what the 8 corners of
+    grid_corners give, at random float32 points (half at x < 0) and on the grid's edges (x = +-P/2, y and z
+    wrapping)."""
+    from cryopipe.projection import grid_corners
+
+    rng = np.random.default_rng(5)
+    p = 24
+    shape = (p, p, p // 2 + 1)
+    grid = rng.standard_normal(shape) + (1j * rng.standard_normal(shape) if dtype != np.float64 else 0)
+    grid = grid.astype(dtype)
+    coords = rng.uniform(-p / 2, p / 2, (3, 400, 3)).astype(np.float32)
+    coords[0, :5] = [[-p / 2, 0, -p / 2], [p / 2, p / 2 - 1e-3, 0], [0, 0, 0], [p / 2, -p / 2, p / 2 - 1e-4],
+                     [-3.5, -p / 2 + 1e-4, 11.99]]
+    idx, w, _, flip = grid_corners(coords, shape, np)
+    vals = (w * grid.reshape(-1)[idx]).sum(axis=0)
+    want = np.where(flip, np.conj(vals), vals)
+    got = slice_interpolate(grid, coords, np)
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("double", [True, False])
 def test_gpu_kernels_equal_array_code(gpu, double):
