@@ -80,3 +80,27 @@ def test_probe_reports_survive_interleaved_rank_output():
     """Two ranks' lines may arrive interleaved (text of one, then the other, then both newlines)."""
     text = 'PROBE {"size": 2, "rank": 1}PROBE {"size": 2, "rank": 0, "vars": {"A": "1"}}\n\nother output\n'
     assert common.probe_reports(text) == [{"size": 2, "rank": 1}, {"size": 2, "rank": 0, "vars": {"A": "1"}}]
+
+
+def test_pipeline_benchmark_attributes_gpu_samples_to_stage_spans(tmp_path):
+    """The whole-pipeline benchmark reads each stage's provenance spans (every job of a stage) and averages only
+    the GPU samples inside them."""
+    import json
+
+    pipeline = importlib.import_module("pipeline")
+    for stage, job, start, end in (("pick", "b1", "00:00:10", "00:00:20"), ("pick", "b2", "00:00:30", "00:00:40"),
+                                   ("class3d", ".", "00:01:00", "00:02:00")):
+        folder = tmp_path / stage / job
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "provenance.json").write_text(json.dumps({"start": f"2026-12-07T{start}+00:00",
+                                                            "end": f"2026-12-07T{end}+00:00"}))
+    spans = pipeline.stage_spans(tmp_path)
+    assert sorted(spans) == ["class3d", "pick"] and len(spans["pick"]) == 2
+    t0 = spans["pick"][0][0] - 10  # 00:00:00
+    sampler = pipeline.GpuSampler()
+    sampler.samples = [(t0 + 15, 50.0, 1000.0), (t0 + 25, 0.0, 9000.0), (t0 + 35, 100.0, 2000.0),
+                       (t0 + 90, 80.0, 4096.0)]
+    assert sampler.over(spans["pick"]) == (75.0, 2000.0)
+    assert sampler.over(spans["class3d"]) == (80.0, 4096.0)
+    util, mem = sampler.over([(t0 + 500, t0 + 600)])
+    assert util != util and mem != mem  # NaN: no samples there
