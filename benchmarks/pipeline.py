@@ -40,18 +40,18 @@ class GpuSampler(threading.Thread):
         super().__init__(daemon=True)
         self.samples: list[tuple[float, float, float]] = []
         self.available = shutil.which("nvidia-smi") is not None
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def run(self) -> None:
-        while self.available and not self._stop.is_set():
+        while self.available and not self._done.is_set():
             out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,"
                                   "nounits", "--id=0"], capture_output=True, text=True, check=False).stdout.split(",")
             if len(out) == 2:
                 self.samples.append((time.time(), float(out[0]), float(out[1])))
-            self._stop.wait(1.0)
+            self._done.wait(1.0)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join(timeout=5)
 
     def over(self, spans: list[tuple[float, float]]) -> tuple[float, float]:
@@ -103,8 +103,8 @@ def main() -> None:
     overrides = [f"simulate={json.dumps(simulate)}"] + ([f"extract={{box: {args.box}}}"] if args.box else [])
     work = args.workdir or Path(tempfile.mkdtemp(prefix="cryopipe-pipeline-"))
     results = work / "results"
-    cmd = ["snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work), "--configfile",
-           str(REPO / "config" / "config.yaml"), "--cores", str(args.cores or "all"), "--quiet", "--config",
+    cmd = ["snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work), "--cores", str(args.cores or "all"),
+           "--quiet", "--config",
            f"results={results}", *overrides, *args.set]
     print(banner("pipeline", device_name()))
     print("config overrides: " + " ".join(overrides + args.set))
