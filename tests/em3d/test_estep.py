@@ -9,7 +9,14 @@ import pytest
 
 from cryopipe.backend import get_backend
 from cryopipe.em3d import mstep
-from cryopipe.em3d.estep import EStep, SearchSpace, local_candidates, orientation_cell
+from cryopipe.em3d.estep import (
+    EStep,
+    SearchSpace,
+    _bincount_rows,
+    _weighted_row_sums,
+    local_candidates,
+    orientation_cell,
+)
 from cryopipe.em3d.model import initial_sigma2, reference_scale
 from cryopipe.em3d.particles import load_particles
 from cryopipe.em3d.sampling import OrientationGrid, translation_grid
@@ -147,3 +154,17 @@ def test_orientation_cells_gather_near_rotations():
     b = axis_angle_to_matrix(rng.standard_normal((2000, 3)), np.full(2000, 2.0)) @ a
     assert np.mean(orientation_cell(a) == orientation_cell(b)) > 0.8
     assert len(np.unique(orientation_cell(a))) > 500
+
+
+def test_row_sums_on_the_cpu_equal_scattered_adds():
+    """The CPU's sparse-product row sums give what np.add.at gives: rows summed by index (repeats accumulate), and
+    weighted rows of a dense block summed without forming them."""
+    rng = np.random.default_rng(4)
+    idx, owner = rng.integers(0, 7, 300), rng.integers(0, 5, 300)
+    rows, dense, w = rng.standard_normal((300, 11)).astype(np.float32), rng.standard_normal((5, 11)), rng.random(300)
+    want = np.zeros((9, 11))
+    np.add.at(want, idx, rows.astype(np.float64))
+    np.testing.assert_allclose(_bincount_rows(idx, rows.astype(np.float64), 9, np), want, rtol=1e-12, atol=1e-12)
+    want = np.zeros((9, 11))
+    np.add.at(want, idx, w[:, None] * dense[owner])
+    np.testing.assert_allclose(_weighted_row_sums(idx, owner, w, dense, 9, np), want, rtol=1e-12, atol=1e-12)
