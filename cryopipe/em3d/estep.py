@@ -230,7 +230,7 @@ def local_candidates(prior, grid: OrientationGrid, sigma_deg: float, n_classes: 
     cand = np.zeros((b, max(1, int(counts.max()))), dtype=np.int64)
     valid = np.zeros(cand.shape, dtype=bool)
     cand[part, rank], valid[part, rank] = pos, True
-    return cand, valid, ctab, table.reshape(-1, 3, 3)[ctab % grid.size]
+    return cand, valid, ctab, grid.rotations(ctab % grid.size)
 
 
 def _top_significant(w, fraction: float, cap: int, xp, floor: int = 1, total=None):

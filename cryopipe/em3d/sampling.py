@@ -75,9 +75,8 @@ class OrientationGrid:
         return np.column_stack([rot_tilt, psi])
 
     def rotations(self, index) -> np.ndarray:
-        """(m, 3, 3) RELION rotation matrices of coarse orientations."""
-        e = self.euler(index)
-        return euler_to_matrix(e[:, 0], e[:, 1], e[:, 2])
+        """(m, 3, 3) RELION rotation matrices of coarse orientations (from :meth:`rotation_table`)."""
+        return self.rotation_table().reshape(-1, 3, 3)[np.asarray(index, dtype=np.int64)]
 
     def rotation_table(self) -> np.ndarray:
         """(n_dir, n_psi, 3, 3) rotation matrices of every coarse orientation (index = dir * n_psi + psi), kept."""
