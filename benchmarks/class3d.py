@@ -82,6 +82,7 @@ def matmul_rate(bk, n: int = 4096, repeats: int = 5) -> float:
 PROFILED = (("cryopipe.em3d.estep:EStep.batch_data", "batch data (particle spectra, CTF)"),
             ("cryopipe.em3d.estep:EStep.coarse_scores", "coarse scores"),
             ("cryopipe.em3d.estep:project_pixels", "projections (coarse and fine)"),
+            ("cryopipe.em3d.estep:local_candidates", "local search: candidate orientations"),
             ("cryopipe.em3d.estep:SliceTable.add", "fine slices: table"),
             ("cryopipe.projection:BackProjector.insert", "back-projection"))
 

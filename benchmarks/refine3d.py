@@ -28,8 +28,8 @@ import resource
 import time
 
 import numpy as np
-from class3d import blob_map, matmul_rate, synthetic_particles
-from common import git_commit, markdown_header, markdown_row
+from class3d import blob_map, matmul_rate, profile_sections, synthetic_particles
+from common import git_commit, markdown_header, markdown_row, markdown_table
 
 from cryopipe.backend import get_backend
 from cryopipe.em3d import mstep
@@ -94,6 +94,8 @@ def main() -> None:
     p.add_argument("--cpu", action="store_true", help="the CPU refinement case of 64 px particles")
     p.add_argument("--particles", type=int, help="number of particles (default 2000; --cpu 600)")
     p.add_argument("--stages", default="global,local", help="comma-separated: global, local")
+    p.add_argument("--profile", action="store_true", help="also print where each stage's E-step time goes "
+                   "(synchronises the device around each part, so the totals are a little slower)")
     args = p.parse_args()
     bk = get_backend("cpu" if args.small or args.cpu else args.device)
     snr = 0.05
@@ -126,6 +128,8 @@ def main() -> None:
           f"matmul {rate / 1e12:.2f} TFLOP/s")
     print(markdown_header(["stage", "search", "s/iteration", "E-step ms/ptcl", "M-step ms/ptcl", "total ms/ptcl",
                            "floor ms/ptcl", "ratio", "median significant", "peak memory GB", "RELION rule GB"]))
+    sections = profile_sections(bk) if args.profile else None
+    profiles = {}
     for name in args.stages.split(","):
         order, off_range, off_step, local = stages[name]
         grid = OrientationGrid(order)
@@ -137,6 +141,8 @@ def main() -> None:
             EStep(particles, half_maps[:1], np.zeros(1), sigma2, 2.0, r_max, search, bk).run(
                 warm, np.zeros((n, 2)), prior_rotations=prior_rot, half=subset - 1)
         base = _peak_reset(bk)
+        if sections is not None:
+            sections.clear()
         res, t_e, t_m, esteps = refine_iteration(particles, half_maps, subset, search, r_max, prior_rot, sigma2, bk)
         peak = _peak_gb(bk, base)
         cand = None
@@ -151,6 +157,12 @@ def main() -> None:
         print(markdown_row([name, what, f"{t_e + t_m:.2f}", f"{t_e / n * 1e3:.3f}", f"{t_m / n * 1e3:.3f}",
                             f"{total_ms:.3f}", f"{floor_ms:.4f}", f"{total_ms / floor_ms:.1f}", f"{sig:.0f}",
                             f"{peak:.2f}", f"{relion_gb:.2f}"]))
+        if sections is not None:
+            profiles[name] = dict(sections.seconds())
+    for name, secs in profiles.items():
+        print("\n" + markdown_table([f"{name}: E-step part (inclusive of nested parts)", "s", "ms/ptcl"],
+                                    [[k, f"{v:.2f}", f"{v / n * 1e3:.3f}"]
+                                     for k, v in sorted(secs.items(), key=lambda kv: -kv[1])]))
 
 
 def _true_rotations(n: int, bk) -> np.ndarray:
