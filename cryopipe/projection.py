@@ -19,15 +19,20 @@ kernel, where RELION uses the radial ``sinc^2(|r| / P)``.
 
 Trilinear interpolation and insertion on the GPU run as kernels of :mod:`cryopipe.slice_kernels` (one thread per
 point, atomicAdd), which compute what the array code here computes without its (8, ...) index and weight
-temporaries. Scatter-add in the array code (:func:`scatter_add`, also used by :mod:`cryopipe.bioem.forward`):
-``cupy.add.at`` on the GPU; on the CPU ``np.bincount(idx, weights)``, because ``np.add.at`` is ~20x slower for
-millions of updates (NumPy 2.4). Both accumulate repeated indices. Complex grids are updated through a real view of
-their (re, im) pairs.
+temporaries. On the CPU, trilinear reads are ``scipy.ndimage.map_coordinates`` (order 1, compiled, releasing the
+GIL so that the backend's threads share a batch) on an edge-padded copy of the grid whose last planes repeat the
+wrapped or clamped neighbours; a :class:`Projector` keeps that copy and its ``grid`` is a view of it. Scatter-add
+in the array code (:func:`scatter_add`, also used by :mod:`cryopipe.bioem.forward`): ``cupy.add.at`` on the GPU; on
+the CPU ``np.bincount(idx, weights)``, because ``np.add.at`` is ~20x slower for millions of updates (NumPy 2.4).
+Both accumulate repeated indices. Complex grids are updated through a real view of their (re, im) pairs.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+from scipy import ndimage
 
 from cryopipe import slice_kernels
 from cryopipe.errors import InputError
@@ -135,30 +140,42 @@ def slice_interpolate(grid, coords, xp, interpolation: str = "trilinear"):
     return xp.where(flip, xp.conj(vals), vals)
 
 
-def _interpolate_host(grid, coords):
-    """:func:`slice_interpolate` (trilinear) on the CPU, equal to the array code of :func:`grid_corners`.
-
-    The grid is copied once into a (P+1, P+1, P//2+2) grid whose last plane of each axis repeats the wrapped (y, z)
-    or clamped (x) neighbour, so that a point's 8 corners are its lower corner's flat index plus 8 constants:
-    one int32 index array and separable weights instead of 8 index arrays (about 3x faster).
-    """
+def _edge_padded(grid):
+    """Copy of a half grid (P, P, H) as (P+1, P+1, H+1) whose last plane of each axis repeats the wrapped (y, z) or
+    clamped (x) neighbour: trilinear reads at y, z in [0, P] and x in [0, H-1] then need no wrap."""
     p, _, h = grid.shape
     padded = np.empty((p + 1, p + 1, h + 1), dtype=grid.dtype)
     padded[:p, :p, :h] = grid
-    padded[p, :p, :h] = grid[0]
+    _fill_edges(padded)
+    return padded
+
+
+def _fill_edges(padded) -> None:
+    p, h = padded.shape[0] - 1, padded.shape[2] - 1
+    padded[p, :p, :h] = padded[0, :p, :h]
     padded[:, p, :h] = padded[:, 0, :h]
     padded[:, :, h] = padded[:, :, h - 1]
-    flip = coords[..., 0] < 0
-    c = np.where(flip[..., None], -coords, coords)
-    c0 = np.floor(c)
-    t = c - c0
-    i0 = c0.astype(np.int32)
-    base = ((i0[..., 2] % p) * (p + 1) + i0[..., 1] % p) * (h + 1) + i0[..., 0]
-    off = ((CORNER_OFFSETS[:, 2] * (p + 1) + CORNER_OFFSETS[:, 1]) * (h + 1) + CORNER_OFFSETS[:, 0]).astype(np.int32)
-    w = [np.stack([1 - t[..., d], t[..., d]], axis=-1) for d in range(3)]  # (..., 2) per axis x, y, z
-    weight = (w[2][..., :, None, None] * w[1][..., None, :, None] * w[0][..., None, None, :]).reshape(base.shape + (8,))
-    vals = np.einsum("...k,...k->...", padded.reshape(-1)[base[..., None] + off], weight.astype(grid.real.dtype))
-    return np.where(flip, vals.conj(), vals)
+
+
+def _interpolate_padded(padded, zyx, out) -> None:
+    """out[i] = trilinear value of an edge-padded half grid (:func:`_edge_padded`) at the frequency zyx[:, i].
+
+    zyx: (3, n) float64 (z, y, x) in grid units, any sign; overwritten. out: (n,) complex. A point with x < 0 reads
+    its Friedel mate, conjugated. ``scipy.ndimage.map_coordinates`` (order 1, compiled, no GIL) does the gathers.
+    """
+    flip = zyx[2] < 0
+    np.negative(zyx, out=zyx, where=flip)
+    np.mod(zyx[:2], padded.shape[0] - 1, out=zyx[:2])
+    ndimage.map_coordinates(padded, zyx, output=out, order=1, prefilter=False, mode="nearest")
+    np.conjugate(out, out=out, where=flip)
+
+
+def _interpolate_host(grid, coords):
+    """:func:`slice_interpolate` (trilinear) on the CPU: coords (..., 3) (x, y, z) -> (...) values."""
+    zyx = np.array(coords.reshape(-1, 3)[:, ::-1].T, dtype=np.float64)
+    out = np.empty(zyx.shape[1], dtype=np.result_type(grid.dtype, coords.dtype))
+    _interpolate_padded(_edge_padded(grid), zyx, out)
+    return out.reshape(coords.shape[:-1])
 
 
 def slice_insert(grid, coords, values, xp) -> None:
@@ -198,7 +215,43 @@ class Projector:
         padded = xp.zeros((p, p, p), dtype=xp.float32)
         lo = p // 2 - n // 2
         padded[lo : lo + n, lo : lo + n, lo : lo + n] = vol
-        self.grid = bk.fft.rfftn(xp.fft.ifftshift(padded)).astype(xp.complex64)
+        grid = bk.fft.rfftn(xp.fft.ifftshift(padded)).astype(xp.complex64)
+        if bk.is_gpu or interpolation != "trilinear":
+            self.grid = grid
+        else:  # the host's reads go through an edge-padded copy; grid is a view of it, so memory is not doubled
+            self._padded = _edge_padded(grid)
+            self.grid = self._padded[:p, :p, : p // 2 + 1]
+
+    def slice_values(self, rotations, kxy):
+        """Central-slice values (B, n) complex64 (device) at 2D frequencies ``kxy`` (n, 2) = (kx, ky) float32
+        (device; px of the N box) for rotations (B, 3, 3) float64 (host): the map's transform at A.T @ (kx, ky, 0).
+
+        On the CPU the orientations are shared between the backend's threads (compiled trilinear reads that release
+        the GIL); the grid must not change after construction.
+        """
+        xp = self.bk.xp
+        a = np.asarray(rotations, dtype=np.float64)[:, :2, :] * self.padding  # (B, 2, 3)
+        if self.bk.is_gpu or self.interpolation != "trilinear":
+            coords = xp.einsum("pi,bij->bpj", kxy, xp.asarray(a, dtype=xp.float32))
+            return slice_interpolate(self.grid, coords, xp, self.interpolation).astype(xp.complex64, copy=False)
+        k = np.asarray(kxy, dtype=np.float64).T  # (2, n)
+        out = np.empty((len(a), k.shape[1]), dtype=np.complex64)
+
+        def part(sl: slice) -> None:
+            zyx = np.empty((3, len(a[sl]), k.shape[1]))
+            for d in range(3):  # z, y, x
+                np.matmul(a[sl, :, 2 - d], k, out=zyx[d])
+            _interpolate_padded(self._padded, zyx.reshape(3, -1), out[sl].reshape(-1))
+
+        workers = max(1, min(self.bk.fft.workers, len(a)))
+        bounds = np.linspace(0, len(a), workers + 1).astype(int)
+        parts = [slice(b0, b1) for b0, b1 in zip(bounds[:-1], bounds[1:], strict=True)]
+        if workers == 1:
+            part(parts[0])
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(part, parts))
+        return out
 
     def project(self, rotations, r_max: float | None = None):
         """Half spectra (B, N, N//2+1) complex64 (device) of the projections for rotations (B, 3, 3) or (3, 3).
@@ -213,8 +266,7 @@ class Projector:
         out = xp.zeros((len(rot), n * (n // 2 + 1)), dtype=xp.complex64)
         step = _batch_size(self.bk, len(flat))
         for b0 in range(0, len(rot), step):
-            coords = _slice_coords(k2, rot[b0 : b0 + step], self.padding, xp)
-            out[b0 : b0 + step, flat] = slice_interpolate(self.grid, coords, xp, self.interpolation)
+            out[b0 : b0 + step, flat] = self.slice_values(rot[b0 : b0 + step], k2)
         return out.reshape(len(rot), n, n // 2 + 1)
 
     def project_real(self, rotations, r_max: float | None = None):

@@ -186,8 +186,8 @@ def test_device_matches_cpu(bk):
 
 @pytest.mark.parametrize("dtype", [np.complex128, np.complex64, np.float64])
 def test_host_interpolation_equals_corner_gather(dtype):
-    """The CPU's trilinear interpolation (one padded grid, 8 constant offsets) gives what the 8 corners of
-    grid_corners give, at random float32 points (half at x < 0) and on the grid's edges (x = +-P/2, y and z
+    """The CPU's trilinear interpolation (an edge-padded grid read by scipy.ndimage.map_coordinates) gives what the
+    8 corners of grid_corners give, at random float32 points (half at x < 0) and on the grid's edges (x = +-P/2, y and z
     wrapping)."""
     from cryopipe.projection import grid_corners
 
@@ -205,6 +205,33 @@ def test_host_interpolation_equals_corner_gather(dtype):
     got = slice_interpolate(grid, coords, np)
     assert got.dtype == want.dtype
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_projector_slice_values_equal_corner_gather(workers):
+    """Projector.slice_values on the CPU (the edge-padded grid it keeps, orientations split over threads) against
+    the corner gather of grid_corners on its grid, at points 2 x A.T @ (kx, ky, 0) of random rotations and the
+    identity, every frequency within N/2 (so y and z wrap and x reaches the last plane)."""
+    from cryopipe.backend import get_backend
+    from cryopipe.geometry import random_rotations
+    from cryopipe.projection import grid_corners
+
+    bk = get_backend("cpu")
+    bk.fft.workers = workers
+    rng = np.random.default_rng(9)
+    n = 16
+    proj = Projector(rng.standard_normal((n, n, n)), bk)
+    ky, kx = np.meshgrid(np.arange(-n // 2, n // 2), np.arange(n // 2 + 1), indexing="ij")
+    inside = kx**2 + ky**2 <= (n // 2) ** 2
+    kxy = np.stack([kx[inside], ky[inside]], axis=-1).astype(np.float32)
+    rot = np.concatenate([np.eye(3)[None], random_rotations(7, rng)])
+    got = proj.slice_values(rot, kxy)
+    coords = np.einsum("pi,bij->bpj", kxy.astype(np.float64), rot[:, :2, :] * 2)
+    idx, w, _, flip = grid_corners(coords, proj.grid.shape, np)
+    vals = (w * np.ascontiguousarray(proj.grid).astype(np.complex128).reshape(-1)[idx]).sum(axis=0)
+    want = np.where(flip, np.conj(vals), vals)
+    assert got.shape == (8, len(kxy)) and got.dtype == np.complex64
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max())
 
 
 @pytest.mark.gpu

@@ -36,7 +36,7 @@ from cryopipe.em3d.particles import ParticleSet
 from cryopipe.em3d.sampling import ORIENTATION_CHILDREN, TRANSLATION_CHILDREN, OrientationGrid, fine_translations
 from cryopipe.fourier import fourier_crop, fourier_pad
 from cryopipe.geometry import euler_to_direction, healpix_directions, matrix_to_euler
-from cryopipe.projection import BackProjector, Projector, slice_interpolate
+from cryopipe.projection import BackProjector, Projector
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +164,7 @@ def project_pixels(projector: Projector, rotations, kxy, bk):
     out = xp.empty((len(rot), kxy.shape[0]), dtype=xp.complex64)
     step = max(1, min(4096, bk.batch_size(200 * kxy.shape[0], fraction=0.1)))
     for b0 in range(0, len(rot), step):
-        a = xp.asarray(rot[b0 : b0 + step, :2, :] * projector.padding, dtype=xp.float32)
-        coords = xp.einsum("pi,bij->bpj", kxy, a)
-        out[b0 : b0 + step] = slice_interpolate(projector.grid, coords, xp).astype(xp.complex64)
+        out[b0 : b0 + step] = projector.slice_values(rot[b0 : b0 + step], kxy)
     return out
 
 
