@@ -28,7 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = __doc__
     p.add_argument("--picks", help="picks STAR (rlnMicrographName, rlnCoordinateX/Y), e.g. from cryopipe pick")
-    p.add_argument("--ctf", help="micrographs CTF STAR (data_optics + data_micrographs with rlnDefocusU/V/Angle)")
+    p.add_argument("--ctf", help="micrographs CTF STAR (data_optics + data_micrographs with rlnDefocusU/V/Angle); "
+                   "without it the particles carry no CTF (for class2d --ctf none) and the pixel size comes from "
+                   "--angpix or the MRC headers")
     p.add_argument("--micrographs", nargs="+",
                    help="extract only these micrographs (files, quoted globs or a STAR; default: all in --picks)")
     p.add_argument("--box", type=int, help="box size in micrograph pixels (even)")

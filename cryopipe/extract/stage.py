@@ -115,7 +115,8 @@ def process_particles(stack: np.ndarray, params: ExtractParams, bk) -> np.ndarra
 
 @dataclass
 class ExtractInputs:
-    """To extract: ``picks`` (picks STAR), ``ctf`` (micrographs CTF STAR) and optionally the ``micrographs`` of this
+    """To extract: ``picks`` (picks STAR), optionally ``ctf`` (micrographs CTF STAR; None: particles without CTF
+    parameters, for data whose CTF is unknown, e.g. denoised exports) and the ``micrographs`` of this
     batch (files, glob patterns or a STAR; None: every micrograph in ``picks``). To gather instead: ``gather``,
     the per-batch particle STARs to merge."""
 
@@ -133,16 +134,18 @@ def run(params: ExtractParams, inputs: ExtractInputs, out: Path, ctx: StageConte
         particles = gather_particles(inputs.gather, out / "particles.star")
         return StageResult(files=[out / "particles.star"], inputs=list(inputs.gather),
                            notes={"particles": len(particles), "batches": len(inputs.gather)})
-    for flag, value in (("picks", inputs.picks), ("ctf", inputs.ctf), ("box", params.box_px)):
+    for flag, value in (("picks", inputs.picks), ("box", params.box_px)):
         require(value is not None, "required unless --gather is given", field=f"--{flag}")
+    require(inputs.ctf is not None or not params.max_ctf_resolution_A, "needs the CTF STAR (--ctf) whose fits it "
+            "judges", field="--max-ctf-resolution")
     params.validate()
     picks = read_table(inputs.picks, "particles", required=["rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"])
-    ctf = read_table(inputs.ctf, "micrographs", required=CTF_REQUIRED)
+    ctf = read_table(inputs.ctf, "micrographs", required=CTF_REQUIRED) if inputs.ctf is not None else None
     mics = list_micrographs(inputs.micrographs) if inputs.micrographs else None
     result = extract_particles(picks, ctf, params, out, ctx.backend, mics, params.angpix, ctx.final(out),
                                inputs.picks, inputs.ctf)
-    return StageResult(files=result.outputs, notes=result.notes,
-                       inputs=[Path(inputs.picks), Path(inputs.ctf), *(m.path for m in (mics or []))])
+    read = [Path(inputs.picks), *([Path(inputs.ctf)] if inputs.ctf is not None else [])]
+    return StageResult(files=result.outputs, notes=result.notes, inputs=[*read, *(m.path for m in (mics or []))])
 
 
 @dataclass
@@ -156,7 +159,7 @@ class ExtractResult:
 
 def extract_particles(
     picks: pd.DataFrame,
-    ctf: pd.DataFrame,
+    ctf: pd.DataFrame | None,
     params: ExtractParams,
     out: Path,
     bk,
@@ -172,7 +175,9 @@ def extract_particles(
     ----------
     picks : rlnMicrographName, rlnCoordinateX/Y (micrograph px) and any other per-pick columns to keep.
     ctf : micrographs joined with their optics (rlnMicrographName, rlnDefocusU/V/Angle, rlnVoltage,
-        rlnSphericalAberration, rlnAmplitudeContrast, optional rlnOpticsGroup, rlnMicrographPixelSize...).
+        rlnSphericalAberration, rlnAmplitudeContrast, optional rlnOpticsGroup, rlnMicrographPixelSize...); None:
+        the particles get no CTF columns (class2d --ctf none can use them; stages that correct for the CTF refuse
+        them) and the pixel size comes from ``angpix`` or the MRC headers, which must hold one.
     mics : the micrographs to extract (a batch; default: every micrograph in ``picks``, read from its name
         relative to the working directory or to ``picks_path``'s folder).
     angpix : micrograph pixel size (default: CTF STAR rlnMicrographPixelSize, else the MRC header).
@@ -187,6 +192,10 @@ def extract_particles(
         base = Path(picks_path).parent if picks_path else Path(".")
         mics = [Micrograph(n, n if os.path.exists(n) or os.path.isabs(n) else str(base / n))
                 for n in dict.fromkeys(picks["rlnMicrographName"].astype(str))]
+    if ctf is None:
+        log.warning("no CTF STAR: the particles carry no CTF parameters (class2d --ctf none can use them; class3d, "
+                    "refine3d and class2d's CTF modes will refuse them)")
+        ctf = pd.DataFrame({"rlnMicrographName": [m.name for m in mics]})
     ctf_rows = match_names([m.name for m in mics], ctf["rlnMicrographName"])
     missing = [n for n, i in ctf_rows.items() if i is None]
     if missing:
@@ -307,8 +316,8 @@ def _pixel_size(mic: Micrograph, ctf_row: pd.Series, angpix: float | None, heade
     if star_apix is not None and star_apix > 0:
         return float(star_apix), check_pixel_size(float(star_apix), header_apix, ctf_path, mic.path,
                                                   "rlnMicrographPixelSize")
-    require(header_apix is not None and header_apix > 0,
-            "pixel size unknown: not in --angpix, the CTF STAR or the header", mic.path, "angpix")
+    require(header_apix is not None and header_apix > 0 and (ctf_path is not None or header_apix not in
+            UNSET_PIXEL_SIZES), "pixel size unknown: not in --angpix, the CTF STAR or the header", mic.path, "angpix")
     return float(header_apix), True
 
 

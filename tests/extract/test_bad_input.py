@@ -4,7 +4,9 @@ No particle at all (an empty picks file, or every pick too close to an edge) is 
 exit status 2. A batch of micrographs without picks, while other batches have some, is only a logged warning: it
 writes a particles.star with its data_optics and no rows, which --gather skips; gathering only empty batches is an
 error. A CTF STAR pixel size more than 1% from a micrograph's MRC header is refused (a header holding 0 is unset:
-the STAR's value is used, with a warning). Micrographs here are 128 px of noise: the tests check bookkeeping only.
+the STAR's value is used, with a warning). Without a CTF STAR the particles carry no CTF columns and the pixel size
+must come from --angpix or the headers (an unset header is then refused). Micrographs here are 128 px of noise: the
+tests check bookkeeping only.
 """
 
 import numpy as np
@@ -53,10 +55,11 @@ def data(tmp_path):
 
 
 def _extract(data, picks, out, capsys, *extra, ctf=None, log=None):
-    """cryopipe extract -> (exit status, its error lines); ``log``: a list that gets its stderr (the CLI sends its
-    log there, replacing pytest's handlers)."""
-    status = cli_main(["extract", "--picks", str(picks), "--ctf", str(ctf or data["ctf"]), "--box", str(BOX),
-                       "--device", "cpu", "--out", str(out), *extra])
+    """cryopipe extract -> (exit status, its error lines); ``ctf`` False: no --ctf; ``log``: a list that gets its
+    stderr (the CLI sends its log there, replacing pytest's handlers)."""
+    with_ctf = [] if ctf is False else ["--ctf", str(ctf or data["ctf"])]
+    status = cli_main(["extract", "--picks", str(picks), *with_ctf, "--box", str(BOX), "--device", "cpu",
+                       "--out", str(out), *extra])
     err = capsys.readouterr().err
     if log is not None:
         log.append(err)
@@ -133,3 +136,33 @@ def test_unset_micrograph_header_trusts_the_ctf_star(data, capsys):
     assert _extract(data, data["picks"], data["folder"] / "ex", capsys, log=log) == (0, [])
     assert "WARNING" in log[0] and "1 micrographs hold no pixel size in their MRC header" in log[0]
     assert read_star(data["folder"] / "ex" / "particles.star")["optics"]["rlnImagePixelSize"].iloc[0] == ANGPIX
+
+
+def test_without_a_ctf_star_the_particles_carry_no_ctf(data, capsys):
+    """No --ctf: stacks as with one, the pixel size from the headers, no CTF column, and class2d's CTF-free mode
+    reads them while its CTF mode refuses them (exit 2, naming the particles STAR and the missing column)."""
+    from cryopipe.particles import open_particles
+
+    out, log = data["folder"] / "ex", []
+    assert _extract(data, data["picks"], out, capsys, ctf=False, log=log) == (0, [])
+    assert "no CTF STAR" in log[0]
+    star = read_star(out / "particles.star")
+    assert len(star["particles"]) == 4 and not any(c.startswith("rlnDefocus") for c in star["particles"])
+    assert star["optics"]["rlnImagePixelSize"].iloc[0] == ANGPIX and "rlnVoltage" not in star["optics"]
+    assert len(open_particles(out / "particles.star", ctf=False).table) == 4
+    status = cli_main(["class2d", "--particles", str(out / "particles.star"), "--classes", "2", "--iterations", "1",
+                       "--device", "cpu", "--out", str(data["folder"] / "c2d")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("cryopipe class2d")]
+    assert status == 2 and len(err) == 1 and str(out / "particles.star") in err[0] and "rlnDefocusU" in err[0], err
+
+
+def test_without_a_ctf_star_an_unset_header_needs_angpix(data, capsys):
+    write_mrc(data["mics"][0], np.random.default_rng(1).standard_normal((SIZE, SIZE)).astype(np.float32), 0.0)
+    status, err = _extract(data, data["picks"], data["folder"] / "ex", capsys, ctf=False)
+    assert status == 2 and len(err) == 1 and f"{data['mics'][0]} [angpix]: pixel size unknown" in err[0], err
+    assert not (data["folder"] / "ex" / "particles.star").exists()
+    assert _extract(data, data["picks"], data["folder"] / "ex", capsys, "--angpix", "2.0", ctf=False) == (0, [])
+    assert read_star(data["folder"] / "ex" / "particles.star")["optics"]["rlnImagePixelSize"].iloc[0] == 2.0
+    status, err = _extract(data, data["picks"], data["folder"] / "ex2", capsys, "--max-ctf-resolution", "6",
+                           ctf=False)
+    assert status == 2 and "[--max-ctf-resolution]" in err[0], err
