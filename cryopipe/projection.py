@@ -239,8 +239,9 @@ class Projector:
 
         def part(sl: slice) -> None:
             zyx = np.empty((3, len(a[sl]), k.shape[1]))
-            for d in range(3):  # z, y, x
-                np.matmul(a[sl, :, 2 - d], k, out=zyx[d])
+            for d in range(3):  # z, y, x; element-wise, not BLAS, so a point's value never depends on its batch
+                np.multiply(a[sl, 0, 2 - d, None], k[0], out=zyx[d])
+                zyx[d] += a[sl, 1, 2 - d, None] * k[1]
             _interpolate_padded(self._padded, zyx.reshape(3, -1), out[sl].reshape(-1))
 
         workers = max(1, min(self.bk.fft.workers, len(a)))

@@ -183,7 +183,8 @@ def test_continue_equals_uninterrupted(small, tmp_path):
 def test_mpi_two_ranks_equal_one(small, tmp_path):
     """2 MPI ranks (size asserted) give the single-rank result within float tolerance, after one iteration.
 
-    Per-particle results and the reduced sums agree to float rounding; the maps agree less tightly because the
+    Per-particle results and the reduced sums agree to float rounding (log-likelihoods: but for a sample at the
+    significance threshold, which may flip); the maps agree less tightly because the
     half-set SSNR = 2 FSC / (1 - FSC) is ill-conditioned near FSC = 1 (a few % SSNR change at the limit shell)."""
     ref, star = str(small["reference"]), str(small["star"])
     assert _cli(["--particles", star, "--reference", ref, *_fast_flags(tmp_path / "one", 1)]) == 0
@@ -203,7 +204,10 @@ def test_mpi_two_ranks_equal_one(small, tmp_path):
     d1 = read_particles(tmp_path / "one" / "run_it001_data.star")
     d2 = read_particles(tmp_path / "two" / "run_it001_data.star")
     np.testing.assert_array_equal(d1["rlnClassNumber"], d2["rlnClassNumber"])
-    np.testing.assert_allclose(d1["rlnLogLikeliContribution"], d2["rlnLogLikeliContribution"], atol=1e-4)
+    # a coarse sample at the significance threshold can fall on either side with the rounding of differently
+    # composed batches (BLAS): that particle's log-likelihood then moves by its weight share (~1e-4 here)
+    diff = np.abs(d1["rlnLogLikeliContribution"] - d2["rlnLogLikeliContribution"])
+    assert diff.max() < 1e-3 and np.mean(diff < 1e-5) >= 0.95, np.sort(diff)[-5:]
     assert '"mpi_size": 2' in (tmp_path / "two" / "provenance.json").read_text()
 
 
