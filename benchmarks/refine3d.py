@@ -16,7 +16,7 @@ translations searched, fine-pass products over the significant samples found), t
 iteration (GPU: CuPy pool high-water mark; CPU: process max RSS growth) and RELION's rule of thumb for memory per
 rank in the last iteration, 1.1e-8 x (2 x box)^3 GB (about 4 GB at 360 px).
 
-    python benchmarks/refine3d.py --device gpu [--particles 2000]
+    python benchmarks/refine3d.py --device gpu [--particles 2000] [--profile]
     python benchmarks/refine3d.py --small
     python benchmarks/refine3d.py --cpu [--particles 3000]
 """
