@@ -146,15 +146,10 @@ def _edge_padded(grid):
     p, _, h = grid.shape
     padded = np.empty((p + 1, p + 1, h + 1), dtype=grid.dtype)
     padded[:p, :p, :h] = grid
-    _fill_edges(padded)
-    return padded
-
-
-def _fill_edges(padded) -> None:
-    p, h = padded.shape[0] - 1, padded.shape[2] - 1
-    padded[p, :p, :h] = padded[0, :p, :h]
+    padded[p, :p, :h] = grid[0]
     padded[:, p, :h] = padded[:, 0, :h]
     padded[:, :, h] = padded[:, :, h - 1]
+    return padded
 
 
 def _interpolate_padded(padded, zyx, out) -> None:
